@@ -1,0 +1,77 @@
+"""Project directories, independent of the current working directory.
+
+Every directory can be overridden by an environment variable, which is how CI
+runs the notebooks at the ``smoke`` profile into a temporary results folder:
+
+=================  ==========================  ==============================
+name               environment variable        default
+=================  ==========================  ==============================
+``PROJECT_ROOT``   ``CROSSHOLDER_ROOT``        the repository root
+``DATA_DIR``       ``CROSSHOLDER_DATA``        ``<root>/data``
+``RESULTS_DIR``    ``CROSSHOLDER_RESULTS``     ``<root>/results``
+``FIGURES_DIR``    ``CROSSHOLDER_FIGURES``     ``<root>/figures``
+=================  ==========================  ==============================
+
+The functions re-read the environment on every call (use them, not the module
+constants, in code that may run after the environment changed, e.g. tests).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "project_root",
+    "data_dir",
+    "results_dir",
+    "figures_dir",
+    "relative_to_root",
+    "PROJECT_ROOT",
+    "DATA_DIR",
+    "RESULTS_DIR",
+    "FIGURES_DIR",
+]
+
+# lib/crossholder/paths.py -> parents[2] is the repository root.
+_DEFAULT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _from_env(var: str, default: Path) -> Path:
+    value = os.environ.get(var, "").strip()
+    return Path(value).expanduser().resolve() if value else default
+
+
+def project_root() -> Path:
+    """Repository root (``CROSSHOLDER_ROOT`` overrides)."""
+    return _from_env("CROSSHOLDER_ROOT", _DEFAULT_ROOT)
+
+
+def data_dir() -> Path:
+    """Raw data sets, gitignored (``CROSSHOLDER_DATA`` overrides)."""
+    return _from_env("CROSSHOLDER_DATA", project_root() / "data")
+
+
+def results_dir() -> Path:
+    """Tidy results, checkpoints and provenance (``CROSSHOLDER_RESULTS`` overrides)."""
+    return _from_env("CROSSHOLDER_RESULTS", project_root() / "results")
+
+
+def figures_dir() -> Path:
+    """PNG and PDF figures (``CROSSHOLDER_FIGURES`` overrides)."""
+    return _from_env("CROSSHOLDER_FIGURES", project_root() / "figures")
+
+
+def relative_to_root(path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the project root when it lies inside it, else absolute (POSIX form)."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(project_root()).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+PROJECT_ROOT = project_root()
+DATA_DIR = data_dir()
+RESULTS_DIR = results_dir()
+FIGURES_DIR = figures_dir()
