@@ -292,7 +292,7 @@ def _start(x: torch.Tensor, v0: torch.Tensor | None, generator: torch.Generator 
 def operator_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec = "runner_up", *,
                   p: float = 2.0, q: float = 2.0, iters: int = 10, step: float = 0.1,
                   method: str = "ascent", v0: torch.Tensor | None = None, seed: int | None = 0,
-                  backend: str = "reverse") -> OperatorNormResult:
+                  restarts: int = 1, backend: str = "reverse") -> OperatorNormResult:
     """Estimate ``||H_{f^(j)}(x_b)||_{p->q}`` for every example of the batch.
 
     Args:
@@ -306,6 +306,8 @@ def operator_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec =
         method: ``"ascent"``, ``"power"`` or ``"lanczos"`` (module docstring).
         v0: starting vectors ``(B, *S)``; default i.i.d. N(0, I) drawn from ``seed``.
         seed: seed of the starting vectors when ``v0`` is None (``None``: torch's global RNG).
+        restarts: independent starts per example (batched); the best is kept. The first start is
+            ``v0`` when given. ``hvps`` counts the products of one start.
         backend: Hessian-vector products by ``"reverse"`` (reverse-over-reverse, graph reused) or ``"func"``.
 
     Returns:
@@ -321,20 +323,42 @@ def operator_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec =
     if method in ("power", "lanczos") and (p != 2.0 or q != 2.0):
         raise ValueError(f"method={method!r} computes the spectral norm only (p = q = 2); got p={p}, q={q}. "
                          "Use method='ascent' for other norms")
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+        raise ValueError(f"restarts={restarts!r} must be an integer >= 1")
     if x.dim() < 2:
         raise ValueError(f"x must be batched, (B, *S); got shape {tuple(x.shape)}")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    B = x.shape[0]
+    if restarts > 1:
+        _check_dtypes(model, x)
+        with torch.no_grad():
+            t, j = resolve_pairs(model(x), t, j)
+        starts = [_start(x, v0, gen)] + [_start(x, None, gen) for _ in range(restarts - 1)]
+        x, t, j = x.repeat((restarts,) + (1,) * (x.dim() - 1)), t.repeat(restarts), j.repeat(restarts)
+        v0 = torch.cat(starts)
     H = HVPOperator(model, x, t, j, backend=backend)
     v = _start(H.x, v0, gen)
     try:
         with torch.no_grad():
             if method == "lanczos":
-                return _lanczos(H, v, iters, gen)
-            if method == "power":
-                return _power(H, v, iters)
-            return _ascent(H, v, iters, step, p, q)
+                res = _lanczos(H, v, iters, gen)
+            elif method == "power":
+                res = _power(H, v, iters)
+            else:
+                res = _ascent(H, v, iters, step, p, q)
     finally:
         H.release()
+    return res if restarts == 1 else _best_of_restarts(res, restarts, B)
+
+
+def _best_of_restarts(res: OperatorNormResult, R: int, B: int) -> OperatorNormResult:
+    norms = res.norm.view(R, B)
+    k = norms.argmax(dim=0)                                    # (B,)
+    ar = torch.arange(B, device=norms.device)
+    v = res.v.view((R, B) + tuple(res.v.shape[1:]))[k, ar]
+    hist = res.history.view(-1, R, B).amax(dim=1)
+    return OperatorNormResult(norm=norms[k, ar], v=v, j=res.j[:B], history=hist, history_hvps=res.history_hvps,
+                              hvps=res.hvps, method=res.method, p=res.p, q=res.q)
 
 
 def _result(H: HVPOperator, norm, v, hist, hist_hvps, method, p, q) -> OperatorNormResult:
