@@ -1,0 +1,310 @@
+"""Projected gradient descent (PGD) attacks, L2 and L∞, with cross-entropy and CW margin losses.
+
+Our own code in plain PyTorch (see the evaluation issue for why the libraries do not fit).
+
+``pgd(model, x, y, eps)`` maximizes the loss over ``{x' : ||x' - x|| <= eps, x' in [0, 1]^d}``:
+
+* ``eps`` is in **pixel units** of [0, 1] images (the paper's standardized units are converted in
+  :mod:`crossholder.evaluation`).
+* Random start uniform in the ball: L2 direction Gaussian, radius ``eps * U^(1/d)`` (the uniform
+  law on the ball; not ``eps * U``, which concentrates near the centre); L∞ uniform in the cube;
+  then clamped to [0, 1].
+* Losses are per-example and sum-reduced, so each example's step does not depend on the others:
+  ``"ce"`` cross-entropy, ``"cw"`` the Carlini-Wagner margin ``max_{j != y} z_j - z_y`` (computed
+  with a boolean mask, never ``(1 - onehot) * z``, which breaks when logits are negative).
+* Steps: L2 normalized gradient ``x <- x + a * g / ||g||_2``; L∞ signed gradient; default step size
+  ``a = 2.5 * eps / steps`` (Madry et al.). Then projection onto the ball, then the box.
+* Success is checked at **every iterate** (not only the last); a fooled example stops (early
+  stopping) and keeps that iterate as its witness. Restarts run only on examples not yet fooled.
+* The random stream of restart ``r`` is drawn for the full batch from ``(seed, r)``, so an example's
+  trajectory does not depend on which other examples are still active: the same example with the
+  same seed follows the same path in a sweep over ε or in a single attack.
+* Every returned adversarial example is re-verified on a fresh forward pass (norm ``<= eps (1 +
+  1e-5)``, pixels in [0, 1], misclassified); a failure raises :class:`AttackVerificationError`.
+* Guards refuse to run silently in an invalid setting: a model in training mode, outputs that look
+  like probabilities (the CW margin and the CE loss need logits), non-finite gradients.
+
+The model's parameters are never modified; their ``requires_grad`` flags are restored on exit.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["AttackResult", "AttackVerificationError", "pgd", "attack_loss", "perturbation_norm", "LOSSES", "NORMS",
+           "check_model"]
+
+LOSSES = ("ce", "cw")
+NORMS = (2, float("inf"))
+VERIFY_RTOL = 1e-5
+
+
+class AttackVerificationError(RuntimeError):
+    """A returned adversarial example failed its re-verification."""
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Outcome of :func:`pgd` for a batch of ``B`` examples.
+
+    Attributes:
+        x_adv: ``(B, *S)`` the adversarial example where ``success``, else the clean input.
+        success: ``(B,)`` bool, misclassified at ``x_adv`` (clean-misclassified points count as success
+            with a zero perturbation).
+        norm: ``(B,)`` ``||x_adv - x||`` (pixel units) where ``success``, else ``inf``.
+        grad_evals: number of per-example gradient evaluations spent (the attack's cost).
+        forward_evals: number of per-example forward passes without gradient (success checks).
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    norm: torch.Tensor
+    grad_evals: int
+    forward_evals: int
+
+
+def perturbation_norm(delta: torch.Tensor, norm: float) -> torch.Tensor:
+    """Per-example norm of ``delta`` ``(B, *S)`` over the flattened ``S``: ``(B,)``."""
+    return torch.linalg.vector_norm(delta.flatten(1), ord=norm, dim=1)
+
+
+def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-example attack objective ``(B,)`` to be *maximized*.
+
+    ``"ce"``: cross-entropy; ``"cw"``: ``max_{j != y} z_j - z_y`` (positive iff misclassified).
+    """
+    if loss == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    if loss == "cw":
+        own = logits.gather(1, y[:, None]).squeeze(1)
+        mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, y[:, None], True)
+        other = logits.masked_fill(mask, float("-inf")).amax(dim=1)
+        return other - own
+    raise ValueError(f"loss={loss!r}; allowed values: {', '.join(map(repr, LOSSES))}")
+
+
+def check_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Guards: eval mode and logits (not probabilities). Returns the clean logits ``(B, K)``."""
+    if model.training:
+        raise RuntimeError("the model is in training mode; call model.eval() before attacking it "
+                           "(dropout or batch-norm statistics would make the attack and its verification disagree)")
+    with torch.no_grad():
+        z = model(x)
+    if z.dim() != 2:
+        raise ValueError(f"the model must return logits of shape (B, K); got {tuple(z.shape)}")
+    if z.shape[0] > 1 or z.shape[1] > 2:
+        probs_like = bool(((z >= 0) & (z <= 1)).all()) and torch.allclose(z.sum(1), torch.ones_like(z[:, 0]), atol=1e-4)
+        logprobs_like = bool((z <= 0).all()) and torch.allclose(z.exp().sum(1), torch.ones_like(z[:, 0]), atol=1e-4)
+        if probs_like or logprobs_like:
+            raise ValueError("the model's outputs look like (log-)probabilities (rows sum to 1); attacks need "
+                             "logits: remove the final softmax")
+    return z
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def _validate(x: torch.Tensor, y: torch.Tensor, eps: float, norm: float, loss: str, steps: int, restarts: int,
+              step_size: float | None) -> float:
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps={eps!r} must be a finite number >= 0 (pixel units of [0, 1] images)")
+    norm = float(norm)
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r}; allowed values: 2 or float('inf')")
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r}; allowed values: {', '.join(map(repr, LOSSES))}")
+    for name, v in (("steps", steps), ("restarts", restarts)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name}={v!r} must be an integer >= 1")
+    if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size={step_size!r} must be a finite number > 0 (or None for 2.5 * eps / steps)")
+    if x.dim() < 2 or y.shape != (x.shape[0],) or y.dtype != torch.int64:
+        raise ValueError(f"x must be (B, *S) and y int64 (B,); got {tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
+    if bool((x < 0).any()) or bool((x > 1).any()):
+        raise ValueError("x has pixels outside [0, 1]; attacks work on [0, 1] images")
+    return norm
+
+
+def _start_noise(shape: torch.Size, eps: float, norm: float, seed: int, restart: int, dtype) -> torch.Tensor:
+    """Uniform sample of the ε-ball for every example of the full batch, from the stream ``(seed, restart)``."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + restart)
+    B, d = shape[0], math.prod(shape[1:])
+    if norm == 2.0:
+        u = torch.randn(B, d, generator=g, dtype=torch.float64)
+        u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        r = torch.rand(B, 1, generator=g, dtype=torch.float64).pow(1.0 / d)
+        delta = eps * r * u
+    else:
+        delta = eps * (2 * torch.rand(B, d, generator=g, dtype=torch.float64) - 1)
+    return delta.to(dtype).view(shape)
+
+
+def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: float) -> torch.Tensor:
+    delta = x_adv - x
+    if norm == 2.0:
+        n = perturbation_norm(delta, 2.0).clamp_min(1e-30)
+        factor = torch.clamp(eps / n, max=1.0).view((-1,) + (1,) * (x.dim() - 1))
+        delta = delta * factor
+    else:
+        delta = delta.clamp(-eps, eps)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: float = 2, loss: str = "ce",
+        steps: int = 50, restarts: int = 10, step_size: float | None = None, seed: int = 0,
+        active: torch.Tensor | None = None, verify: bool = True) -> AttackResult:
+    """Untargeted PGD within the ``eps``-ball (pixel units) and the [0, 1] box.
+
+    Args:
+        model: logits model in eval mode, ``(B, *S) -> (B, K)``.
+        x: clean inputs ``(B, *S)`` in [0, 1]; y: labels int64 ``(B,)``.
+        eps: radius in pixel units (``>= 0``).
+        norm: 2 or ``float('inf')``.
+        loss: ``"ce"`` or ``"cw"``.
+        steps: iterations per restart (``>= 1``); restarts: random starts (``>= 1``).
+        step_size: defaults to ``2.5 * eps / steps``.
+        seed: seed of the random starts; restart ``r`` uses the stream ``(seed, r)``.
+        active: optional bool ``(B,)``: attack only these examples (others are returned unchanged and
+            unsuccessful unless misclassified clean). Used by the ε sweep.
+        verify: re-verify the returned examples (always on in the library's own use).
+
+    Returns:
+        :class:`AttackResult`.
+    """
+    norm = _validate(x, y, eps, norm, loss, steps, restarts, step_size)
+    alpha = step_size if step_size is not None else 2.5 * eps / steps
+    x = x.detach()
+    B = x.shape[0]
+    with _frozen(model):
+        z = check_model(model, x)
+        success = z.argmax(1) != y
+        x_adv = x.clone()
+        best_norm = torch.where(success, torch.zeros(B, dtype=x.dtype, device=x.device),
+                                torch.full((B,), math.inf, dtype=x.dtype, device=x.device))
+        todo = ~success if active is None else (~success & active.to(x.device))
+        grad_evals, fwd_evals = 0, B
+        if eps > 0:
+            for r in range(restarts):
+                idx = todo.nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                noise = _start_noise(x.shape, eps, norm, seed, r, x.dtype).to(x.device)
+                x0, y0 = x[idx], y[idx]
+                xa = (x0 + noise[idx]).clamp(0.0, 1.0)
+                live = torch.arange(idx.numel(), device=x.device)        # positions into idx still running
+                for _ in range(steps):
+                    xa_l = xa[live].requires_grad_(True)
+                    with torch.enable_grad():
+                        logits = model(xa_l)
+                        obj = attack_loss(logits, y0[live], loss)
+                        (g,) = torch.autograd.grad(obj.sum(), xa_l)
+                    grad_evals += live.numel()
+                    fooled = logits.detach().argmax(1) != y0[live]
+                    if not torch.isfinite(g).all():
+                        raise FloatingPointError("non-finite input gradient in PGD; the model or loss overflowed")
+                    if bool(fooled.any()):
+                        _record(x_adv, best_norm, success, idx[live[fooled]], xa_l.detach()[fooled], x, norm)
+                    keep = ~fooled
+                    live, g = live[keep], g[keep]
+                    if live.numel() == 0:
+                        break
+                    xl = xa[live]
+                    if norm == 2.0:
+                        gn = perturbation_norm(g, 2.0).clamp_min(1e-30).view((-1,) + (1,) * (x.dim() - 1))
+                        xl = xl + alpha * g / gn
+                    else:
+                        xl = xl + alpha * torch.sign(g)
+                    xa[live] = _project(xl, x0[live], eps, norm)
+                if live.numel():
+                    with torch.no_grad():
+                        fooled = model(xa[live]).argmax(1) != y0[live]
+                    fwd_evals += live.numel()
+                    if bool(fooled.any()):
+                        _record(x_adv, best_norm, success, idx[live[fooled]], xa[live[fooled]], x, norm)
+                todo = todo & ~success
+        result = AttackResult(x_adv=x_adv, success=success, norm=best_norm, grad_evals=grad_evals,
+                              forward_evals=fwd_evals)
+        if verify:
+            verify_result(model, x, y, result, eps, norm)
+    return result
+
+
+def _record(x_adv, best_norm, success, where, xa, x, norm) -> None:
+    n = perturbation_norm(xa - x[where], norm)
+    better = n < best_norm[where]
+    w = where[better]
+    x_adv[w] = xa[better]
+    best_norm[w] = n[better]
+    success[where] = True
+
+
+def verify_result(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: AttackResult, eps: float,
+                  norm: float) -> None:
+    """Fresh forward pass: every success is misclassified, within ``eps (1 + 1e-5)`` and in [0, 1]."""
+    s = result.success
+    if not bool(s.any()):
+        return
+    xa = result.x_adv[s]
+    with torch.no_grad():
+        pred = model(xa).argmax(1)
+    n = perturbation_norm(xa - x[s], norm)
+    problems = []
+    if bool((pred == y[s]).any()):
+        problems.append(f"{int((pred == y[s]).sum())} 'successful' examples are classified correctly")
+    if bool((n > eps * (1 + VERIFY_RTOL) + 1e-12).any()):
+        problems.append(f"perturbation norm up to {float(n.max()):.6g} exceeds eps={eps:.6g}")
+    if bool((xa < 0).any()) or bool((xa > 1).any()):
+        problems.append("pixels outside [0, 1]")
+    if problems:
+        raise AttackVerificationError("adversarial examples failed re-verification: " + "; ".join(problems))
+
+
+def pgd_last_iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int,
+                     step_size: float | None = None, norm: float = 2, loss: str = "ce",
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Madry et al.'s training attack: random start, ``steps`` PGD steps, the **last** iterate ``(B, *S)``.
+
+    No early stopping and no guards (it runs inside the training loop; the model's parameters are
+    not differentiated). ``eps`` in pixel units; step size defaults to ``2.5 * eps / steps``.
+    """
+    norm = _validate(x, y, eps, norm, loss, steps, 1, step_size)
+    alpha = step_size if step_size is not None else 2.5 * eps / steps
+    x = x.detach()
+    B, d = x.shape[0], x[0].numel()
+    if norm == 2.0:
+        u = torch.randn(B, d, generator=generator, dtype=x.dtype)
+        u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        r = torch.rand(B, 1, generator=generator, dtype=x.dtype).pow(1.0 / d)
+        delta = (eps * r * u).view_as(x)
+    else:
+        delta = eps * (2 * torch.rand(x.shape, generator=generator, dtype=x.dtype) - 1)
+    xa = (x + delta.to(x.device)).clamp(0.0, 1.0)
+    with _frozen(model):
+        for _ in range(steps):
+            xa.requires_grad_(True)
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(attack_loss(model(xa), y, loss).sum(), xa)
+            with torch.no_grad():
+                if norm == 2.0:
+                    gn = perturbation_norm(g, 2.0).clamp_min(1e-30).view((-1,) + (1,) * (x.dim() - 1))
+                    xa = xa + alpha * g / gn
+                else:
+                    xa = xa + alpha * torch.sign(g)
+                xa = _project(xa, x, eps, norm)
+    return xa.detach()

@@ -1,0 +1,301 @@
+"""Cross-Lipschitz and Cross-Hölder regularized losses (the paper's eq. 5).
+
+For a batch ``x`` ``(B, *S)`` with labels ``y`` ``(B,)`` and margins ``f^(j) = f_y - f_j``:
+
+    loss = CE(f(x), y)
+           + λ1 · mean_b Σ_{j in J(b)} ( ||∇_x f^(j)(x_b)||_q + λ2 · ||H_{f^(j)}(x_b) v_bj||_q )
+
+* ``λ2 = 0`` is **Cross-Lipschitz** in the paper's form (eq. 5 with λ2 = 0).
+  :func:`hein_cross_lipschitz` is Hein & Andriushchenko's original form,
+  ``(1 / K²) Σ_{l,m} ||∇f_l - ∇f_m||²_2`` averaged over the batch; the paper does not say
+  which one it ran, so both exist.
+* ``λ2 > 0`` is **Cross-Hölder**. The Hessian term is differentiated with ``v_bj`` held fixed at
+  the inner maximizer (Danskin's theorem), so its gradient is that of ``||H v||_q`` at fixed ``v``.
+* ``J(b)`` is every class but ``y_b`` (``classes="all"``, the paper) or only the runner-up class,
+  the largest logit other than ``y_b`` (``classes="runner_up"``, which decides the bound of
+  Corollary 1); ``J = K - 1`` or ``1`` classes per example.
+
+We implement eq. (5), not Algorithm 1's weighting (λ2 and λ1·λ2; see GUIDE.md section 4).
+
+Inner loop (finding ``v``), ``inner``:
+
+* ``"ascent"``: the paper's Algorithm 1, ``v <- normalize_p(v + o ∇_v ||H v||_q)``, ``T`` steps
+  (two Hessian-vector products each).
+* ``"power"``: power iteration for ``p = q = 2``, one product a step.
+
+Faithful mode (Algorithm 1 as written) passes ``v0=None`` (fresh ``v ~ N(0, I)`` every step),
+``inner="ascent"``, ``inner_iters=10``, ``step=0.1``, ``classes="all"``. Fast mode (ours) passes the
+direction kept from the example's previous visit as ``v0`` with a few power steps; the product
+the training step computes anyway, ``H v``, normalized, is returned as ``v_next``: the next power
+iteration step, to be kept for the next epoch (:class:`DirectionStore`).
+
+All gradient computations reuse one forward pass on the batch replicated ``J`` times (slot-major:
+rows ``s·B .. s·B + B - 1`` hold slot ``s``), whose first ``B`` rows also give the cross-entropy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hessian import explicit_backward, explicit_forward, explicit_hvp, explicit_layers
+
+__all__ = ["RegularizedLoss", "regularized_loss", "hein_cross_lipschitz", "other_classes", "DirectionStore",
+           "CLASSES", "INNER"]
+
+CLASSES = ("all", "runner_up")
+INNER = ("ascent", "power")
+
+
+@dataclass
+class RegularizedLoss:
+    """Output of :func:`regularized_loss`.
+
+    Attributes:
+        loss: scalar, differentiable: CE + λ1 (grad_term + λ2 hess_term).
+        ce: scalar (detached), the mean cross-entropy.
+        grad_term: scalar (detached), ``mean_b Σ_j ||∇f^(j)||_q``.
+        hess_term: scalar (detached), ``mean_b Σ_j ||H v||_q`` (0 when λ2 = 0).
+        logits: ``(B, K)`` detached clean logits.
+        j: ``(B, J)`` the classes regularized for each example.
+        grad_norms: ``(B, J)`` detached ``||∇f^(j)||_q``; hess_norms ``(B, J)`` detached ``||H v||_q``
+            (``None`` when λ2 = 0).
+        v_next: ``(B, J, *S)`` unit directions ``H v / ||H v||`` to keep for the next visit (``None``
+            when λ2 = 0).
+        hvps: Hessian-vector products per margin (inner loop + the training product).
+    """
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    grad_term: torch.Tensor
+    hess_term: torch.Tensor
+    logits: torch.Tensor
+    j: torch.Tensor
+    grad_norms: torch.Tensor
+    hess_norms: torch.Tensor | None
+    v_next: torch.Tensor | None
+    hvps: int
+
+
+def other_classes(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(B, K-1)``: for each example the classes ``!= y`` in increasing order (slot ``s`` ↔ class ``s + (s >= y)``)."""
+    s = torch.arange(num_classes - 1, device=y.device)[None, :]
+    return s + (s >= y[:, None]).long()
+
+
+def _norm(u: torch.Tensor, q: float) -> torch.Tensor:
+    return torch.linalg.vector_norm(u.flatten(1), ord=q, dim=1)
+
+
+def _normalize(u: torch.Tensor, p: float) -> torch.Tensor:
+    n = _norm(u, p).clamp_min(torch.finfo(u.dtype).tiny)
+    return u / n.view((-1,) + (1,) * (u.dim() - 1))
+
+
+def _dual(u: torch.Tensor, q: float) -> torch.Tensor:
+    from .hessian import _dual as dual
+
+    return dual(u, q)
+
+
+def _check(lam1: float, lam2: float, p: float, q: float, classes: str, inner: str, inner_iters: int, step: float):
+    for name, v in (("lam1", lam1), ("lam2", lam2)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name}={v!r} must be a finite number >= 0")
+    for name, v in (("p", p), ("q", q)):
+        if not (v >= 1):
+            raise ValueError(f"{name}={v!r} must be >= 1 (a norm)")
+    if classes not in CLASSES:
+        raise ValueError(f"classes={classes!r}; allowed values: {', '.join(map(repr, CLASSES))}")
+    if inner not in INNER:
+        raise ValueError(f"inner={inner!r}; allowed values: {', '.join(map(repr, INNER))}")
+    if inner == "power" and (p != 2 or q != 2):
+        raise ValueError(f"inner='power' needs p = q = 2; got p={p}, q={q}")
+    if not isinstance(inner_iters, int) or inner_iters < 0:
+        raise ValueError(f"inner_iters={inner_iters!r} must be an integer >= 0")
+    if not (step > 0 and math.isfinite(step)):
+        raise ValueError(f"step={step!r} must be a finite number > 0")
+
+
+def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1: float, lam2: float = 0.0,
+                     p: float = 2.0, q: float = 2.0, classes: str = "all", v0: torch.Tensor | None = None,
+                     inner: str = "ascent", inner_iters: int = 10, step: float = 0.1,
+                     generator: torch.Generator | None = None) -> RegularizedLoss:
+    """Cross-entropy plus the Cross-Lipschitz (``lam2 = 0``) or Cross-Hölder (``lam2 > 0``) term.
+
+    Args:
+        model: logits model ``(B, *S) -> (B, K)``, twice differentiable.
+        x: ``(B, *S)`` inputs (pixels in [0, 1]); y: int64 ``(B,)`` labels.
+        lam1, lam2: eq. (5)'s λ1 and λ2 (``>= 0``).
+        p, q: the norms (``q`` for the gradient and ``||H v||``, ``||v||_p = 1``); the paper's L2 setting is 2, 2.
+        classes: ``"all"`` (j ≠ y, the paper) or ``"runner_up"``.
+        v0: ``(B, J, *S)`` starting directions (fast mode: kept from the previous visit); ``None`` draws
+            ``N(0, I)`` from ``generator`` (faithful mode).
+        inner, inner_iters, step: the inner loop (module docstring); ``inner_iters=0`` uses ``v0`` as is.
+        generator: for the fresh directions.
+
+    Returns:
+        :class:`RegularizedLoss`.
+    """
+    _check(lam1, lam2, p, q, classes, inner, inner_iters, step)
+    B = x.shape[0]
+    with torch.enable_grad():
+        if lam1 == 0:
+            logits = model(x)
+            ce = F.cross_entropy(logits, y)
+            zero = torch.zeros((), dtype=x.dtype, device=x.device)
+            K = logits.shape[1]
+            jj = other_classes(y, K) if classes == "all" else logits.detach().masked_fill(
+                F.one_hot(y, K).bool(), float("-inf")).argmax(1, keepdim=True)
+            return RegularizedLoss(loss=ce, ce=ce.detach(), grad_term=zero, hess_term=zero, logits=logits.detach(),
+                                   j=jj, grad_norms=torch.zeros(jj.shape, dtype=x.dtype), hess_norms=None,
+                                   v_next=None, hvps=0)
+        J = 1 if classes == "runner_up" else _num_classes(model) - 1   # K read off the last nn.Linear
+        layers = explicit_layers(model)
+        if layers is not None:
+            # explicit second-order passes (hessian module): one forward on B, everything else plain ops
+            cache = explicit_forward(layers, x.detach())
+            z = cache.logits
+        else:
+            x_rep = x.detach().repeat((J,) + (1,) * (x.dim() - 1)).requires_grad_(True)
+            z = model(x_rep)
+        K = z.shape[1]
+        logits = z[:B]
+        ce = F.cross_entropy(logits, y)
+        if classes == "all":
+            jj = other_classes(y, K)                                  # (B, J)
+        else:
+            jj = logits.detach().masked_fill(F.one_hot(y, K).bool(), float("-inf")).argmax(1, keepdim=True)
+        j_rep = jj.t().reshape(-1)                                    # slot-major (J*B,)
+        y_rep = y.repeat(J)
+        if layers is not None:
+            cache_j = cache.repeat(J) if J > 1 else cache
+            e = F.one_hot(y_rep, K).to(x.dtype) - F.one_hot(j_rep, K).to(x.dtype)
+            g, adj = explicit_backward(cache_j, e)
+
+            def hv_graph(vec: torch.Tensor) -> torch.Tensor:
+                return explicit_hvp(cache_j, adj, vec)
+
+            def hv_of(vec: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    return explicit_hvp(cache_j, adj, vec)
+        else:
+            m = z.gather(1, y_rep[:, None]).squeeze(1) - z.gather(1, j_rep[:, None]).squeeze(1)
+            (g,) = torch.autograd.grad(m.sum(), x_rep, create_graph=True)
+
+            def hv_graph(vec: torch.Tensor) -> torch.Tensor:
+                return torch.autograd.grad(g, x_rep, grad_outputs=vec, create_graph=True)[0]
+
+            def hv_of(vec: torch.Tensor) -> torch.Tensor:
+                return torch.autograd.grad(g, x_rep, grad_outputs=vec, retain_graph=True)[0]
+        rep_shape = (J * B,) + tuple(x.shape[1:])
+        gn = _norm(g, q)                                              # (J*B,)
+        grad_term = gn.view(J, B).sum(0).mean()
+        hess_term = torch.zeros((), dtype=x.dtype, device=x.device)
+        hn_out = v_next = None
+        hvps = 0
+        if lam2 > 0:
+            if v0 is None:
+                v = torch.randn(rep_shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+            else:
+                if v0.shape != (B, J) + tuple(x.shape[1:]):
+                    raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected {(B, J) + tuple(x.shape[1:])}")
+                v = v0.detach().to(x.dtype).transpose(0, 1).reshape(rep_shape)
+            v = _normalize(v, p)
+            for _ in range(inner_iters):
+                u = hv_of(v)
+                hvps += 1
+                if inner == "power":
+                    v = _normalize(u, 2.0)
+                else:
+                    grad_v = hv_of(_dual(u, q))
+                    hvps += 1
+                    v = _normalize(v + step * grad_v, p)
+            hv = hv_graph(v.detach())
+            hvps += 1
+            hn = _norm(hv, q)
+            hess_term = hn.view(J, B).sum(0).mean()
+            hn_out = hn.detach().view(J, B).t()
+            nxt = _normalize(hv.detach(), 2.0) if (p == 2 and q == 2) else v.detach()
+            v_next = nxt.view((J, B) + tuple(x.shape[1:])).transpose(0, 1)
+        loss = ce + lam1 * (grad_term + lam2 * hess_term)
+    return RegularizedLoss(loss=loss, ce=ce.detach(), grad_term=grad_term.detach(), hess_term=hess_term.detach(),
+                           logits=logits.detach(), j=jj, grad_norms=gn.detach().view(J, B).t(), hess_norms=hn_out,
+                           v_next=v_next, hvps=hvps)
+
+
+def _num_classes(model: nn.Module) -> int:
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ValueError("cannot infer the number of classes: the model has no nn.Linear layer")
+    return last[-1].out_features
+
+
+def hein_cross_lipschitz(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1: float) -> RegularizedLoss:
+    """Hein & Andriushchenko (2017)'s Cross-Lipschitz: ``CE + lam1 · mean_b (1/K²) Σ_{l,m} ||∇f_l - ∇f_m||²_2``.
+
+    Uses ``Σ_{l,m} ||a_l - a_m||² = 2K Σ_l ||a_l||² - 2 ||Σ_l a_l||²`` on the full input Jacobian.
+    """
+    _check(lam1, 0.0, 2.0, 2.0, "all", "ascent", 0, 0.1)
+    B = x.shape[0]
+    K = _num_classes(model)
+    x_rep = x.detach().repeat((K,) + (1,) * (x.dim() - 1)).requires_grad_(True)
+    z = model(x_rep)
+    logits = z[:B]
+    ce = F.cross_entropy(logits, y)
+    cls = torch.arange(K, device=x.device).repeat_interleave(B)
+    (jac,) = torch.autograd.grad(z.gather(1, cls[:, None]).sum(), x_rep, create_graph=True)
+    a = jac.flatten(1).view(K, B, -1)
+    pair = 2 * K * (a * a).sum((0, 2)) - 2 * (a.sum(0) ** 2).sum(1)        # (B,)
+    term = (pair / K**2).mean()
+    loss = ce + lam1 * term
+    zeros = torch.zeros((B, K - 1), dtype=x.dtype)
+    return RegularizedLoss(loss=loss, ce=ce.detach(), grad_term=term.detach(), hess_term=torch.zeros(()),
+                           logits=logits.detach(), j=other_classes(y, K), grad_norms=zeros, hess_norms=None,
+                           v_next=None, hvps=0)
+
+
+class DirectionStore:
+    """Kept inner-loop directions for fast mode: one unit vector per (training example, slot).
+
+    ``vectors`` is ``(N, J, d)`` in ``dtype`` (float16 by default: a warm start needs no more, and it
+    halves the memory: 57,000 × 9 × 784 × 2 bytes ≈ 0.8 GB for all classes, 89 MB for the runner-up);
+    ``classes`` ``(N, J)`` int64 records the class each vector belongs to (-1: never visited, in which
+    case a fresh ``N(0, I)`` direction is drawn). Indexed by the example's position in the training
+    set, so shuffling does not matter.
+    """
+
+    def __init__(self, n: int, slots: int, shape: tuple[int, ...], *, dtype: torch.dtype = torch.float16) -> None:
+        self.shape = tuple(shape)
+        d = math.prod(shape)
+        self.vectors = torch.zeros(n, slots, d, dtype=dtype)
+        self.classes = torch.full((n, slots), -1, dtype=torch.int64)
+
+    def get(self, idx: torch.Tensor, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
+        """``(B, J, *shape)`` directions for examples ``idx`` (fresh Gaussian where never visited)."""
+        v = self.vectors[idx].to(dtype)
+        fresh = self.classes[idx] < 0
+        if bool(fresh.any()):
+            noise = torch.randn(v.shape, generator=generator, dtype=dtype)
+            v = torch.where(fresh[..., None], noise, v)
+        return v.view((len(idx), v.shape[1]) + self.shape)
+
+    def put(self, idx: torch.Tensor, v: torch.Tensor, classes: torch.Tensor) -> None:
+        """Store unit directions ``v`` ``(B, J, *shape)`` for examples ``idx`` and their classes ``(B, J)``."""
+        flat = v.detach().reshape(len(idx), v.shape[1], -1)
+        flat = flat / flat.norm(dim=2, keepdim=True).clamp_min(1e-30)
+        self.vectors[idx] = flat.to(self.vectors.dtype).cpu()
+        self.classes[idx] = classes.to(torch.int64).cpu()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"vectors": self.vectors, "classes": self.classes}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state["vectors"].shape != self.vectors.shape:
+            raise ValueError(f"direction store shape {tuple(state['vectors'].shape)} != {tuple(self.vectors.shape)}")
+        self.vectors.copy_(state["vectors"])
+        self.classes.copy_(state["classes"])

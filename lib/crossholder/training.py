@@ -1,0 +1,421 @@
+"""One training loop for the four defenses: ``none``, ``cross_lipschitz``, ``cross_holder``, ``adversarial``.
+
+Every defense uses the same optimizer, schedule, batch size and number of epochs
+(:data:`crossholder.experiments.TRAINING_CHOICES`, per-profile epochs in ``PROFILES``).
+
+* ``none``: cross-entropy.
+* ``cross_lipschitz``: eq. (5) with λ2 = 0 (``cl_variant="margin"``), or Hein & Andriushchenko's
+  original pairwise form (``cl_variant="hein"``), :mod:`crossholder.regularizers`.
+* ``cross_holder``: eq. (5). ``mode="faithful"``: Algorithm 1 (fresh ``v ~ N(0, I)`` each step,
+  T = 10 ascent steps of size o = 0.1). ``mode="fast"`` (ours): directions kept per training
+  example between epochs (:class:`~crossholder.regularizers.DirectionStore`), ``inner_iters``
+  power steps, and the training step's own product ``H v`` kept as the next power step.
+* ``adversarial``: Madry et al.'s L2 PGD adversarial training, trained on the last PGD iterate
+  (random start, ``at_steps`` steps of ``2.5 ε / at_steps``); ε in the paper's units is converted
+  to pixels with the dataset's std (``eps_unit="paper"``), or taken as pixels (``eps_unit="pixel"``).
+
+Runs are resumable: after every epoch the full state (weights, optimizer, schedule, random
+generators, kept directions, log) is written atomically to ``results/scratch/train-<id>/state.pt``;
+a killed run restarted with the same config continues from there and ends with the same weights
+as an uninterrupted run (same seed, CPU). Outputs, under the run id (a hash of the config and
+:data:`TRAIN_CODE_VERSION`):
+
+* ``results/<dataset>/models/<defense>-<id>.pt``: the final weights (``crossholder.models.load``);
+* ``results/<dataset>/models/<defense>-<id>.json``: provenance and final metrics;
+* ``results/<dataset>/training/<defense>-<id>.csv``: one row per epoch;
+* ``results/models.json``: ``"<dataset>/<defense>"`` -> the selected model (``register=True``).
+
+Command line (background runs): ``python -m crossholder.training --dataset mnist --defense cross_holder``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data as data_mod
+from . import experiments as ex
+from . import models as models_mod
+from . import paths
+from .attacks import pgd_last_iterate
+from .regularizers import DirectionStore, hein_cross_lipschitz, regularized_loss
+
+__all__ = ["TrainConfig", "TrainResult", "make_config", "train", "load_registered", "TRAIN_CODE_VERSION"]
+
+TRAIN_CODE_VERSION = "1"
+MODES = ("fast", "faithful")
+CL_VARIANTS = ("margin", "hein")
+EPS_UNITS = ("paper", "pixel")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (and its identity).
+
+    Units: ``eps`` in the paper's units (L2 on standardized inputs) when ``eps_unit="paper"``,
+    else pixels of [0, 1] images. ``lr`` per step of Adam; ``epochs`` full passes over ``n_train``
+    examples (``None``: the whole 57,000-image training split).
+    """
+
+    dataset: str
+    defense: str
+    lam1: float = 0.0
+    lam2: float = 0.0
+    eps: float = 0.0
+    eps_unit: str = "paper"
+    at_steps: int = ex.TRAINING_CHOICES["at_steps"]
+    classes: str = "runner_up"
+    mode: str = "fast"
+    inner: str = ex.TRAINING_CHOICES["fast_inner"]
+    inner_iters: int = ex.TRAINING_CHOICES["fast_inner_iters"]
+    step: float = 0.1
+    cl_variant: str = "margin"
+    epochs: int = 10
+    batch_size: int = ex.TRAINING_CHOICES["batch_size"]
+    lr: float = ex.TRAINING_CHOICES["lr"]
+    n_train: int | None = None
+    seed: int = 0
+    profile: str = "cpu"
+
+    def validate(self) -> "TrainConfig":
+        data_mod.check_dataset(self.dataset)
+        ex.check_defense(self.defense)
+        ex.check_profile(self.profile)
+        for name in ("lam1", "lam2", "eps", "step", "lr"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}={v!r} must be a finite number >= 0")
+        if self.defense == "adversarial" and not self.eps > 0:
+            raise ValueError(f"eps={self.eps!r}: adversarial training needs eps > 0")
+        if self.defense in ("cross_lipschitz", "cross_holder") and not self.lam1 > 0:
+            raise ValueError(f"lam1={self.lam1!r}: {self.defense} needs lam1 > 0")
+        if self.defense == "cross_holder" and not self.lam2 > 0:
+            raise ValueError(f"lam2={self.lam2!r}: cross_holder needs lam2 > 0 (lam2 = 0 is cross_lipschitz)")
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}; allowed values: {', '.join(map(repr, MODES))}")
+        if self.cl_variant not in CL_VARIANTS:
+            raise ValueError(f"cl_variant={self.cl_variant!r}; allowed values: {', '.join(map(repr, CL_VARIANTS))}")
+        if self.eps_unit not in EPS_UNITS:
+            raise ValueError(f"eps_unit={self.eps_unit!r}; allowed values: {', '.join(map(repr, EPS_UNITS))}")
+        if self.classes not in ("all", "runner_up"):
+            raise ValueError(f"classes={self.classes!r}; allowed values: 'all', 'runner_up'")
+        for name in ("epochs", "batch_size", "at_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r} must be an integer >= 1")
+        if not isinstance(self.inner_iters, int) or self.inner_iters < 0:
+            raise ValueError(f"inner_iters={self.inner_iters!r} must be an integer >= 0")
+        if self.n_train is not None and (not isinstance(self.n_train, int) or self.n_train < self.batch_size):
+            raise ValueError(f"n_train={self.n_train!r} must be None or an integer >= batch_size")
+        return self
+
+    def relevant(self) -> dict[str, Any]:
+        """The parameters that matter for this defense (the others are dropped from the identity)."""
+        d = dataclasses.asdict(self)
+        keep = {"dataset", "defense", "epochs", "batch_size", "lr", "n_train", "seed", "profile"}
+        if self.defense == "cross_lipschitz":
+            keep |= {"lam1", "classes", "cl_variant"}
+        elif self.defense == "cross_holder":
+            keep |= {"lam1", "lam2", "classes", "mode", "inner", "inner_iters", "step"}
+        elif self.defense == "adversarial":
+            keep |= {"eps", "eps_unit", "at_steps"}
+        return {k: v for k, v in d.items() if k in keep}
+
+    @property
+    def run_id(self) -> str:
+        return ex.run_id({**self.relevant(), "code": TRAIN_CODE_VERSION,
+                          "choices": {k: ex.TRAINING_CHOICES[k] for k in ("optimizer", "schedule")}})
+
+    @property
+    def name(self) -> str:
+        return f"{self.defense}-{self.run_id}"
+
+    @property
+    def eps_pixel(self) -> float:
+        return self.eps * data_mod.MEAN_STD[self.dataset][1] if self.eps_unit == "paper" else self.eps
+
+
+def make_config(dataset: str, defense: str, *, profile: str = "cpu", seed: int = 0, **overrides: Any) -> TrainConfig:
+    """The paper's hyperparameters for ``(dataset, defense)`` at ``profile``, with ``overrides`` applied.
+
+    Faithful Cross-Hölder (``mode="faithful"``) gets Algorithm 1's inner loop (ascent, T = 10,
+    o = 0.1, every class) unless overridden.
+    """
+    data_mod.check_dataset(dataset)
+    ex.check_defense(defense)
+    prof = ex.PROFILES[ex.check_profile(profile)]
+    base: dict[str, Any] = dict(ex.PAPER[dataset].get(defense, {}))
+    base.update(epochs=prof["epochs"], n_train=prof["n_train"], classes=prof["classes"], profile=profile, seed=seed)
+    if overrides.get("mode") == "faithful":
+        base.update(inner="ascent", inner_iters=ex.PAPER_INNER["inner_iters"], step=ex.PAPER_INNER["step"],
+                    classes="all")
+    base.update(overrides)
+    unknown = set(base) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown training parameter(s) {sorted(unknown)}; allowed: "
+                         f"{sorted(f.name for f in dataclasses.fields(TrainConfig))}")
+    return TrainConfig(dataset=dataset, defense=defense, **base).validate()
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    config: TrainConfig
+    log: pd.DataFrame
+    checkpoint: Path
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def _paths(cfg: TrainConfig) -> dict[str, Path]:
+    res = paths.results_dir()
+    return {
+        "checkpoint": res / cfg.dataset / "models" / f"{cfg.name}.pt",
+        "sidecar": res / cfg.dataset / "models" / f"{cfg.name}.json",
+        "log": res / cfg.dataset / "training" / f"{cfg.name}.csv",
+        "state": res / "scratch" / f"train-{cfg.dataset}-{cfg.name}" / "state.pt",
+    }
+
+
+def _cosine(total: int):
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    was = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            correct += int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+    model.train(was)
+    return correct / max(len(x), 1)
+
+
+def _step_loss(cfg: TrainConfig, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor,
+               store: DirectionStore | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """The loss of one batch and its terms; also the clean logits (for the train accuracy)."""
+    if cfg.defense == "none":
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        return loss, {"ce": loss.item()}, logits.detach()
+    if cfg.defense == "adversarial":
+        model.eval()
+        xa = pgd_last_iterate(model, xb, yb, cfg.eps_pixel, steps=cfg.at_steps, generator=gen)
+        model.train()
+        loss = F.cross_entropy(model(xa), yb)
+        with torch.no_grad():
+            logits = model(xb)
+        return loss, {"ce": loss.item()}, logits
+    if cfg.defense == "cross_lipschitz" and cfg.cl_variant == "hein":
+        out = hein_cross_lipschitz(model, xb, yb, lam1=cfg.lam1)
+    elif cfg.defense == "cross_lipschitz":
+        out = regularized_loss(model, xb, yb, lam1=cfg.lam1, classes=cfg.classes)
+    elif cfg.mode == "faithful":
+        out = regularized_loss(model, xb, yb, lam1=cfg.lam1, lam2=cfg.lam2, classes=cfg.classes, v0=None,
+                               inner=cfg.inner, inner_iters=cfg.inner_iters, step=cfg.step, generator=gen)
+    else:
+        assert store is not None
+        v0 = store.get(idx, gen, dtype=xb.dtype)
+        out = regularized_loss(model, xb, yb, lam1=cfg.lam1, lam2=cfg.lam2, classes=cfg.classes, v0=v0,
+                               inner=cfg.inner, inner_iters=cfg.inner_iters, step=cfg.step, generator=gen)
+        store.put(idx, out.v_next, out.j)
+    terms = {"ce": out.ce.item(), "grad_term": out.grad_term.item(), "hess_term": out.hess_term.item()}
+    return out.loss, terms, out.logits
+
+
+def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, max_epochs: int | None = None,
+          threads: int | None = None) -> TrainResult:
+    """Train (or load from the cache, or resume) the run ``cfg``.
+
+    Args:
+        cfg: the run (:func:`make_config`).
+        progress: tqdm progress bar over batches (stderr).
+        register: record the model in ``results/models.json`` under ``"<dataset>/<defense>"``.
+        max_epochs: stop after this many epochs *in total* and return the partial model (the resume
+            state is kept; used to simulate a kill in tests).
+        threads: ``torch.set_num_threads`` for this run (``None``: leave as is).
+    """
+    cfg.validate()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    p = _paths(cfg)
+    if p["checkpoint"].exists() and p["sidecar"].exists() and p["log"].exists():
+        model = models_mod.load(p["checkpoint"])
+        record = ex.read_json(p["sidecar"])
+        if register:
+            _register(cfg, record)
+        return TrainResult(model, cfg, pd.read_csv(p["log"]), p["checkpoint"], record)
+
+    x, y = data_mod.tensors(cfg.dataset, "train")
+    if cfg.n_train is not None:
+        x, y = x[: cfg.n_train], y[: cfg.n_train]
+    xv, yv = data_mod.tensors(cfg.dataset, "val")
+    if cfg.profile == "smoke":
+        xv, yv = xv[: ex.PROFILES["smoke"]["n_val"]], yv[: ex.PROFILES["smoke"]["n_val"]]
+    N = len(x)
+    steps_per_epoch = N // cfg.batch_size            # drop the last partial batch: every step the same size
+    torch.manual_seed(cfg.seed)
+    model = models_mod.paper_cnn(cfg.dataset)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(cfg.epochs * steps_per_epoch))
+    gen_shuffle = torch.Generator().manual_seed(cfg.seed)
+    gen_noise = torch.Generator().manual_seed(cfg.seed + 1)
+    store = None
+    if cfg.defense == "cross_holder" and cfg.mode == "fast":
+        slots = 1 if cfg.classes == "runner_up" else 9
+        store = DirectionStore(N, slots, tuple(x.shape[1:]))
+    rows: list[dict[str, Any]] = []
+    start_epoch, wall_before = 0, 0.0
+    if p["state"].exists():
+        st = torch.load(p["state"], weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        gen_shuffle.set_state(st["gen_shuffle"])
+        gen_noise.set_state(st["gen_noise"])
+        if store is not None:
+            store.load_state_dict(st["store"])
+        rows = pd.read_csv(p["log"]).to_dict("records") if p["log"].exists() else []
+        rows = rows[: st["epoch"]]
+        start_epoch, wall_before = st["epoch"], float(st["wall_time_s"])
+    end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, max_epochs)
+
+    from tqdm.auto import tqdm
+
+    t_run = time.perf_counter()
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(N, generator=gen_shuffle)
+        sums: dict[str, float] = {}
+        correct = 0
+        bar = tqdm(range(steps_per_epoch), desc=f"{cfg.dataset}/{cfg.defense} epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False, mininterval=2.0)
+        for s in bar:
+            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            xb, yb = x[idx], y[idx]
+            loss, terms, logits = _step_loss(cfg, model, xb, yb, idx, store, gen_noise)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {s}: {terms}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            terms["loss"] = loss.item()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            correct += int((logits.argmax(1) == yb).sum())
+            if progress and s % 20 == 0:
+                bar.set_postfix(loss=f"{terms['loss']:.3f}")
+        epoch_time = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()},
+               "train_acc": correct / (steps_per_epoch * cfg.batch_size), "val_acc": _accuracy(model, xv, yv),
+               "lr": sched.get_last_lr()[0], "epoch_time_s": round(epoch_time, 2)}
+        for k in ("grad_term", "hess_term"):
+            row.setdefault(k, 0.0)
+        row["regularizer"] = cfg.lam1 * (row["grad_term"] + cfg.lam2 * row["hess_term"]) \
+            if cfg.defense in ("cross_lipschitz", "cross_holder") else 0.0
+        rows.append(row)
+        wall = wall_before + (time.perf_counter() - t_run)
+        # log first, then the state that points at it: a kill between the two re-runs one epoch at most
+        ex.atomic_write_text(p["log"], pd.DataFrame(rows).to_csv(index=False))
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "gen_shuffle": gen_shuffle.get_state(), "gen_noise": gen_noise.get_state(), "epoch": epoch + 1,
+                 "wall_time_s": wall}
+        if store is not None:
+            state["store"] = store.state_dict()
+        models_mod.atomic_torch_save(state, p["state"])
+        if progress:
+            print(f"[{cfg.dataset}/{cfg.defense}] epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} "
+                  f"train {row['train_acc']:.4f} val {row['val_acc']:.4f} ({epoch_time:.0f} s)", flush=True)
+    log = pd.DataFrame(rows)
+    if end_epoch < cfg.epochs:
+        model.eval()
+        return TrainResult(model, cfg, log, p["state"], {"partial": True, "epochs_done": end_epoch})
+
+    wall = wall_before + (time.perf_counter() - t_run) if end_epoch > start_epoch else wall_before
+    xt, yt = data_mod.tensors(cfg.dataset, "test")
+    model.eval()
+    test_acc = _accuracy(model, xt, yt)
+    meta = {"run_id": cfg.run_id, "config": cfg.relevant()}
+    models_mod.save(model, p["checkpoint"], meta=meta)
+    record = {
+        "dataset": cfg.dataset, "defense": cfg.defense, "run_id": cfg.run_id,
+        "checkpoint": paths.relative_to_root(p["checkpoint"]), "log": paths.relative_to_root(p["log"]),
+        "hyperparameters": cfg.relevant(), "profile": cfg.profile, "seed": cfg.seed,
+        "clean_test_accuracy": test_acc, "clean_val_accuracy": float(log["val_acc"].iloc[-1]),
+        "eps_pixel": cfg.eps_pixel if cfg.defense == "adversarial" else None,
+        "provenance": ex.provenance(params={**cfg.relevant(), "code": TRAIN_CODE_VERSION,
+                                            "choices": ex.TRAINING_CHOICES},
+                                    seed=cfg.seed, profile=cfg.profile, wall_time_s=wall),
+    }
+    ex.atomic_write_json(p["sidecar"], record)
+    _remove_state(p["state"])
+    if register:
+        _register(cfg, record)
+    return TrainResult(model, cfg, log, p["checkpoint"], record)
+
+
+def _remove_state(state: Path) -> None:
+    """The run is complete: its resume state (which can hold ~1 GB of kept directions) is not needed."""
+    if state.exists():
+        state.unlink()
+    if state.parent.exists() and not any(state.parent.iterdir()):
+        state.parent.rmdir()
+
+
+def _register(cfg: TrainConfig, record: dict[str, Any]) -> None:
+    ex.update_json(paths.results_dir() / "models.json", f"{cfg.dataset}/{cfg.defense}", record)
+
+
+def load_registered(dataset: str, defense: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The model registered for ``"<dataset>/<defense>"`` in ``results/models.json`` and its record."""
+    reg = ex.read_json(paths.results_dir() / "models.json", {}) or {}
+    key = f"{data_mod.check_dataset(dataset)}/{ex.check_defense(defense)}"
+    if key not in reg:
+        raise KeyError(f"{key} is not in {paths.results_dir() / 'models.json'}; train it with notebook 02 or "
+                       f"`python -m crossholder.training --dataset {dataset} --defense {defense}`")
+    rec = reg[key]
+    return models_mod.load(paths.project_root() / rec["checkpoint"]), rec
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Train one model (resumes if interrupted).")
+    ap.add_argument("--dataset", required=True, choices=data_mod.DATASETS)
+    ap.add_argument("--defense", required=True, choices=ex.DEFENSES)
+    ap.add_argument("--profile", default="cpu", choices=list(ex.PROFILES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-register", action="store_true")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides, e.g. lam1=0.1 mode=faithful classes=all")
+    args = ap.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        for conv in (int, float):
+            try:
+                overrides[k] = conv(v)
+                break
+            except ValueError:
+                continue
+        else:
+            overrides[k] = None if v == "None" else v
+    cfg = make_config(args.dataset, args.defense, profile=args.profile, seed=args.seed, **overrides)
+    res = train(cfg, register=not args.no_register, threads=args.threads)
+    print(f"[{cfg.dataset}/{cfg.defense}] done: clean test accuracy {res.record.get('clean_test_accuracy')}, "
+          f"checkpoint {paths.relative_to_root(res.checkpoint)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
