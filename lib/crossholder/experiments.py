@@ -67,9 +67,13 @@ TRAINING_CHOICES: dict[str, Any] = {
     "at_steps": 10,
     "at_step_rule": "2.5*eps/steps",
     # Cross-Hölder inner loop in fast mode: directions kept between epochs, one power step before
-    # the training product (which is itself the next power step). Faithful mode: Algorithm 1.
+    # the training product (which is itself the next power step); 4 on an example's first visit,
+    # when its direction is random (measured on the trained undefended MNIST model, power iteration
+    # from a random start reaches a median 0.62 of the norm after 2 products and 0.96 after 5).
+    # Faithful mode: Algorithm 1.
     "fast_inner": "power",
     "fast_inner_iters": 1,
+    "fast_cold_iters": 4,
 }
 
 #: Per-profile settings. ``classes`` applies to both gradient regularizers (Cross-Lipschitz and
@@ -200,3 +204,30 @@ def update_json(path: str | os.PathLike[str], key: str, value: Any) -> dict[str,
         data[key] = value
         atomic_write_json(path, data)
     return data
+
+
+def cached_table(path_stem: str | os.PathLike[str], params: dict[str, Any], compute, *, seed: int, profile: str,
+                 code_version: str, device: str = "cpu", force: bool = False):
+    """Load ``<results>/<path_stem>-<id>.csv`` if it exists, else ``compute()`` it and save it with a sidecar.
+
+    ``compute`` returns a pandas DataFrame. The id hashes ``params``, ``seed``, ``profile`` and
+    ``code_version``; the JSON sidecar next to the CSV holds the provenance. Returns
+    ``(DataFrame, csv_path, sidecar_dict)``.
+    """
+    import time
+
+    import pandas as pd
+
+    rid = run_id({**params, "seed": seed, "profile": profile, "code": code_version})
+    csv = paths.results_dir() / f"{path_stem}-{rid}.csv"
+    side = csv.with_suffix(".json")
+    if csv.exists() and side.exists() and not force:
+        return pd.read_csv(csv), csv, read_json(side)
+    t0 = time.perf_counter()
+    df = compute()
+    wall = time.perf_counter() - t0
+    record = provenance(params={**params, "code": code_version}, seed=seed, profile=profile, wall_time_s=wall,
+                        device=device, run_id=rid, file=paths.relative_to_root(csv), rows=len(df))
+    atomic_write_text(csv, df.to_csv(index=False))
+    atomic_write_json(side, record)
+    return df, csv, record

@@ -58,6 +58,7 @@ __all__ = [
     "BACKENDS",
 ]
 
+CODE_VERSION = "1"  # bump when a change alters the numbers of cached results
 METHODS = ("ascent", "power", "lanczos")
 BACKENDS = ("explicit", "reverse", "func")
 JSpec = Union[torch.Tensor, Literal["runner_up"]]
@@ -151,30 +152,43 @@ def margin_and_grad(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec
 
 
 class HVPOperator:
-    """``v -> H v`` for a fixed batch, reusing one differentiable gradient graph for every product.
+    """``v -> H v`` for a fixed batch, reusing the work of the first pass for every product.
 
-    Built once per ``(model, x, t, j)``; each call is one backward pass through the graph of
-    ``grad f^(j)(x)`` (reverse-over-reverse). ``count`` records the number of products.
+    Backends: ``"explicit"`` (default; hand-written tangent passes for chains of Standardize /
+    Conv2d / Linear / SiLU / Flatten: one product costs about one forward+backward), falling back
+    to ``"reverse"`` for other models (one backward pass through the retained graph of
+    ``grad f^(j)(x)``: reverse-over-reverse), or ``"func"`` (``torch.func`` forward-over-reverse,
+    recomputed for every product). ``count`` records the number of products.
 
-    Attributes: ``x`` ``(B, *S)`` (detached, requires grad), ``t``, ``j`` ``(B,)``,
-    ``margin`` ``(B,)``, ``grad`` ``(B, *S)`` (detached copies).
+    Attributes: ``x`` ``(B, *S)`` (detached), ``t``, ``j`` ``(B,)``, ``margin`` ``(B,)``,
+    ``grad`` ``(B, *S)`` (detached), ``backend`` (the one actually used).
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec,
-                 *, backend: str = "reverse") -> None:
+                 *, backend: str = "explicit") -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}; allowed values: {', '.join(map(repr, BACKENDS))}")
         _check_dtypes(model, x)
+        layers = explicit_layers(model) if backend == "explicit" else None
+        if backend == "explicit" and layers is None:
+            backend = "reverse"
         self.model, self.backend, self.count = model, backend, 0
-        self.x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(self.x)
-            self.t, self.j = resolve_pairs(logits, t, j)
-            m = _pair_margin(logits, self.t, self.j)
-            if backend == "reverse":
-                (self._g,) = torch.autograd.grad(m.sum(), self.x, create_graph=True)
-            else:
-                (self._g,) = torch.autograd.grad(m.sum(), self.x)
+        self.x = x.detach().requires_grad_(backend != "explicit")
+        if backend == "explicit":
+            with torch.no_grad():
+                self._cache = explicit_forward(layers, self.x)
+                self.t, self.j = resolve_pairs(self._cache.logits, t, j)
+                K = self._cache.logits.shape[1]
+                e = F.one_hot(self.t, K).to(x.dtype) - F.one_hot(self.j, K).to(x.dtype)
+                g, self._adj = explicit_backward(self._cache, e)
+                m = _pair_margin(self._cache.logits, self.t, self.j)
+            self._g = g
+        else:
+            with torch.enable_grad():
+                logits = model(self.x)
+                self.t, self.j = resolve_pairs(logits, t, j)
+                m = _pair_margin(logits, self.t, self.j)
+                (self._g,) = torch.autograd.grad(m.sum(), self.x, create_graph=(backend == "reverse"))
         self.margin = m.detach()
         self.grad = self._g.detach()
 
@@ -182,15 +196,20 @@ class HVPOperator:
         if v.shape != self.x.shape:
             raise ValueError(f"v has shape {tuple(v.shape)}, expected {tuple(self.x.shape)} (same as x)")
         self.count += 1
+        v = v.to(self.x.dtype)
+        if self.backend == "explicit":
+            with torch.no_grad():
+                return explicit_hvp(self._cache, self._adj, v)
         if self.backend == "reverse":
             with torch.enable_grad():
-                (hv,) = torch.autograd.grad(self._g, self.x, grad_outputs=v.to(self.x.dtype), retain_graph=True)
+                (hv,) = torch.autograd.grad(self._g, self.x, grad_outputs=v, retain_graph=True)
             return hv
         return _hvp_func(self.model, self.x.detach(), self.t, self.j, v)
 
     def release(self) -> None:
-        """Free the retained graph."""
+        """Free the retained graph and caches."""
         self._g = self._g.detach()
+        self._cache = self._adj = None
 
 
 def _hvp_func(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -204,19 +223,30 @@ def _hvp_func(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: torch.Tenso
 
 
 def hvp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, v: torch.Tensor, *,
-        create_graph: bool = False, backend: str = "reverse") -> torch.Tensor:
+        create_graph: bool = False, backend: str = "explicit") -> torch.Tensor:
     """Exact Hessian-vector products ``H_{f^(j)}(x_b) v_b`` for every example: ``(B, *S)``.
 
     ``create_graph=True`` keeps the result differentiable w.r.t. the model's parameters (and
-    ``v`` if it requires grad), as training needs (``backend="reverse"`` only).
+    ``v`` if it requires grad), as training needs (``"explicit"`` or ``"reverse"``). Backends as in
+    :class:`HVPOperator`.
     """
     if v.shape != x.shape:
         raise ValueError(f"v has shape {tuple(v.shape)}, expected {tuple(x.shape)} (same as x)")
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}; allowed values: {', '.join(map(repr, BACKENDS))}")
+    layers = explicit_layers(model) if backend == "explicit" else None
+    if layers is not None:
+        _check_dtypes(model, x)
+        with torch.enable_grad() if create_graph else torch.no_grad():
+            cache = explicit_forward(layers, x.detach())
+            tt, jj = resolve_pairs(cache.logits, t, j)
+            K = cache.logits.shape[1]
+            e = F.one_hot(tt, K).to(x.dtype) - F.one_hot(jj, K).to(x.dtype)
+            _, adj = explicit_backward(cache, e)
+            return explicit_hvp(cache, adj, v.to(x.dtype))
     if backend == "func":
         if create_graph:
-            raise ValueError("create_graph=True needs backend='reverse'")
+            raise ValueError("create_graph=True needs backend='explicit' or 'reverse'")
         _check_dtypes(model, x)
         logits = model(x.detach())
         tt, jj = resolve_pairs(logits, t, j)
@@ -293,7 +323,7 @@ def _start(x: torch.Tensor, v0: torch.Tensor | None, generator: torch.Generator 
 def operator_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec = "runner_up", *,
                   p: float = 2.0, q: float = 2.0, iters: int = 10, step: float = 0.1,
                   method: str = "ascent", v0: torch.Tensor | None = None, seed: int | None = 0,
-                  restarts: int = 1, backend: str = "reverse") -> OperatorNormResult:
+                  restarts: int = 1, backend: str = "explicit") -> OperatorNormResult:
     """Estimate ``||H_{f^(j)}(x_b)||_{p->q}`` for every example of the batch.
 
     Args:
@@ -309,7 +339,8 @@ def operator_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec =
         seed: seed of the starting vectors when ``v0`` is None (``None``: torch's global RNG).
         restarts: independent starts per example (batched); the best is kept. The first start is
             ``v0`` when given. ``hvps`` counts the products of one start.
-        backend: Hessian-vector products by ``"reverse"`` (reverse-over-reverse, graph reused) or ``"func"``.
+        backend: how Hessian-vector products are computed (:class:`HVPOperator`): ``"explicit"``
+            (default), ``"reverse"`` or ``"func"``.
 
     Returns:
         :class:`OperatorNormResult` with ``norm`` ``(B,)`` and ``v`` ``(B, *S)``.
@@ -468,7 +499,7 @@ def _lanczos(H: HVPOperator, v: torch.Tensor, iters: int, gen: torch.Generator |
 
 
 def hg_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec = "runner_up", *,
-            backend: str = "reverse") -> torch.Tensor:
+            backend: str = "explicit") -> torch.Tensor:
     """The paper's ``|Hg|``: ``||H ĝ||_2`` with ``ĝ = grad f^(j)(x) / ||grad f^(j)(x)||_2``, ``(B,)``.
 
     Moosavi-Dezfooli et al. (2019) use it as a proxy of ``||H||_2``; it is a lower bound
@@ -667,3 +698,142 @@ def explicit_hvp(cache: ExplicitCache, adj: dict[int, torch.Tensor], v: torch.Te
     if u is None:
         return torch.zeros_like(v)
     return u
+
+
+def norm_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: str = "ascent", iters: int = 10,
+               step: float = 0.1, lanczos_iters: int | None = 20, batch_size: int = 500, seed: int = 0,
+               progress: bool = True):
+    """Per-example ``|Hg|`` and ``|Hv*|`` for the runner-up class (the paper's appendix C.1, Figure 3).
+
+    ``t`` is the predicted class and ``j`` the runner-up (second-largest logit), as in the paper's
+    footnote 2. Returns a DataFrame with one row per example: ``index``, ``label``, ``pred``, ``j``,
+    ``margin``, ``grad_norm``, ``hg`` (|Hg|), ``hv`` (|Hv*|, the ``method`` estimate with ``iters``
+    steps), ``diff`` (``hv - hg``) and, when ``lanczos_iters`` is set, ``hv_lanczos``: a Lanczos
+    estimate with that many products (beyond the paper: how far the paper's ascent is from the
+    norm). Units: logits per pixel² of [0, 1] images.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    model.eval()
+    rows = []
+    for start in tqdm(range(0, len(x), batch_size), desc="|Hg|, |Hv*|", disable=not progress, leave=False):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        with torch.no_grad():
+            t = model(xb).argmax(1)
+        H = HVPOperator(model, xb, t, "runner_up")
+        with torch.no_grad():
+            hg = flat_norm(H(_normalize(H.grad, 2.0)))
+        H.release()
+        res = operator_norm(model, xb, t, H.j, method=method, iters=iters, step=step, seed=seed + start)
+        rows.append(pd.DataFrame({
+            "index": range(start, start + len(xb)), "label": yb.tolist(), "pred": t.tolist(), "j": H.j.tolist(),
+            "margin": H.margin.tolist(), "grad_norm": flat_norm(H.grad).tolist(), "hg": hg.tolist(),
+            "hv": res.norm.tolist()}))
+        if lanczos_iters:
+            lz = operator_norm(model, xb, t, H.j, method="lanczos", iters=lanczos_iters, seed=seed + start)
+            rows[-1]["hv_lanczos"] = lz.norm.tolist()
+    df = pd.concat(rows, ignore_index=True)
+    df["diff"] = df["hv"] - df["hg"]
+    return df
+
+
+def norm_summary(df) -> "pd.DataFrame":  # noqa: F821
+    """Quantiles of ``hg``, ``hv`` and ``diff`` of a :func:`norm_table`, with the histogram mode of each.
+
+    The mode is the centre of the fullest of 50 equal-width bins between the 0.5% and 99.5% quantiles.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    for col in [c for c in ("hg", "hv", "diff", "hv_lanczos") if c in df]:
+        s = df[col].to_numpy()
+        lo, hi = np.quantile(s, [0.005, 0.995])
+        counts, edges = np.histogram(s[(s >= lo) & (s <= hi)], bins=50, range=(lo, hi))
+        k = int(counts.argmax())
+        rows.append({"quantity": col, "mean": s.mean(), "q05": np.quantile(s, 0.05), "q25": np.quantile(s, 0.25),
+                     "median": np.median(s), "q75": np.quantile(s, 0.75), "q95": np.quantile(s, 0.95),
+                     "max": s.max(), "mode": 0.5 * (edges[k] + edges[k + 1])})
+    return pd.DataFrame(rows).set_index("quantity")
+
+
+def convergence_table(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *, products: tuple[int, ...] = (1, 2, 3, 5, 7, 10, 15, 20, 30),
+                      step: float = 0.1, seed: int = 0, progress: bool = True):
+    """Estimates against the number of Hessian-vector products, with the exact norm, per example.
+
+    ``model`` and ``x`` in float64; the exact spectral norm comes from the full input Hessian
+    (``torch.func.hessian``, ``d x d``) and ``eigvalsh``; ``j`` is the runner-up of ``t``.
+    Ascent with ``T`` steps costs ``2T + 1`` products, so it appears at odd budgets only.
+    Returns a DataFrame: ``example``, ``method``, ``products``, ``estimate``, ``exact``, ``rel_err``.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if x.dtype != torch.float64:
+        raise TypeError("convergence_table needs float64 inputs and model (the exact oracle)")
+    with torch.no_grad():
+        _, j = resolve_pairs(model(x), t, "runner_up")
+    exact = []
+    shape = (1,) + tuple(x.shape[1:])
+    for b in tqdm(range(len(x)), desc="full Hessians", disable=not progress, leave=False):
+        def f(xx, b=b):
+            z = model(xx.view(shape))[0]
+            return z[t[b]] - z[j[b]]
+        exact.append(torch.linalg.eigvalsh(torch.func.hessian(f)(x[b].reshape(-1))).abs().max())
+    exact_t = torch.stack(exact)
+    rows = []
+    budget = max(products)
+    for method in METHODS:
+        iters = budget if method != "ascent" else (budget - 1) // 2
+        r = operator_norm(model, x, t, j, method=method, iters=iters, step=step, seed=seed)
+        for k, n_prod in enumerate(r.history_hvps):
+            if n_prod not in products:
+                continue
+            est = r.history[k]
+            for b in range(len(x)):
+                rows.append({"example": b, "method": method, "products": n_prod, "estimate": float(est[b]),
+                             "exact": float(exact_t[b]), "rel_err": float((exact_t[b] - est[b]) / exact_t[b])})
+    return pd.DataFrame(rows)
+
+
+def figure3_claims(df) -> "pd.DataFrame":  # noqa: F821
+    """The paper's statements about Figure 3 (appendix C.1) checked against a :func:`norm_table`."""
+    import pandas as pd
+
+    s = norm_summary(df)
+    rows = [
+        {"claim": "|Hv*| is shifted to the right of |Hg| (median)",
+         "ours": f"median |Hg| {s.loc['hg', 'median']:.3g}, |Hv*| {s.loc['hv', 'median']:.3g}",
+         "supported": bool(s.loc["hv", "median"] > s.loc["hg", "median"])},
+        {"claim": "|Hv*| has a heavier right tail (95% quantile)",
+         "ours": f"q95 |Hg| {s.loc['hg', 'q95']:.3g}, |Hv*| {s.loc['hv', 'q95']:.3g}",
+         "supported": bool(s.loc["hv", "q95"] > s.loc["hg", "q95"])},
+        {"claim": "|Hv*| - |Hg| has its mode around 5 (paper's units unknown)",
+         "ours": f"mode {s.loc['diff', 'mode']:.3g}, median {s.loc['diff', 'median']:.3g}",
+         "supported": bool(3.0 <= s.loc["diff", "mode"] <= 7.0)},
+        {"claim": "|Hg| is not a tight lower bound (|Hv*| - |Hg| > 10% of |Hv*| for most examples)",
+         "ours": f"{(df['diff'] > 0.1 * df['hv']).mean():.1%} of examples",
+         "supported": bool((df["diff"] > 0.1 * df["hv"]).mean() > 0.5)},
+    ]
+    return pd.DataFrame(rows)
+
+
+def direction_frame(model: nn.Module, x: torch.Tensor, *, iters: int = 30, seed: int = 0):
+    """Tidy frame of inputs and their top-curvature directions (Lanczos, predicted vs runner-up).
+
+    Columns ``example``, ``kind`` (``"x"`` the image, ``"v"`` the unit direction v*), ``pixel``
+    (flattened index), ``value``; plus ``norm`` (the estimate) on the ``"v"`` rows.
+    """
+    import pandas as pd
+
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    r = operator_norm(model, x, t, "runner_up", method="lanczos", iters=iters, seed=seed)
+    frames = []
+    d = x[0].numel()
+    for b in range(len(x)):
+        frames.append(pd.DataFrame({"example": b, "kind": "x", "pixel": range(d), "value": x[b].flatten().tolist()}))
+        frames.append(pd.DataFrame({"example": b, "kind": "v", "pixel": range(d), "value": r.v[b].flatten().tolist(),
+                                    "norm": float(r.norm[b])}))
+    return pd.concat(frames, ignore_index=True)

@@ -9,7 +9,8 @@ Every defense uses the same optimizer, schedule, batch size and number of epochs
 * ``cross_holder``: eq. (5). ``mode="faithful"``: Algorithm 1 (fresh ``v ~ N(0, I)`` each step,
   T = 10 ascent steps of size o = 0.1). ``mode="fast"`` (ours): directions kept per training
   example between epochs (:class:`~crossholder.regularizers.DirectionStore`), ``inner_iters``
-  power steps, and the training step's own product ``H v`` kept as the next power step.
+  power steps (``cold_iters`` on an example's first visit, from a random direction), and the
+  training step's own product ``H v`` kept as the next power step.
 * ``adversarial``: Madry et al.'s L2 PGD adversarial training, trained on the last PGD iterate
   (random start, ``at_steps`` steps of ``2.5 ε / at_steps``); ε in the paper's units is converted
   to pixels with the dataset's std (``eps_unit="paper"``), or taken as pixels (``eps_unit="pixel"``).
@@ -78,6 +79,7 @@ class TrainConfig:
     mode: str = "fast"
     inner: str = ex.TRAINING_CHOICES["fast_inner"]
     inner_iters: int = ex.TRAINING_CHOICES["fast_inner_iters"]
+    cold_iters: int = ex.TRAINING_CHOICES["fast_cold_iters"]
     step: float = 0.1
     cl_variant: str = "margin"
     epochs: int = 10
@@ -109,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"eps_unit={self.eps_unit!r}; allowed values: {', '.join(map(repr, EPS_UNITS))}")
         if self.classes not in ("all", "runner_up"):
             raise ValueError(f"classes={self.classes!r}; allowed values: 'all', 'runner_up'")
+        if not isinstance(self.cold_iters, int) or self.cold_iters < 0:
+            raise ValueError(f"cold_iters={self.cold_iters!r} must be an integer >= 0")
         for name in ("epochs", "batch_size", "at_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -127,6 +131,8 @@ class TrainConfig:
             keep |= {"lam1", "classes", "cl_variant"}
         elif self.defense == "cross_holder":
             keep |= {"lam1", "lam2", "classes", "mode", "inner", "inner_iters", "step"}
+            if self.mode == "fast":
+                keep |= {"cold_iters"}
         elif self.defense == "adversarial":
             keep |= {"eps", "eps_unit", "at_steps"}
         return {k: v for k, v in d.items() if k in keep}
@@ -225,9 +231,11 @@ def _step_loss(cfg: TrainConfig, model: nn.Module, xb: torch.Tensor, yb: torch.T
                                inner=cfg.inner, inner_iters=cfg.inner_iters, step=cfg.step, generator=gen)
     else:
         assert store is not None
+        cold = bool((store.classes[idx] < 0).any())   # first visit: a fresh direction needs more steps
         v0 = store.get(idx, gen, dtype=xb.dtype)
         out = regularized_loss(model, xb, yb, lam1=cfg.lam1, lam2=cfg.lam2, classes=cfg.classes, v0=v0,
-                               inner=cfg.inner, inner_iters=cfg.inner_iters, step=cfg.step, generator=gen)
+                               inner=cfg.inner, inner_iters=cfg.cold_iters if cold else cfg.inner_iters,
+                               step=cfg.step, generator=gen)
         store.put(idx, out.v_next, out.j)
     terms = {"ce": out.ce.item(), "grad_term": out.grad_term.item(), "hess_term": out.hess_term.item()}
     return out.loss, terms, out.logits
@@ -325,6 +333,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
             row.setdefault(k, 0.0)
         row["regularizer"] = cfg.lam1 * (row["grad_term"] + cfg.lam2 * row["hess_term"]) \
             if cfg.defense in ("cross_lipschitz", "cross_holder") else 0.0
+        if store is not None:
+            row.update(_fidelity_probe(cfg, model, x, y, store))
         rows.append(row)
         wall = wall_before + (time.perf_counter() - t_run)
         # log first, then the state that points at it: a kill between the two re-runs one epoch at most
@@ -364,6 +374,29 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
     if register:
         _register(cfg, record)
     return TrainResult(model, cfg, log, p["checkpoint"], record)
+
+
+def _fidelity_probe(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    store: DirectionStore, n: int = 128, cold_products: int = 50) -> dict[str, float]:
+    """Fast mode's ||H v|| on a fixed probe batch against a cold-start Lanczos estimate.
+
+    For the first ``n`` training examples (runner-up class of each), ``v`` is the kept direction
+    advanced by the run's ``inner_iters`` power steps on the current network: what the next training
+    step on those examples would use. Returns the median and 10% quantile of fast / cold.
+    """
+    from .hessian import operator_norm
+
+    if cfg.classes != "runner_up":
+        return {}
+    model.eval()
+    idx = torch.arange(min(n, len(x)))
+    xb, yb = x[idx], y[idx]
+    v0 = store.get(idx, torch.Generator().manual_seed(0))[:, 0]
+    fast = operator_norm(model, xb, yb, "runner_up", method="power", iters=cfg.inner_iters + 1, v0=v0)
+    cold = operator_norm(model, xb, yb, "runner_up", method="lanczos", iters=cold_products, seed=0)
+    model.train()
+    ratio = fast.norm / cold.norm.clamp_min(1e-30)
+    return {"fidelity_median": float(ratio.median()), "fidelity_q10": float(ratio.quantile(0.1))}
 
 
 def _remove_state(state: Path) -> None:

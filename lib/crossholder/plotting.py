@@ -1,0 +1,144 @@
+"""The paper's figures, made from results files only (PNG and PDF in ``figures/``).
+
+Every function takes a tidy DataFrame read from ``results/`` and writes
+``figures/<name>.png`` and ``figures/<name>.pdf``; it returns the matplotlib figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import paths  # noqa: E402
+
+__all__ = ["save", "fig3a", "fig3b", "hessian_convergence", "direction_images", "robustness_panel",
+           "DEFENSE_LABELS", "DEFENSE_COLORS"]
+
+DEFENSE_LABELS = {"none": "Undefended", "cross_lipschitz": "Cross-Lipschitz", "cross_holder": "Cross-Hölder",
+                  "adversarial": "PGD adversarial training"}
+DEFENSE_COLORS = {"none": "0.45", "cross_lipschitz": "tab:blue", "cross_holder": "tab:red",
+                  "adversarial": "tab:green"}
+plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "axes.grid": True, "grid.alpha": 0.3,
+                     "svg.hashsalt": "crossholder", "pdf.fonttype": 42})
+
+
+def save(fig, name: str) -> list[Path]:
+    """Write ``figures/<name>.png`` and ``.pdf`` (no timestamps in the PDF metadata)."""
+    out = paths.figures_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(files[0], bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(files[1], bbox_inches="tight", metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    return files
+
+
+def _bins(values: Sequence[np.ndarray], n: int = 60) -> np.ndarray:
+    allv = np.concatenate([np.asarray(v) for v in values])
+    hi = np.quantile(allv, 0.995)
+    lo = min(0.0, float(allv.min()))
+    return np.linspace(lo, hi, n + 1)
+
+
+def fig3a(df: pd.DataFrame, name: str = "fig3a_hessian_norm_histograms"):
+    """Figure 3a: overlaid histograms of |Hg| and |Hv*| (per test example)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    bins = _bins([df["hg"], df["hv"]])
+    ax.hist(df["hg"], bins=bins, alpha=0.55, label=r"$|Hg|$ (Hessian times unit gradient)", color="tab:blue")
+    ax.hist(df["hv"], bins=bins, alpha=0.55, label=r"$|Hv^*|$ (operator norm estimate)", color="tab:red")
+    ax.set_xlabel(r"norm (logit / pixel$^2$, [0, 1] images; 0.5% largest not shown)")
+    ax.set_ylabel("test examples")
+    ax.set_title(f"Undefended CNN, MNIST test set (n = {len(df):,})")
+    ax.legend()
+    save(fig, name)
+    return fig
+
+
+def fig3b(df: pd.DataFrame, name: str = "fig3b_hessian_norm_difference"):
+    """Figure 3b: histogram of |Hv*| - |Hg|."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.hist(df["diff"], bins=_bins([df["diff"]]), color="tab:purple", alpha=0.8)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel(r"$|Hv^*| - |Hg|$ (logit / pixel$^2$; 0.5% largest not shown)")
+    ax.set_ylabel("test examples")
+    ax.set_title("How much |Hg| underestimates the operator norm")
+    save(fig, name)
+    return fig
+
+
+def hessian_convergence(conv: pd.DataFrame, name: str = "extra_hessian_norm_convergence"):
+    """Median (and 90% quantile) relative error against the number of Hessian-vector products, per method."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    colors = {"ascent": "tab:orange", "power": "tab:blue", "lanczos": "tab:green"}
+    for method, g in conv.groupby("method"):
+        err = g.assign(rel_err=g["rel_err"].clip(lower=1e-16)).groupby("products")["rel_err"]
+        med, q90 = err.median(), err.quantile(0.9)
+        ax.plot(med.index, med.values, "o-", color=colors.get(method), label=f"{method} (median)")
+        ax.plot(q90.index, q90.values, ":", color=colors.get(method), label=f"{method} (90% quantile)")
+    ax.set_yscale("log")
+    ax.set_xlabel("Hessian-vector products")
+    ax.set_ylabel("relative error vs exact norm")
+    ax.set_title(f"Convergence to the exact spectral norm ({conv['example'].nunique()} examples, float64)")
+    ax.legend(fontsize=7, ncol=2)
+    save(fig, name)
+    return fig
+
+
+def direction_images(images: pd.DataFrame, name: str = "extra_top_curvature_directions"):
+    """Digits beside their top-curvature direction v*: ``images`` has ``example``, ``kind`` ('x' or 'v'), ``pixel``, ``value``."""
+    examples = list(dict.fromkeys(images["example"]))
+    fig, axes = plt.subplots(2, len(examples), figsize=(1.4 * len(examples), 3.0))
+    axes = np.atleast_2d(axes).reshape(2, len(examples))
+    for k, ex in enumerate(examples):
+        for row, kind in enumerate(("x", "v")):
+            sub = images[(images["example"] == ex) & (images["kind"] == kind)].sort_values("pixel")
+            img = sub["value"].to_numpy().reshape(28, 28)
+            ax = axes[row, k]
+            if kind == "x":
+                ax.imshow(img, cmap="gray_r", vmin=0, vmax=1)
+            else:
+                lim = np.abs(img).max()
+                ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.grid(False)
+        axes[0, k].set_title(f"#{ex}", fontsize=8)
+    axes[0, 0].set_ylabel("input")
+    axes[1, 0].set_ylabel(r"$v^*$")
+    fig.tight_layout()
+    save(fig, name)
+    return fig
+
+
+def robustness_panel(curves: pd.DataFrame, attack: str, *, dataset: str, std: float, name: str, title: str,
+                     ax=None):
+    """Adversarial accuracy against ε (paper units) for one attack, one line per defense, with 95% bands.
+
+    A second x-axis on top shows ε in pixel units (``ε_pixel = ε · std``).
+    """
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    else:
+        fig = ax.figure
+    sub = curves[curves["attack"] == attack]
+    for defense in [d for d in DEFENSE_LABELS if d in set(sub["defense"])]:
+        g = sub[sub["defense"] == defense].sort_values("eps")
+        c = DEFENSE_COLORS[defense]
+        ax.plot(g["eps"], g["accuracy"], "o-", ms=3, color=c, label=DEFENSE_LABELS[defense])
+        ax.fill_between(g["eps"], g["ci_low"], g["ci_high"], color=c, alpha=0.18, lw=0)
+    ax.set_xlabel(r"$\varepsilon$ (paper units: L2 on standardized inputs)")
+    ax.set_ylabel("adversarial accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    top = ax.secondary_xaxis("top", functions=(lambda e: e * std, lambda p: p / std))
+    top.set_xlabel(r"$\varepsilon$ (pixels of [0, 1] images)", fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
+    if own:
+        save(fig, name)
+    return fig
