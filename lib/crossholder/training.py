@@ -334,7 +334,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
         row["regularizer"] = cfg.lam1 * (row["grad_term"] + cfg.lam2 * row["hess_term"]) \
             if cfg.defense in ("cross_lipschitz", "cross_holder") else 0.0
         if store is not None:
-            row.update(_fidelity_probe(cfg, model, x, y, store))
+            row.update(_fidelity_probe(cfg, model, x, y, store, n=16 if cfg.profile == "smoke" else 128))
         rows.append(row)
         wall = wall_before + (time.perf_counter() - t_run)
         # log first, then the state that points at it: a kill between the two re-runs one epoch at most
@@ -355,6 +355,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
 
     wall = wall_before + (time.perf_counter() - t_run) if end_epoch > start_epoch else wall_before
     xt, yt = data_mod.tensors(cfg.dataset, "test")
+    if cfg.profile == "smoke":
+        xt, yt = xt[:1000], yt[:1000]
     model.eval()
     test_acc = _accuracy(model, xt, yt)
     meta = {"run_id": cfg.run_id, "config": cfg.relevant()}
@@ -363,7 +365,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
         "dataset": cfg.dataset, "defense": cfg.defense, "run_id": cfg.run_id,
         "checkpoint": paths.relative_to_root(p["checkpoint"]), "log": paths.relative_to_root(p["log"]),
         "hyperparameters": cfg.relevant(), "profile": cfg.profile, "seed": cfg.seed,
-        "clean_test_accuracy": test_acc, "clean_val_accuracy": float(log["val_acc"].iloc[-1]),
+        "clean_test_accuracy": test_acc, "test_n": len(xt), "clean_val_accuracy": float(log["val_acc"].iloc[-1]),
         "eps_pixel": cfg.eps_pixel if cfg.defense == "adversarial" else None,
         "provenance": ex.provenance(params={**cfg.relevant(), "code": TRAIN_CODE_VERSION,
                                             "choices": ex.TRAINING_CHOICES},

@@ -1,0 +1,224 @@
+"""Robustness curves: adversarial accuracy against ε, as tidy DataFrames with confidence intervals.
+
+ε units: the paper never states them; our reading (GUIDE.md section 4) is L2 on standardized
+inputs, so ``eps_pixel = eps * std`` of the data set (0.3081 for MNIST, 0.3530 for
+Fashion-MNIST; one channel, so the conversion is exact). Attacks run on [0, 1] images in pixel
+units (:mod:`crossholder.attacks`).
+
+The sweep (:func:`sweep`): ε increases; at each ε only the examples not yet fooled are attacked
+(a perturbation found at a smaller ε is a valid witness at every larger ε), so each example's
+smallest successful perturbation norm is tracked and the curve is monotone by construction. PGD
+is not monotone in ε, so the sweep's robust set at ε is a *subset* of what attacking that ε from
+scratch leaves robust: the sweep is at least as strong.
+
+Attacks reported (:func:`curve_from_sweeps`): ``pgd-ce``, ``pgd-cw``, ``worst-min`` (the paper's
+worst case: the minimum of the two accuracies) and ``worst-per-example`` (robust only if the
+example survives both attacks: the honest number, never above ``worst-min``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import data as data_mod
+from . import experiments as ex
+from .attacks import LOSSES, pgd
+
+__all__ = ["to_pixel", "wilson_interval", "sweep", "curve_from_sweeps", "robustness_curve", "evaluate_model",
+           "ATTACKS", "EVAL_CODE_VERSION"]
+
+EVAL_CODE_VERSION = "1"
+ATTACKS = ("pgd-ce", "pgd-cw", "worst-min", "worst-per-example")
+EPS_UNITS = ("paper", "pixel")
+
+
+def to_pixel(eps: float | Sequence[float], dataset: str, unit: str = "paper"):
+    """Convert ε from ``unit`` (``"paper"``: L2 on standardized inputs; ``"pixel"``) to pixel units."""
+    if unit not in EPS_UNITS:
+        raise ValueError(f"eps_unit={unit!r}; allowed values: {', '.join(map(repr, EPS_UNITS))}")
+    std = data_mod.MEAN_STD[data_mod.check_dataset(dataset)][1] if unit == "paper" else 1.0
+    if isinstance(eps, (int, float)):
+        return float(eps) * std
+    return [float(e) * std for e in eps]
+
+
+def wilson_interval(k: int | np.ndarray, n: int | np.ndarray, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
+    """95% Wilson score interval for a proportion ``k / n``."""
+    k = np.asarray(k, dtype=float)
+    n = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(n > 0, k / n, np.nan)
+        denom = 1 + z**2 / n
+        centre = (p + z**2 / (2 * n)) / denom
+        half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+def _check_eps_list(eps_list: Sequence[float]) -> list[float]:
+    eps = [float(e) for e in eps_list]
+    if not eps or any((not math.isfinite(e)) or e < 0 for e in eps):
+        raise ValueError(f"eps_list={eps_list!r} must be a non-empty list of finite numbers >= 0")
+    if eps != sorted(eps):
+        raise ValueError(f"eps_list={eps_list!r} must be increasing (the sweep reuses smaller-ε witnesses)")
+    return eps
+
+
+def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Sequence[float], *, loss: str = "ce",
+          norm: float = 2, steps: int = 50, restarts: int = 10, seed: int = 0) -> dict[str, np.ndarray | int]:
+    """One attack over increasing ε (pixel units), attacking at each ε only the examples not yet fooled.
+
+    Returns ``min_norm`` ``(N,)`` (smallest successful perturbation found; 0 for clean errors, inf if
+    never fooled), ``fooled_at`` ``(N,)`` (index of the first ε at which the example was fooled, -1
+    if clean-misclassified, ``len(eps)`` if never) and ``grad_evals`` (per-example gradient evaluations).
+    """
+    eps = _check_eps_list(eps_pixel)
+    N = len(x)
+    min_norm = torch.full((N,), math.inf, dtype=torch.float64)
+    fooled_at = torch.full((N,), len(eps), dtype=torch.int64)
+    with torch.no_grad():
+        wrong = model(x).argmax(1) != y
+    min_norm[wrong] = 0.0
+    fooled_at[wrong] = -1
+    grad_evals = 0
+    for k, e in enumerate(eps):
+        active = fooled_at == len(eps)
+        if not bool(active.any()) or e == 0:
+            continue
+        r = pgd(model, x, y, e, norm=norm, loss=loss, steps=steps, restarts=restarts, seed=seed, active=active)
+        grad_evals += r.grad_evals
+        new = r.success & active
+        min_norm[new] = r.norm[new].double()
+        fooled_at[new] = k
+    return {"min_norm": min_norm.numpy(), "fooled_at": fooled_at.numpy(), "grad_evals": grad_evals}
+
+
+def curve_from_sweeps(per_example: pd.DataFrame, eps: Sequence[float], eps_pixel: Sequence[float], *,
+                      defense: str = "") -> pd.DataFrame:
+    """Tidy curve from per-example results (columns ``fooled_at_ce``, ``fooled_at_cw``).
+
+    An example is robust at ``eps[k]`` under an attack iff ``fooled_at > k``.
+    """
+    n = len(per_example)
+    rows = []
+    for k, (e, ep) in enumerate(zip(eps, eps_pixel)):
+        robust = {}
+        for loss in LOSSES:
+            col = f"fooled_at_{loss}"
+            if col in per_example:
+                robust[f"pgd-{loss}"] = per_example[col].to_numpy() > k
+        if len(robust) == 2:
+            ce, cw = robust["pgd-ce"], robust["pgd-cw"]
+            counts = {"pgd-ce": int(ce.sum()), "pgd-cw": int(cw.sum()), "worst-min": int(min(ce.sum(), cw.sum())),
+                      "worst-per-example": int((ce & cw).sum())}
+        else:
+            counts = {a: int(r.sum()) for a, r in robust.items()}
+        for attack, c in counts.items():
+            lo, hi = wilson_interval(c, n)
+            rows.append({"defense": defense, "attack": attack, "eps": e, "eps_pixel": ep, "n": n, "robust": c,
+                         "accuracy": c / n if n else float("nan"), "ci_low": float(lo), "ci_high": float(hi)})
+    return pd.DataFrame(rows)
+
+
+def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *,
+                     losses: Sequence[str] = ("ce", "cw"), steps: int = 50, restarts: int = 10,
+                     eps_unit: str = "paper", dataset: str = "mnist", defense: str = "", seed: int = 0,
+                     batch_size: int = 500, return_per_example: bool = False, progress: bool = True):
+    """Adversarial accuracy against ε for each attack, with 95% Wilson intervals.
+
+    Args:
+        model: logits model in eval mode; x ``(N, *S)`` in [0, 1]; y int64 ``(N,)``.
+        eps_list: increasing radii in ``eps_unit`` (``"paper"`` standardized L2, or ``"pixel"``).
+        losses: PGD losses (``"ce"``, ``"cw"``); with both, the worst cases are added.
+        steps, restarts: per attack and ε (the paper: 50 and 10).
+        dataset: for the unit conversion; defense: a label copied into the ``defense`` column.
+        batch_size: examples attacked together.
+        return_per_example: also return the per-example frame (``index``, ``label``, and per loss
+            ``min_norm_<loss>`` in pixel units and ``fooled_at_<loss>``).
+
+    Returns:
+        DataFrame with columns ``defense, attack, eps, eps_pixel, n, robust, accuracy, ci_low, ci_high``
+        (and the per-example frame when asked).
+    """
+    eps = _check_eps_list(eps_list)
+    eps_pixel = to_pixel(eps, dataset, eps_unit)
+    for loss in losses:
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r}; allowed values: {', '.join(map(repr, LOSSES))}")
+    from tqdm.auto import tqdm
+
+    per = pd.DataFrame({"index": np.arange(len(x)), "label": y.numpy()})
+    for loss in losses:
+        mins, foos = [], []
+        for s in tqdm(range(0, len(x), batch_size), desc=f"{defense or 'model'} pgd-{loss}", disable=not progress,
+                      leave=False):
+            out = sweep(model, x[s:s + batch_size], y[s:s + batch_size], eps_pixel, loss=loss, steps=steps,
+                        restarts=restarts, seed=seed)
+            mins.append(out["min_norm"])
+            foos.append(out["fooled_at"])
+        per[f"min_norm_{loss}"] = np.concatenate(mins)
+        per[f"fooled_at_{loss}"] = np.concatenate(foos)
+    curve = curve_from_sweeps(per, eps, eps_pixel, defense=defense)
+    return (curve, per) if return_per_example else curve
+
+
+def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dataset: str, defense: str,
+                   eps_list: Sequence[float], steps: int, restarts: int, seed: int, profile: str,
+                   model_id: str, chunk: int = 100, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Cached, resumable :func:`robustness_curve` for one model.
+
+    Per-example results land chunk by chunk in ``results/<dataset>/robustness/<defense>-<id>-examples.csv``
+    (atomic writes; a killed run resumes at the first missing chunk), then the curve in
+    ``...-<id>.csv`` with a JSON sidecar of provenance. Returns ``(curve, per_example, sidecar)``.
+    """
+    params = {"dataset": dataset, "defense": defense, "model": model_id, "eps": list(eps_list), "steps": steps,
+              "restarts": restarts, "n": len(x), "eps_unit": "paper", "losses": list(LOSSES)}
+    rid = ex.run_id({**params, "seed": seed, "profile": profile, "code": EVAL_CODE_VERSION})
+    base = ex.paths.results_dir() / dataset / "robustness" / f"{defense}-{rid}"
+    curve_csv, per_csv, side = Path(f"{base}.csv"), Path(f"{base}-examples.csv"), Path(f"{base}.json")
+    eps = _check_eps_list(eps_list)
+    eps_pixel = to_pixel(eps, dataset, "paper")
+    if curve_csv.exists() and side.exists() and per_csv.exists():
+        return pd.read_csv(curve_csv), pd.read_csv(per_csv), ex.read_json(side)
+    partial = ex.paths.results_dir() / "scratch" / f"eval-{dataset}-{defense}-{rid}.csv"
+    done = pd.read_csv(partial) if partial.exists() else pd.DataFrame()
+    state = ex.read_json(partial.with_suffix(".json"), {"wall_time_s": 0.0, "grad_evals": 0})
+    from tqdm.auto import tqdm
+
+    model.eval()
+    t0 = time.perf_counter()
+    grad_evals = int(state["grad_evals"])
+    starts = [s for s in range(0, len(x), chunk) if done.empty or s not in set(done["index"])]
+    for s in tqdm(starts, desc=f"{dataset}/{defense}", disable=not progress):
+        xb, yb = x[s:s + chunk], y[s:s + chunk]
+        part = pd.DataFrame({"index": np.arange(s, s + len(xb)), "label": yb.numpy()})
+        for loss in LOSSES:
+            out = sweep(model, xb, yb, eps_pixel, loss=loss, steps=steps, restarts=restarts, seed=seed)
+            part[f"min_norm_{loss}"] = out["min_norm"]
+            part[f"fooled_at_{loss}"] = out["fooled_at"]
+            grad_evals += int(out["grad_evals"])
+        done = pd.concat([done, part], ignore_index=True)
+        ex.atomic_write_text(partial, done.to_csv(index=False))
+        ex.atomic_write_json(partial.with_suffix(".json"),
+                             {"wall_time_s": state["wall_time_s"] + time.perf_counter() - t0, "grad_evals": grad_evals})
+    per = done.sort_values("index").reset_index(drop=True)
+    curve = curve_from_sweeps(per, eps, eps_pixel, defense=defense)
+    wall = float(state["wall_time_s"]) + time.perf_counter() - t0
+    record = ex.provenance(params=params, seed=seed, profile=profile, wall_time_s=wall, run_id=rid,
+                           grad_evals=grad_evals, naive_grad_evals=len(x) * len(LOSSES) * steps * restarts *
+                           sum(1 for e in eps if e > 0),
+                           files=[ex.paths.relative_to_root(curve_csv), ex.paths.relative_to_root(per_csv)])
+    ex.atomic_write_text(per_csv, per.to_csv(index=False))
+    ex.atomic_write_text(curve_csv, curve.to_csv(index=False))
+    ex.atomic_write_json(side, record)
+    for f in (partial, partial.with_suffix(".json")):
+        if f.exists():
+            f.unlink()
+    return curve, per, record

@@ -1,0 +1,168 @@
+"""Regularizers against float64 oracles: full Jacobians and Hessians of a tiny network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from crossholder import models
+from crossholder import regularizers as R
+
+F64 = torch.float64
+
+
+class Wrapped(nn.Module):
+    """Same function as the inner net, but not a plain Sequential: forces the autograd fallback path."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(3)
+    m = models.mlp(5, (7, 6), 4).double()
+    x = torch.randn(6, 5, dtype=F64)
+    y = torch.tensor([0, 1, 2, 3, 1, 2])
+    return m, x, y
+
+
+def oracle_terms(m, x, y, v=None, classes="all", q=2.0):
+    """grad_term and hess_term from the full Jacobian / Hessians (torch.func), per eq. (5)."""
+    K = 4
+    gsum = hsum = 0.0
+    for b in range(x.shape[0]):
+        z = m(x[b:b + 1])[0].detach()
+        J = torch.func.jacrev(lambda xx: m(xx[None])[0])(x[b])                      # (K, d)
+        if classes == "all":
+            js = [j for j in range(K) if j != y[b]]
+        else:
+            zz = z.clone()
+            zz[y[b]] = -float("inf")
+            js = [int(zz.argmax())]
+        for s, j in enumerate(js):
+            gsum += torch.linalg.vector_norm(J[y[b]] - J[j], ord=q)
+            if v is not None:
+                Hm = torch.func.hessian(lambda xx, j=j: m(xx[None])[0, y[b]] - m(xx[None])[0, j])(x[b])
+                hsum += torch.linalg.vector_norm(Hm @ v[b, s], ord=q)
+    n = x.shape[0]
+    return gsum / n, (hsum / n if v is not None else None)
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["explicit", "autograd"])
+@pytest.mark.parametrize("classes", R.CLASSES)
+def test_values_match_oracle(tiny, wrap, classes):
+    m, x, y = tiny
+    net = Wrapped(m) if wrap else m
+    J = 3 if classes == "all" else 1
+    v = torch.randn(6, J, 5, dtype=F64)
+    v = v / v.norm(dim=2, keepdim=True)
+    out = R.regularized_loss(net, x, y, lam1=0.7, lam2=0.3, classes=classes, v0=v, inner_iters=0)
+    g_ref, h_ref = oracle_terms(m, x, y, v, classes)
+    assert torch.allclose(out.grad_term, g_ref, rtol=1e-10)
+    assert torch.allclose(out.hess_term, h_ref, rtol=1e-10)
+    ce = torch.nn.functional.cross_entropy(m(x), y)
+    assert torch.allclose(out.loss, ce + 0.7 * (g_ref + 0.3 * h_ref), rtol=1e-10)
+    cl = R.regularized_loss(net, x, y, lam1=0.7, classes=classes)
+    assert torch.allclose(cl.loss, ce + 0.7 * g_ref, rtol=1e-10) and cl.v_next is None
+
+
+@pytest.mark.parametrize("q", [1.0, 3.0])
+def test_other_q_norms(tiny, q):
+    m, x, y = tiny
+    v = torch.randn(6, 3, 5, dtype=F64)
+    out = R.regularized_loss(m, x, y, lam1=1.0, lam2=1.0, q=q, p=2.0, v0=v, inner_iters=0)
+    g_ref, h_ref = oracle_terms(m, x, y, v / v.norm(dim=2, keepdim=True), "all", q=q)
+    assert torch.allclose(out.grad_term, g_ref, rtol=1e-10) and torch.allclose(out.hess_term, h_ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["explicit", "autograd"])
+def test_parameter_gradient_matches_finite_differences(tiny, wrap):
+    """Central differences in float64, h = 1e-6: truncation O(h^2) and round-off O(1e-16/h) ≈ 1e-10."""
+    m, x, y = tiny
+    net = Wrapped(m) if wrap else m
+    v = torch.randn(6, 3, 5, dtype=F64)
+
+    def loss():
+        return R.regularized_loss(net, x, y, lam1=0.5, lam2=0.8, v0=v, inner_iters=0).loss
+
+    m.zero_grad()
+    loss().backward()
+    h = 1e-6
+    for p in m.parameters():
+        flat = p.data.view(-1)
+        for k in torch.randperm(flat.numel())[:4].tolist():
+            old = flat[k].item()
+            flat[k] = old + h
+            up = loss().item()
+            flat[k] = old - h
+            down = loss().item()
+            flat[k] = old
+            fd = (up - down) / (2 * h)
+            assert abs(fd - p.grad.view(-1)[k].item()) <= 1e-6 * max(1.0, abs(fd)), (p.shape, k)
+    m.zero_grad()
+
+
+def test_explicit_and_autograd_paths_agree_including_inner_loop(tiny):
+    m, x, y = tiny
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(6, 3, 5, dtype=F64, generator=g)
+    for inner in R.INNER:
+        a = R.regularized_loss(m, x, y, lam1=0.5, lam2=0.8, v0=v, inner=inner, inner_iters=5)
+        b = R.regularized_loss(Wrapped(m), x, y, lam1=0.5, lam2=0.8, v0=v, inner=inner, inner_iters=5)
+        assert torch.allclose(a.loss, b.loss, rtol=1e-10) and torch.allclose(a.v_next, b.v_next, atol=1e-10)
+        ga = torch.autograd.grad(a.loss, list(m.parameters()))
+        gb = torch.autograd.grad(b.loss, list(m.parameters()))
+        assert all(torch.allclose(u, w, rtol=1e-8, atol=1e-12) for u, w in zip(ga, gb))
+
+
+def test_inner_loop_finds_the_top_direction(tiny):
+    """After enough power steps ||H v|| is the spectral norm of each margin's Hessian (Danskin's v*)."""
+    m, x, y = tiny
+    out = R.regularized_loss(m, x, y, lam1=1.0, lam2=1.0, inner="power", inner_iters=200)
+    js = R.other_classes(y, 4)
+    for b in range(6):
+        for s in range(3):
+            j = int(js[b, s])
+            Hm = torch.func.hessian(lambda xx: m(xx[None])[0, y[b]] - m(xx[None])[0, j])(x[b])
+            assert out.hess_norms[b, s] == pytest.approx(torch.linalg.eigvalsh(Hm).abs().max().item(), rel=1e-8)
+
+
+def test_hein_variant_matches_oracle(tiny):
+    m, x, y = tiny
+    out = R.hein_cross_lipschitz(m, x, y, lam1=1.0)
+    ref = 0.0
+    for b in range(6):
+        J = torch.func.jacrev(lambda xx: m(xx[None])[0])(x[b])
+        ref += sum(((J[l] - J[k]) ** 2).sum() for l in range(4) for k in range(4)) / 16
+    assert torch.allclose(out.grad_term, ref / 6, rtol=1e-10)
+
+
+def test_direction_store_unit_norm_and_indexing():
+    store = R.DirectionStore(10, 2, (1, 3, 3))
+    idx = torch.tensor([7, 2, 5])
+    v = torch.randn(3, 2, 1, 3, 3) * 5
+    store.put(idx, v, torch.tensor([[1, 2], [0, 3], [4, 5]]))
+    got = store.get(torch.tensor([5, 7, 2]))
+    ref = v / v.flatten(2).norm(dim=2)[..., None, None, None]
+    assert torch.allclose(got, ref[[2, 0, 1]], atol=2e-3)
+    assert torch.allclose(got.flatten(2).norm(dim=2), torch.ones(3, 2), atol=2e-3)
+    assert (store.classes[[0, 1, 3]] == -1).all()
+    fresh = store.get(torch.tensor([0]), torch.Generator().manual_seed(0))
+    assert fresh.abs().sum() > 0, "never-visited examples get a random direction"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"lam1": -1.0}, "lam1=-1.0"), ({"lam1": 1.0, "lam2": -0.5}, "lam2=-0.5"),
+    ({"lam1": 1.0, "classes": "some"}, "classes='some'"), ({"lam1": 1.0, "inner": "newton"}, "inner='newton'"),
+    ({"lam1": 1.0, "lam2": 1.0, "inner": "power", "q": 1.0}, "p = q = 2"), ({"lam1": 1.0, "p": 0.5}, "p=0.5"),
+])
+def test_bad_arguments(tiny, kwargs, match):
+    m, x, y = tiny
+    with pytest.raises(ValueError, match=match):
+        R.regularized_loss(m, x, y, **kwargs)

@@ -1,0 +1,105 @@
+"""Training loop: resume after a kill gives identical weights, kept directions, bad parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crossholder import experiments, models, regularizers, training
+
+
+def small(defense, **kw):
+    base = dict(profile="smoke", n_train=256, batch_size=64, epochs=2)
+    base.update(kw)
+    return training.make_config("mnist", defense, **base)
+
+
+@pytest.mark.parametrize("defense", ["cross_holder", "adversarial", "cross_lipschitz"])
+def test_resume_after_kill_gives_identical_weights(tmp_path, monkeypatch, defense):
+    cfg = small(defense)
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "a"))
+    full = training.train(cfg, progress=False)
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "b"))
+    part = training.train(cfg, progress=False, max_epochs=1)           # "killed" after epoch 1
+    assert part.record == {"partial": True, "epochs_done": 1}
+    resumed = training.train(cfg, progress=False)
+    for (k, v), (_, w) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert full.log.drop(columns=["epoch_time_s"]).equals(resumed.log.drop(columns=["epoch_time_s"]))
+    assert not (tmp_path / "b" / "scratch" / f"train-mnist-{cfg.name}").exists(), "resume state removed when done"
+    # asking again loads from the cache
+    again = training.train(cfg, progress=False)
+    assert again.checkpoint == resumed.checkpoint and torch.equal(
+        next(again.model.parameters()), next(resumed.model.parameters()))
+
+
+def test_outputs_provenance_and_registry(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
+    res = training.train(small("none", epochs=1), progress=False, register=True)
+    reg = experiments.read_json(tmp_path / "models.json")
+    rec = reg["mnist/none"]
+    for key in ("checkpoint", "hyperparameters", "profile", "seed", "provenance", "clean_test_accuracy"):
+        assert key in rec
+    for key in ("params", "seed", "profile", "git_commit", "versions", "device", "wall_time_s"):
+        assert key in rec["provenance"]
+    m, rec2 = training.load_registered("mnist", "none")
+    assert torch.equal(next(m.parameters()), next(res.model.parameters())) and rec2 == rec
+    cols = set(res.log.columns)
+    assert {"epoch", "loss", "ce", "grad_term", "hess_term", "regularizer", "train_acc", "val_acc",
+            "epoch_time_s"} <= cols
+
+
+def test_fast_mode_directions_follow_their_examples():
+    """Kept directions are indexed by the example's position, whatever the batch order."""
+    torch.manual_seed(0)
+    cfg = small("cross_holder")
+    m = models.paper_cnn("mnist")
+    x = torch.rand(12, 1, 28, 28)
+    y = torch.randint(0, 10, (12,))
+    store = regularizers.DirectionStore(12, 1, (1, 28, 28))
+    perm = torch.randperm(12)
+    gen = torch.Generator().manual_seed(0)
+    training._step_loss(cfg, m, x[perm], y[perm], perm, store, gen)
+    v_all = store.get(torch.arange(12))
+    assert torch.allclose(v_all.flatten(1).norm(dim=1), torch.ones(12), atol=2e-3)
+    for i in [0, 5, 11]:                      # recompute each example alone with the direction it was given
+        store_i = regularizers.DirectionStore(1, 1, (1, 28, 28))
+        pos = int((perm == i).nonzero())
+        v0 = torch.randn((12, 1, 1, 28, 28), generator=torch.Generator().manual_seed(0))[pos:pos + 1]
+        out = regularizers.regularized_loss(m, x[i:i + 1], y[i:i + 1], lam1=cfg.lam1, lam2=cfg.lam2,
+                                            classes="runner_up", v0=v0, inner="power", inner_iters=cfg.cold_iters)
+        store_i.put(torch.tensor([0]), out.v_next, out.j)
+        assert torch.allclose(store_i.get(torch.tensor([0])), v_all[i:i + 1], atol=3e-3)
+        assert store.classes[i, 0] == out.j[0, 0]
+
+
+@pytest.mark.parametrize("defense,kw,match", [
+    ("dropout", {}, "defense='dropout'"),
+    ("cross_lipschitz", {"lam1": -0.1}, "lam1=-0.1"),
+    ("cross_holder", {"lam2": 0.0}, "lam2=0.0"),
+    ("adversarial", {"eps": 0.0}, "eps=0.0"),
+    ("adversarial", {"eps": -1.0}, "eps=-1.0"),
+    ("none", {"epochs": 0}, "epochs=0"),
+    ("none", {"optimiser": "sgd"}, "unknown training parameter"),
+    ("cross_holder", {"mode": "quick"}, "mode='quick'"),
+])
+def test_bad_parameters(defense, kw, match):
+    with pytest.raises(ValueError, match=match):
+        training.make_config("mnist", defense, profile="smoke", **kw)
+
+
+def test_bad_profile_and_dataset():
+    with pytest.raises(ValueError, match="profile='gpu'"):
+        training.make_config("mnist", "none", profile="gpu")
+    with pytest.raises(ValueError, match="dataset='cifar'"):
+        training.make_config("cifar", "none")
+
+
+def test_paper_hyperparameters_and_faithful_mode():
+    cfg = training.make_config("fashion_mnist", "cross_holder", profile="cpu")
+    assert (cfg.lam1, cfg.lam2, cfg.mode, cfg.classes) == (0.2, 0.5, "fast", "runner_up")
+    faithful = training.make_config("mnist", "cross_holder", profile="cpu", mode="faithful")
+    assert (faithful.inner, faithful.inner_iters, faithful.step, faithful.classes) == ("ascent", 10, 0.1, "all")
+    at = training.make_config("mnist", "adversarial")
+    assert at.eps == 5.0 and at.eps_pixel == pytest.approx(5.0 * 0.3081)
+    assert cfg.run_id != training.make_config("fashion_mnist", "cross_holder", profile="cpu", seed=1).run_id
