@@ -36,21 +36,51 @@ data: $(RAW)
 	$(PY) -m crossholder.data mnist fashion_mnist
 
 # ---------------------------------------------------------------- notebooks
-NB := notebooks
+# Source notebooks execute in place with their default parameters (MNIST); the other parameter
+# sets write executed copies to notebooks/runs/. All results are cached in results/, so with the
+# committed results every rule only reloads and redraws. Stamps in results/.make (gitignored).
+NB        := notebooks
+RUNS      := $(NB)/runs
+STAMPS    := results/.make
 NOTEBOOKS := $(sort $(wildcard $(NB)/[0-9][0-9]_*.ipynb))
-LIB := $(wildcard lib/crossholder/*.py)
+LIB       := $(wildcard lib/crossholder/*.py)
+DATASETS  := mnist fashion_mnist
+DEFENSES  := none cross_lipschitz cross_holder adversarial
+STRIP     := $(PY) -m crossholder.notebooks strip
 
-# Each notebook executes in place; its stamp records the successful run.
-results/.nb-%.done: $(NB)/%.ipynb $(LIB) | $(RAW)
+$(STAMPS)/01.done: $(NB)/01_hessian_norm_estimation.ipynb $(LIB) | $(RAW)
 	$(PAPERMILL) $< $< $(PMARGS)
-	$(PY) -m crossholder.notebooks strip $<
-	@mkdir -p results && touch $@
+	$(STRIP) $<
+	@mkdir -p $(STAMPS) && touch $@
 
-figures: $(patsubst $(NB)/%.ipynb,results/.nb-%.done,$(NOTEBOOKS))
+# 02: one run per (dataset, defense): fills results/models.json
+$(STAMPS)/02.done: $(NB)/02_training.ipynb $(LIB) | $(RAW)
+	@mkdir -p $(RUNS)
+	for ds in $(DATASETS); do for def in $(DEFENSES); do \
+	  out=$(RUNS)/02_training-$$ds-$$def.ipynb; [ $$ds-$$def = mnist-cross_holder ] && out=$<; \
+	  $(PAPERMILL) $< $$out $(PMARGS) -p dataset $$ds -p defense $$def && $(STRIP) $$out || exit 1; \
+	done; done
+	@mkdir -p $(STAMPS) && touch $@
+
+# 04: robustness curves per dataset (needs the models of 02)
+$(STAMPS)/04.done: $(NB)/04_robustness.ipynb $(STAMPS)/02.done $(LIB) | $(RAW)
+	@mkdir -p $(RUNS)
+	$(PAPERMILL) $< $< $(PMARGS) -p dataset mnist && $(STRIP) $<
+	$(PAPERMILL) $< $(RUNS)/04_robustness-fashion_mnist.ipynb $(PMARGS) -p dataset fashion_mnist
+	$(STRIP) $(RUNS)/04_robustness-fashion_mnist.ipynb
+	@mkdir -p $(STAMPS) && touch $@
+
+FIGURE_STAMPS := $(STAMPS)/01.done $(if $(wildcard $(NB)/02_training.ipynb),$(STAMPS)/02.done) \
+                 $(if $(wildcard $(NB)/04_robustness.ipynb),$(STAMPS)/04.done)
+figures: $(FIGURE_STAMPS)
 
 # ---------------------------------------------------------------- tests
+# One pytest run: unit tests, notebook checks (smoke runs) and nbval on every executed, committed
+# notebook (re-executed against the committed results; cells marked NBVAL_CHECK_OUTPUT must match).
+NBVAL_ARGS = --nbval-lax --nbval-kernel-name $(KERNEL) --nbval-sanitize-with tests/nbval_sanitize.cfg
 test: $(STAMP) | $(RAW)
-	$(PY) -m pytest tests
+	nbs="$$($(PY) -m crossholder.notebooks executed $(NOTEBOOKS) $(wildcard $(RUNS)/*.ipynb))"; \
+	$(PY) -m pytest tests $$nbs $(NBVAL_ARGS) -p no:cacheprovider
 
 bench: $(STAMP) | $(RAW)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

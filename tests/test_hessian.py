@@ -224,3 +224,9 @@ def test_bad_shapes_and_pairs(small):
         hs.operator_norm(m, x.float(), t, j)
     with pytest.raises(ValueError, match="v has shape"):
         hs.hvp(m, x, t, j, torch.randn(6, 3, dtype=F64))
+
+
+def test_full_hessian_matches_torch_func(small):
+    m, x, t, j, Hs = small
+    for b in range(3):
+        assert torch.allclose(hs.full_hessian(m, x[b], t[b], j[b], chunk=3), Hs[b], atol=1e-12)

@@ -156,6 +156,192 @@ fig = plotting.direction_images(imgs)
 """),
 ]
 
+NOTEBOOKS["02_training"] = [
+    md("""
+# 02 · Training one model (any of the four defenses)
+
+Trains (or loads from the cache in `results/`) one paper CNN with one defense and shows its
+learning curves. Running it for 2 data sets × 4 defenses fills `results/models.json`, which
+notebook 04 reads (`make figures` does exactly that).
+
+* `none`: cross-entropy only (the reference row).
+* `cross_lipschitz`: eq. (5) with λ2 = 0 (Hein & Andriushchenko 2017 in the paper's form).
+* `cross_holder`: eq. (5) with the Hessian operator-norm term. Fast mode (default, ours) keeps each
+  example's direction between epochs; `mode="faithful"` runs Algorithm 1 as written.
+* `adversarial`: L2 PGD adversarial training (Madry et al.), ε in the paper's units (our reading:
+  L2 on standardized inputs, so ε_pixel = ε · std).
+
+Hyperparameters default to the paper's picks (appendix C.2); what the paper does not give
+(optimizer, schedule, batch size, epochs, AT's steps) is in `crossholder.experiments`, equal for
+all defenses.
+"""),
+    code("""
+profile: str = "cpu"  # "smoke" (CI: seconds), "cpu" (default) or "paper"
+device: str = "cpu"  # only "cpu" is used by this notebook
+seed: int = 0  # seed of the initialization, the batch order and the random directions
+dataset: str = "mnist"  # "mnist" or "fashion_mnist"
+defense: str = "cross_holder"  # "none", "cross_lipschitz", "cross_holder" or "adversarial"
+lam1: float = -1.0  # λ1 of eq. (5); -1: the paper's choice for the data set
+lam2: float = -1.0  # λ2 of eq. (5) (Cross-Hölder); -1: the paper's choice
+eps: float = -1.0  # adversarial training radius in the paper's units; -1: the paper's choice
+epochs: int = 0  # 0: the profile's number of epochs
+mode: str = "fast"  # Cross-Hölder: "fast" (ours) or "faithful" (Algorithm 1 as written)
+classes: str = ""  # "all" or "runner_up" for both gradient regularizers; "": the profile's choice
+""", tags=["parameters"]),
+    code("""
+from crossholder import experiments, plotting, training
+
+overrides = {k: v for k, v in {"lam1": lam1, "lam2": lam2, "eps": eps, "epochs": epochs, "classes": classes}.items()
+             if v not in (-1.0, 0, "")}
+if defense == "cross_holder":
+    overrides["mode"] = mode
+config = training.make_config(dataset, defense, profile=profile, seed=seed, **overrides)
+config
+"""),
+    code("""
+run = training.train(config, register=True, progress=False)
+print(f"checkpoint: {run.record['checkpoint']}")
+"""),
+    md("## Learning curves\nFrom the per-epoch log in `results/<dataset>/training/`."),
+    code("""
+fig = plotting.learning_curves(run.log, title=f"{dataset} / {defense} ({profile} profile)",
+                               name=f"training_{dataset}_{defense}")
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+cols = [c for c in ["epoch", "loss", "ce", "grad_term", "hess_term", "train_acc", "val_acc", "fidelity_median"]
+        if c in run.log]
+print(run.log[cols].round(4).to_string(index=False))
+print(f"clean test accuracy: {run.record['clean_test_accuracy']:.4f} (paper's criterion: "
+      f"{0.99 if dataset == 'mnist' else 0.88:.2f})")
+"""),
+]
+
+NOTEBOOKS["04_robustness"] = [
+    md("""
+# 04 · Robustness: adversarial accuracy against ε (the paper's Figures 1, 2, 4 and 5)
+
+For the four models of a data set (`results/models.json`, from notebook 02) we run the paper's
+evaluation: L2 PGD with the cross-entropy loss and with the Carlini-Wagner margin loss, 50 steps
+and 10 random restarts each, for ε from 0 to 6 in the paper's units (step 0.5), and report
+
+* `pgd-ce`, `pgd-cw`: accuracy under each attack (Figures 4a/b, 5a/b);
+* `worst-min`: the paper's worst case, the minimum of the two accuracies;
+* `worst-per-example`: an example counts as robust only if it survives both attacks: the honest
+  number, never above `worst-min` (Figures 1, 2, 4c, 5c show both).
+
+ε units: our reading of the paper is L2 on standardized inputs (ε_pixel = ε · std; GUIDE.md
+section 4); the top axis of each figure shows pixel units. Bands are 95% Wilson intervals.
+The sweep over ε reuses smaller-ε witnesses, so the curves are monotone and at least as strong as
+attacking each ε from scratch.
+"""),
+    code("""
+profile: str = "cpu"  # "smoke" (CI: seconds), "cpu" (default: a subset of the test set) or "paper"
+device: str = "cpu"  # only "cpu" is used by this notebook
+seed: int = 0  # seed of the attacks' random starts
+dataset: str = "mnist"  # "mnist" (Figures 1, 4) or "fashion_mnist" (Figures 2, 5)
+n_examples: int = 0  # test examples attacked; 0: the profile's choice (all at "paper")
+steps: int = 0  # PGD steps per restart; 0: the profile's choice (50)
+restarts: int = 0  # random restarts; 0: the profile's choice (10)
+eps_max: float = 6.0  # largest ε, paper units
+eps_step: float = 0.5  # ε grid step, paper units
+sanity_n: int = 0  # examples for the sanity checks; 0: 16 at smoke, 100 otherwise
+""", tags=["parameters"]),
+    code("""
+import pandas as pd
+
+from crossholder import data, evaluation, experiments, plotting, training
+
+data.check_dataset(dataset)
+prof = experiments.PROFILES[experiments.check_profile(profile)]
+n = n_examples or prof["eval_n"]
+steps = steps or prof["eval_steps"]
+restarts = restarts or prof["eval_restarts"]
+eps_list = prof["eval_eps"] if profile == "smoke" else [round(k * eps_step, 6) for k in range(int(round(eps_max / eps_step)) + 1)]
+sanity_n = sanity_n or (16 if profile == "smoke" else 100)
+std = data.MEAN_STD[dataset][1]
+x, y = data.tensors(dataset, "test")
+if n is not None:
+    x, y = x[:n], y[:n]
+print(f"{len(x)} test examples, {steps} steps x {restarts} restarts, ε = {eps_list} (paper units)")
+"""),
+    code("""
+records = training.selected_models(dataset, profile, seed=seed)
+print(pd.DataFrame({d: {"checkpoint": r["checkpoint"], "clean test acc": round(r["clean_test_accuracy"], 4)}
+                    for d, r in records.items()}).T.to_string())
+"""),
+    md("## The protocol\nCached per model in `results/<dataset>/robustness/`; a killed run resumes at the next chunk of examples."),
+    code("""
+curves, sidecars = [], {}
+for defense, rec in records.items():
+    model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"])
+    curve, per_example, side = evaluation.evaluate_model(
+        model, x, y, dataset=dataset, defense=defense, eps_list=eps_list, steps=steps, restarts=restarts,
+        seed=seed, profile=profile, model_id=rec["run_id"], progress=False)
+    curves.append(curve)
+    sidecars[defense] = side
+curves = pd.concat(curves, ignore_index=True)
+summary_path = experiments.paths.results_dir() / dataset / "robustness.csv"
+experiments.atomic_write_text(summary_path, curves.to_csv(index=False))
+experiments.atomic_write_json(summary_path.with_suffix(".json"), experiments.provenance(
+    params={"dataset": dataset, "n": len(x), "steps": steps, "restarts": restarts, "eps": eps_list,
+            "models": {d: r["run_id"] for d, r in records.items()}},
+    seed=seed, profile=profile, wall_time_s=sum(s["wall_time_s"] or 0 for s in sidecars.values()),
+    inputs={d: s["files"] for d, s in sidecars.items()}))
+print(f"wrote {experiments.paths.relative_to_root(summary_path)}")
+"""),
+    code("""
+fig_ids = {"mnist": ("fig4", "fig1"), "fashion_mnist": ("fig5", "fig2")}[dataset]
+curves = pd.read_csv(summary_path)  # figures from the results file only
+for panel, attack, label in (("a", "pgd-ce", "PGD, cross-entropy loss"), ("b", "pgd-cw", "PGD, CW loss")):
+    plotting.robustness_panel(curves, attack, dataset=dataset, std=std,
+                              name=f"{fig_ids[0]}{panel}_{dataset}_{attack.replace('-', '_')}",
+                              title=f"{dataset}: {label} ({steps} steps x {restarts} restarts, n = {len(x)})")
+for name in (f"{fig_ids[0]}c_{dataset}_worst_case", f"{fig_ids[1]}_{dataset}_worst_case"):
+    fig = plotting.worst_case_figure(curves, dataset=dataset, std=std, name=name,
+                                     title=f"{dataset}: worst case of the two attacks (n = {len(x)})")
+"""),
+    md("Adversarial accuracy (%) at each ε, per attack and defense:"),
+    code("""
+# NBVAL_CHECK_OUTPUT
+table = curves.pivot_table(index="eps", columns=["attack", "defense"], values="accuracy") * 100
+for attack in evaluation.ATTACKS:
+    print(attack)
+    print(table[attack].round(1).to_string())
+"""),
+    md("## The paper's claims against our curves"),
+    code("""
+# NBVAL_CHECK_OUTPUT
+claims = evaluation.claims_table(curves, dataset)
+print(claims.to_string(index=False))
+"""),
+    md("""
+## Sanity checks of the evaluation (Carlini et al. 2019)
+On the first `sanity_n` test examples at ε = 3 (paper units): accuracy at a huge ε, more steps,
+more restarts, logits × 10 (the CW margin is invariant, cross-entropy is not), and a black-box
+random-noise attack with as many queries as the white-box attack's gradient steps.
+"""),
+    code("""
+def _sanity():
+    frames = []
+    for defense, rec in records.items():
+        model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"])
+        frames.append(evaluation.sanity_checks(model, x[:sanity_n], y[:sanity_n], dataset=dataset, defense=defense,
+                                               steps=steps, restarts=restarts, seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+sanity, _, _ = experiments.cached_table(
+    f"{dataset}/robustness/sanity", {"models": {d: r["run_id"] for d, r in records.items()}, "n": sanity_n,
+                                      "steps": steps, "restarts": restarts},
+    _sanity, seed=seed, profile=profile, code_version=evaluation.EVAL_CODE_VERSION)
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+print(sanity.round(3).to_string(index=False))
+"""),
+]
+
 
 def build(name: str) -> None:
     nb = nbf.v4.new_notebook()

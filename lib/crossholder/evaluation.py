@@ -222,3 +222,137 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
         if f.exists():
             f.unlink()
     return curve, per, record
+
+
+# ---------------------------------------------------------------- the paper's claims
+#: (id, text, attack, better, worse-or-None, eps range in paper units, kind). ``kind`` "order": better
+#: >= worse at every ε of the range and > at half of them; "level": better's accuracy >= 0.7 at the
+#: range's end (the paper's "quite effective"; 0.7 is our threshold for that phrase).
+CLAIMS = {
+    "mnist": [
+        ("M1", "PGD-CE: all three defenses quite effective up to ε = 3 (accuracy ≥ 0.7)", "pgd-ce",
+         ("cross_lipschitz", "cross_holder", "adversarial"), None, (3.0, 3.0), "level"),
+        ("M2", "PGD-CE: after ε = 3 Cross-Lipschitz decreases faster than Cross-Hölder", "pgd-ce",
+         ("cross_holder",), "cross_lipschitz", (3.5, 6.0), "order"),
+        ("M3", "PGD-CW: Cross-Hölder above adversarial training after ε = 4", "pgd-cw", ("cross_holder",),
+         "adversarial", (4.5, 6.0), "order"),
+        ("M4", "PGD-CW: Cross-Hölder above Cross-Lipschitz after ε = 4", "pgd-cw", ("cross_holder",),
+         "cross_lipschitz", (4.5, 6.0), "order"),
+        ("M5", "Worst case: all three quite effective up to ε = 4 (accuracy ≥ 0.7)", "worst",
+         ("cross_lipschitz", "cross_holder", "adversarial"), None, (4.0, 4.0), "level"),
+        ("M6", "Worst case: Cross-Hölder above Cross-Lipschitz after ε = 4", "worst", ("cross_holder",),
+         "cross_lipschitz", (4.5, 6.0), "order"),
+        ("M7", "Worst case: Cross-Hölder above adversarial training after ε = 4", "worst", ("cross_holder",),
+         "adversarial", (4.5, 6.0), "order"),
+    ],
+    "fashion_mnist": [
+        ("F1", "Worst case: Cross-Hölder above Cross-Lipschitz", "worst", ("cross_holder",), "cross_lipschitz",
+         (0.5, 6.0), "order"),
+        ("F2", "Worst case: Cross-Hölder below adversarial training up to ε = 4", "worst", ("adversarial",),
+         "cross_holder", (0.5, 4.0), "order"),
+    ],
+}
+
+
+def claims_table(curves: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """The paper's claims for ``dataset`` checked on ``curves`` (from :func:`robustness_curve`).
+
+    "worst" claims are checked twice: with the paper's worst case (``worst-min``) and with the
+    honest per-example worst case (``worst-per-example``). A claim whose ε range is not in the
+    curves is reported as "not evaluated".
+    """
+    rows = []
+    for cid, text, attack, better, worse, (lo, hi), kind in CLAIMS[data_mod.check_dataset(dataset)]:
+        for att in (("worst-min", "worst-per-example") if attack == "worst" else (attack,)):
+            sub = curves[(curves["attack"] == att) & (curves["eps"] >= lo - 1e-9) & (curves["eps"] <= hi + 1e-9)]
+            acc = sub.pivot_table(index="eps", columns="defense", values="accuracy")
+            needed = list(better) + ([worse] if worse else [])
+            if acc.empty or not set(needed) <= set(acc.columns):
+                rows.append({"claim": cid, "statement": text, "attack": att, "evidence": "not evaluated",
+                             "supported": None})
+                continue
+            if kind == "level":
+                at = acc.loc[acc.index.max()]
+                ok = bool((at[list(better)] >= 0.7).all())
+                ev = ", ".join(f"{d} {at[d]:.2f}" for d in better) + f" at ε = {acc.index.max():g}"
+            else:
+                b, w = acc[better[0]], acc[worse]
+                ok = bool((b >= w).all() and (b > w).mean() >= 0.5)
+                ev = f"mean {better[0]} − {worse} = {(b - w).mean():+.3f} over ε ∈ [{lo:g}, {hi:g}] " \
+                     f"(ahead at {(b > w).sum()}/{len(b)} ε)"
+            rows.append({"claim": cid, "statement": text, "attack": att, "evidence": ev, "supported": ok})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- sanity checks (Carlini et al. 2019)
+class ScaledLogits(nn.Module):
+    """``factor * model(x)``: the CW margin's PGD is invariant to it, cross-entropy's is not."""
+
+    def __init__(self, model: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.factor * self.model(x)
+
+
+def random_noise_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, queries: int,
+                        seed: int = 0) -> torch.Tensor:
+    """Black-box baseline: ``queries`` uniform samples of the L2 ε-ball (pixels), clamped to the box.
+
+    Returns the bool ``(N,)`` of examples still correctly classified after every query.
+    """
+    from .attacks import _start_noise
+
+    with torch.no_grad():
+        robust = model(x).argmax(1) == y
+        for q in range(queries):
+            noise = _start_noise(x.shape, eps, 2.0, seed + 7919, q, x.dtype)
+            robust &= model((x + noise).clamp(0, 1)).argmax(1) == y
+    return robust
+
+
+def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dataset: str, defense: str,
+                  eps: float = 3.0, steps: int = 50, restarts: int = 10, seed: int = 0) -> pd.DataFrame:
+    """Carlini et al. (2019)'s checks of an evaluation, on the examples ``x`` at ``eps`` (paper units).
+
+    Rows: accuracy at a huge ε (should be ~0); more steps and more restarts (should not raise the
+    robust accuracy); logits × 10 (PGD-CW unchanged, PGD-CE may weaken); a black-box random-noise
+    attack with as many queries as the white-box gradient steps (should not beat it).
+    """
+    model.eval()
+    ep = to_pixel(eps, dataset)
+    n = len(x)
+
+    def acc(m, e, loss, st, rs):
+        return float((~pgd(m, x, y, e, loss=loss, steps=st, restarts=rs, seed=seed).success).float().mean())
+
+    rows = []
+    base = {loss: acc(model, ep, loss, steps, restarts) for loss in LOSSES}
+    big = to_pixel(30.0, dataset)
+    huge = max(acc(model, big, loss, steps, restarts) for loss in LOSSES)
+    rows.append({"check": "accuracy at ε = 30 (paper units) is ~0", "reference": 0.0, "value": huge,
+                 "passed": huge <= 0.01})
+    for loss in LOSSES:
+        more_steps = acc(model, ep, loss, 2 * steps, restarts)
+        rows.append({"check": f"PGD-{loss.upper()}: 2x steps does not raise accuracy", "reference": base[loss],
+                     "value": more_steps, "passed": more_steps <= base[loss] + 1.0 / n})
+        more_rs = acc(model, ep, loss, steps, 2 * restarts)
+        rows.append({"check": f"PGD-{loss.upper()}: 2x restarts does not raise accuracy", "reference": base[loss],
+                     "value": more_rs, "passed": more_rs <= base[loss] + 1.0 / n})
+    scaled = ScaledLogits(model, 10.0).eval()
+    cw10 = acc(scaled, ep, "cw", steps, restarts)
+    rows.append({"check": "PGD-CW unchanged with logits x 10", "reference": base["cw"], "value": cw10,
+                 "passed": abs(cw10 - base["cw"]) <= 1.0 / n})
+    ce10 = acc(scaled, ep, "ce", steps, restarts)
+    rows.append({"check": "PGD-CE with logits x 10 (may weaken: reported, not checked)", "reference": base["ce"],
+                 "value": ce10, "passed": None})
+    bb = float(random_noise_attack(model, x, y, ep, queries=steps * restarts, seed=seed).float().mean())
+    wb = min(base.values())
+    rows.append({"check": "black-box random noise does not beat white-box PGD", "reference": wb, "value": bb,
+                 "passed": bb >= wb})
+    out = pd.DataFrame(rows)
+    out.insert(0, "defense", defense)
+    out["eps"] = eps
+    out["n"] = n
+    return out

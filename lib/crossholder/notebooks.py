@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["strip"]
+__all__ = ["strip", "is_executed"]
 
 _CELL_KEYS = ("execution", "papermill")
 _NB_PAPERMILL_KEYS = ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables",
@@ -39,12 +39,23 @@ def strip(path: str | os.PathLike[str]) -> None:
     os.replace(tmp, path)
 
 
+def is_executed(path: str | os.PathLike[str]) -> bool:
+    """True when every code cell of the notebook has been executed (committed with its outputs)."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    code = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+    return bool(code) and all(c.get("execution_count") is not None for c in code)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """``strip NB...`` (remove timings) or ``executed NB...`` (print those committed with outputs)."""
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] != "strip":
-        raise SystemExit("usage: python -m crossholder.notebooks strip NOTEBOOK.ipynb [...]")
+    if not args or args[0] not in ("strip", "executed"):
+        raise SystemExit("usage: python -m crossholder.notebooks {strip|executed} NOTEBOOK.ipynb [...]")
     for nb in args[1:]:
-        strip(nb)
+        if args[0] == "strip":
+            strip(nb)
+        elif is_executed(nb):
+            print(nb)
 
 
 if __name__ == "__main__":

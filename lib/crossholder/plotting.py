@@ -142,3 +142,38 @@ def robustness_panel(curves: pd.DataFrame, attack: str, *, dataset: str, std: fl
     if own:
         save(fig, name)
     return fig
+
+
+def learning_curves(log: pd.DataFrame, *, title: str, name: str):
+    """Loss terms and clean accuracies per epoch from a training log CSV."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for col, label in (("loss", "total loss"), ("ce", "cross-entropy"), ("regularizer", "λ1 · regularizer")):
+        if col in log and log[col].abs().sum() > 0:
+            a1.plot(log["epoch"], log[col], "o-", ms=3, label=label)
+    a1.set_xlabel("epoch")
+    a1.set_yscale("log")
+    a1.legend(fontsize=8)
+    a1.set_title("training loss (epoch mean)", fontsize=10)
+    a2.plot(log["epoch"], log["train_acc"], "o-", ms=3, label="train (clean)")
+    a2.plot(log["epoch"], log["val_acc"], "s-", ms=3, label="validation (clean)")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("accuracy")
+    a2.legend(fontsize=8)
+    a2.set_title("clean accuracy", fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    save(fig, name)
+    return fig
+
+
+def worst_case_figure(curves: pd.DataFrame, *, dataset: str, std: float, name: str, title: str):
+    """Two panels: the paper's worst case (``worst-min``) and the per-example worst case."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9), sharey=True)
+    robustness_panel(curves, "worst-min", dataset=dataset, std=std, name=name, ax=axes[0],
+                     title="paper's worst case: min of the two accuracies")
+    robustness_panel(curves, "worst-per-example", dataset=dataset, std=std, name=name, ax=axes[1],
+                     title="per-example worst case: robust to both attacks")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    save(fig, name)
+    return fig

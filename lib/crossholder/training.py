@@ -454,3 +454,27 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def selected_models(dataset: str, profile: str, *, seed: int = 0, progress: bool = False) -> dict[str, dict[str, Any]]:
+    """The registered model of every defense for ``dataset`` (``results/models.json``).
+
+    At the ``smoke`` profile missing models are trained on the spot (seconds); at the other profiles
+    a missing model raises a ``KeyError`` that says how to train it (notebook 02), because that
+    takes hours on a CPU. A registered model from another profile than asked is also an error.
+    """
+    reg = ex.read_json(paths.results_dir() / "models.json", {}) or {}
+    out = {}
+    for defense in ex.DEFENSES:
+        key = f"{dataset}/{defense}"
+        rec = reg.get(key)
+        if rec is None or rec.get("profile") != profile:
+            if profile != "smoke":
+                raise KeyError(f"no {profile}-profile model registered for {key}; train it with notebook 02 "
+                               f"(papermill -p dataset {dataset} -p defense {defense} -p profile {profile}) or "
+                               f"`python -m crossholder.training --dataset {dataset} --defense {defense} "
+                               f"--profile {profile}`")
+            rec = train(make_config(dataset, defense, profile=profile, seed=seed), register=True,
+                        progress=progress).record
+        out[defense] = rec
+    return out

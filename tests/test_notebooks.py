@@ -1,0 +1,68 @@
+"""Every notebook: parameter names (papermill.inspect_notebook), a clean smoke run, a bad value fails clearly.
+
+The smoke runs execute the computing path of each notebook at the ``smoke`` profile into a
+temporary results directory, so the committed results are never touched. nbval (run by
+`make test` on the executed, committed notebooks) checks the other half: that the committed
+outputs are reproduced from the committed results.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+COMMON = {"profile", "device", "seed"}
+EXPECTED = {
+    "01_hessian_norm_estimation": COMMON | {"method", "iters", "step", "lanczos_iters", "exact_n", "n_images"},
+    "02_training": COMMON | {"dataset", "defense", "lam1", "lam2", "eps", "epochs", "mode", "classes"},
+    "04_robustness": COMMON | {"dataset", "n_examples", "steps", "restarts", "eps_max", "eps_step", "sanity_n"},
+}
+BAD = {  # one bad value per notebook, and the message it must produce
+    "01_hessian_norm_estimation": ({"method": "newton"}, "method='newton'"),
+    "02_training": ({"defense": "dropout"}, "defense='dropout'"),
+    "04_robustness": ({"dataset": "cifar10"}, "dataset='cifar10'"),
+}
+
+
+def test_every_notebook_is_known():
+    assert {p.stem for p in NOTEBOOKS} <= set(EXPECTED), "add the new notebook to EXPECTED and BAD"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameter_names(nb):
+    params = pm.inspect_notebook(str(nb))
+    assert set(params) == EXPECTED[nb.stem]
+    for name, spec in params.items():
+        assert spec["help"], f"parameter {name} needs a comment"
+
+
+@pytest.fixture
+def smoke_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("CROSSHOLDER_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_smoke_run(nb, smoke_env):
+    out = smoke_env / nb.name
+    pm.execute_notebook(str(nb), str(out), parameters={"profile": "smoke"}, kernel_name="crossholder",
+                        cwd=str(smoke_env), progress_bar=False)
+    assert any((smoke_env / "figures").glob("*.png")) or nb.stem == "02_training" and any(
+        (smoke_env / "results").rglob("*.csv"))
+    assert not any((ROOT / "results").rglob(f"*{smoke_env.name}*"))
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_bad_parameter_fails_clearly(nb, smoke_env):
+    params, message = BAD[nb.stem]
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(nb), str(smoke_env / nb.name), parameters={"profile": "smoke", **params},
+                            kernel_name="crossholder", cwd=str(smoke_env), progress_bar=False)
+    assert message in str(err.value)
