@@ -46,7 +46,11 @@ def cnn():
     t = torch.tensor([3, 7])
     with torch.no_grad():
         _, j = hs.resolve_pairs(m(x), t, "runner_up")
-    return m, x, t, j, exact_hessians(m, x, t, j)
+    # full 784 x 784 Hessians column by column with autograd's double backward (torch.func.hessian
+    # vectorizes all 784 columns at once: gigabytes in float64); full_hessian is itself checked
+    # against torch.func.hessian on the small network below
+    Hs = torch.stack([hs.full_hessian(m, x[b], t[b], j[b]) for b in range(2)])
+    return m, x, t, j, Hs
 
 
 def test_margin_and_grad(small):

@@ -1,0 +1,137 @@
+"""Cost of one training step of each defense relative to a plain step, and fast mode's fidelity.
+
+On the same batch of 128 MNIST training images and the same model, times one full step (forward,
+loss, backward, Adam update) of: plain cross-entropy; Cross-Lipschitz over the runner-up class and
+over all classes; Cross-Hölder fast mode (warm directions, 1 power step + the training product)
+over the runner-up class and over all classes; Cross-Hölder faithful mode (Algorithm 1: fresh
+directions, T = 10 ascent steps of o = 0.1, all classes); PGD adversarial training (10 steps).
+Timings are interleaved (each round times every variant once) and the minimum over rounds is kept.
+
+Fidelity: fast mode's ||H v|| against a cold-start Lanczos estimate with 50 products on the same
+examples, at the end of every epoch of a real training run (the ``fidelity_median`` column of the
+Cross-Hölder training logs in results/; if there is none, a short fast-mode run is made here).
+
+Usage: ``python benchmarks/bench_training.py [--rounds 5]``. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from crossholder import attacks, data, experiments, models, paths, regularizers, training
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--faithful-rounds", type=int, default=1, help="faithful mode is ~100x slower")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    x, y = data.tensors("mnist", "train")
+    xb, yb = x[:128], y[:128]
+    model = models.paper_cnn("mnist")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    lam1, lam2 = experiments.PAPER["mnist"]["cross_holder"]["lam1"], experiments.PAPER["mnist"]["cross_holder"]["lam2"]
+    g = torch.Generator().manual_seed(0)
+    v1 = torch.randn(128, 1, 1, 28, 28, generator=g)
+    v9 = torch.randn(128, 9, 1, 28, 28, generator=g)
+    eps_at = 5.0 * data.MEAN_STD["mnist"][1]
+
+    def step(loss_fn):
+        def run():
+            loss = loss_fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return run
+
+    variants = {
+        "plain": step(lambda: F.cross_entropy(model(xb), yb)),
+        "cross_lipschitz_runner_up": step(lambda: regularizers.regularized_loss(
+            model, xb, yb, lam1=0.2, classes="runner_up").loss),
+        "cross_lipschitz_all": step(lambda: regularizers.regularized_loss(model, xb, yb, lam1=0.2, classes="all").loss),
+        "cross_holder_fast_runner_up": step(lambda: regularizers.regularized_loss(
+            model, xb, yb, lam1=lam1, lam2=lam2, classes="runner_up", v0=v1, inner="power", inner_iters=1).loss),
+        "cross_holder_fast_all": step(lambda: regularizers.regularized_loss(
+            model, xb, yb, lam1=lam1, lam2=lam2, classes="all", v0=v9, inner="power", inner_iters=1).loss),
+        "adversarial_10_steps": step(lambda: F.cross_entropy(model(attacks.pgd_last_iterate(
+            model, xb, yb, eps_at, steps=10, generator=g)), yb)),
+    }
+    faithful = step(lambda: regularizers.regularized_loss(
+        model, xb, yb, lam1=lam1, lam2=lam2, classes="all", v0=None, inner="ascent", inner_iters=10, step=0.1,
+        generator=g).loss)
+    times = {k: [] for k in variants}
+    for fn in variants.values():
+        fn()  # warm-up
+    for _ in range(args.rounds):
+        for k, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    t_faithful = []
+    for _ in range(args.faithful_rounds):
+        t0 = time.perf_counter()
+        faithful()
+        t_faithful.append(time.perf_counter() - t0)
+    best = {k: min(v) for k, v in times.items()}
+    best["cross_holder_faithful_all"] = min(t_faithful)
+    print(f"threads: {torch.get_num_threads()}; one step on a batch of 128 (best of {args.rounds}):")
+    for k, t in best.items():
+        print(f"  {k:32s} {t * 1e3:9.1f} ms   {t / best['plain']:7.2f}x plain")
+    ch_ru = best["cross_holder_fast_runner_up"] / best["plain"]
+    ch_all = best["cross_holder_fast_all"] / best["cross_lipschitz_all"]
+    print(f"fast Cross-Hölder, runner-up: {ch_ru:.2f}x a plain step (target <= 4)")
+    print(f"fast Cross-Hölder, all classes: {ch_all:.2f}x all-class Cross-Lipschitz (target <= 3.5)")
+
+    # fidelity from real training runs
+    fid_rows = []
+    for csv in sorted((paths.results_dir()).glob("*/training/cross_holder-*.csv")):
+        log = pd.read_csv(csv)
+        if "fidelity_median" in log:
+            for _, r in log.iterrows():
+                fid_rows.append({"run": csv.stem, "dataset": csv.parts[-3], "epoch": int(r["epoch"]),
+                                 "fidelity_median": float(r["fidelity_median"]),
+                                 "fidelity_q10": float(r["fidelity_q10"])})
+    source = "training logs in results/"
+    if not fid_rows:
+        source = "a short fast-mode run made here (4096 examples, 4 epochs)"
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["CROSSHOLDER_RESULTS"] = tmp
+            cfg = training.make_config("mnist", "cross_holder", profile="smoke", n_train=4096, epochs=4)
+            log = training.train(cfg, progress=False).log
+            del os.environ["CROSSHOLDER_RESULTS"]
+        fid_rows = [{"run": "short", "dataset": "mnist", "epoch": int(r["epoch"]),
+                     "fidelity_median": float(r["fidelity_median"]), "fidelity_q10": float(r["fidelity_q10"])}
+                    for _, r in log.iterrows()]
+    fid = pd.DataFrame(fid_rows)
+    print(f"fidelity of fast mode (||Hv|| / cold Lanczos-50, median over a probe batch of 128), from {source}:")
+    print(fid.to_string(index=False))
+    later = fid[fid["epoch"] >= 2]
+    fidelity_median = float(later["fidelity_median"].median()) if len(later) else float(fid["fidelity_median"].median())
+    out = {
+        "cross_holder_fast_runner_up_vs_plain": round(ch_ru, 3),
+        "cross_holder_fast_all_vs_cross_lipschitz_all": round(ch_all, 3),
+        "cross_holder_faithful_vs_plain": round(best["cross_holder_faithful_all"] / best["plain"], 1),
+        "cross_lipschitz_runner_up_vs_plain": round(best["cross_lipschitz_runner_up"] / best["plain"], 3),
+        "cross_lipschitz_all_vs_plain": round(best["cross_lipschitz_all"] / best["plain"], 3),
+        "cross_holder_fast_all_vs_plain": round(best["cross_holder_fast_all"] / best["plain"], 3),
+        "adversarial_10_steps_vs_plain": round(best["adversarial_10_steps"] / best["plain"], 3),
+        "plain_step_ms": round(best["plain"] * 1e3, 2),
+        "fidelity_median": round(fidelity_median, 4),
+        "fidelity_min_epoch_median": round(float(fid["fidelity_median"].min()), 4),
+        "fidelity_source": source,
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
