@@ -273,7 +273,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
     N = len(x)
     steps_per_epoch = N // cfg.batch_size            # drop the last partial batch: every step the same size
     torch.manual_seed(cfg.seed)
-    model = models_mod.paper_cnn(cfg.dataset)
+    # channels_last: mkldnn's NHWC convolutions are 1.4x (plain step) to 2x (PGD) faster on this CPU
+    model = models_mod.paper_cnn(cfg.dataset).to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(cfg.epochs * steps_per_epoch))
     gen_shuffle = torch.Generator().manual_seed(cfg.seed)
