@@ -257,7 +257,7 @@ prof = experiments.PROFILES[experiments.check_profile(profile)]
 n = n_examples or prof["eval_n"]
 steps = steps or prof["eval_steps"]
 restarts = restarts or prof["eval_restarts"]
-eps_list = prof["eval_eps"] if profile == "smoke" else [round(k * eps_step, 6) for k in range(int(round(eps_max / eps_step)) + 1)]
+eps_list = evaluation.eps_grid(profile, eps_max, eps_step)
 sanity_n = sanity_n or (16 if profile == "smoke" else 100)
 std = data.MEAN_STD[dataset][1]
 x, y = data.tensors(dataset, "test")

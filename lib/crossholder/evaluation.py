@@ -362,3 +362,55 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dataset
     out["eps"] = eps
     out["n"] = n
     return out
+
+
+def eps_grid(profile: str, eps_max: float = 6.0, eps_step: float = 0.5) -> list[float]:
+    """The ε grid in paper units: the smoke profile's short list, else 0, step, ..., eps_max."""
+    if ex.check_profile(profile) == "smoke":
+        return list(ex.PROFILES["smoke"]["eval_eps"])
+    if not (eps_step > 0 and eps_max >= 0):
+        raise ValueError(f"eps_step={eps_step!r} must be > 0 and eps_max={eps_max!r} >= 0")
+    return [round(k * eps_step, 6) for k in range(int(round(eps_max / eps_step)) + 1)]
+
+
+def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", seed: int = 0, n_examples: int = 0,
+                        steps: int = 0, restarts: int = 0, eps_max: float = 6.0, eps_step: float = 0.5,
+                        progress: bool = True):
+    """:func:`evaluate_model` for the model registered as ``"<dataset>/<defense>"``, with the profile's protocol.
+
+    The same cache identity as notebook 04 with the same arguments, so a background run started
+    here is picked up by the notebook.
+    """
+    from . import training
+
+    prof = ex.PROFILES[ex.check_profile(profile)]
+    n = n_examples or prof["eval_n"]
+    x, y = data_mod.tensors(dataset, "test")
+    if n is not None:
+        x, y = x[:n], y[:n]
+    model, rec = training.load_registered(dataset, defense)
+    return evaluate_model(model, x, y, dataset=dataset, defense=defense, eps_list=eps_grid(profile, eps_max, eps_step),
+                          steps=steps or prof["eval_steps"], restarts=restarts or prof["eval_restarts"], seed=seed,
+                          profile=profile, model_id=rec["run_id"], progress=progress)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m crossholder.evaluation --dataset mnist --defense none [--profile cpu]``: background runs."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Robustness curve of one registered model (resumable).")
+    ap.add_argument("--dataset", required=True, choices=data_mod.DATASETS)
+    ap.add_argument("--defense", required=True, choices=ex.DEFENSES)
+    ap.add_argument("--profile", default="cpu", choices=list(ex.PROFILES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    curve, _, side = evaluate_registered(args.dataset, args.defense, profile=args.profile, seed=args.seed)
+    print(curve[curve["attack"] == "worst-per-example"][["eps", "accuracy"]].to_string(index=False))
+    print(f"[{args.dataset}/{args.defense}] done in {side['wall_time_s']} s; {side['files']}")
+
+
+if __name__ == "__main__":
+    main()
