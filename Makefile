@@ -62,6 +62,14 @@ $(STAMPS)/02.done: $(NB)/02_training.ipynb $(LIB) | $(RAW)
 	done; done
 	@mkdir -p $(STAMPS) && touch $@
 
+# 03: hyperparameter selection on the validation split, per dataset
+$(STAMPS)/03.done: $(NB)/03_hyperparameter_selection.ipynb $(LIB) | $(RAW)
+	@mkdir -p $(RUNS)
+	$(PAPERMILL) $< $< $(PMARGS) -p dataset mnist && $(STRIP) $<
+	$(PAPERMILL) $< $(RUNS)/03_hyperparameter_selection-fashion_mnist.ipynb $(PMARGS) -p dataset fashion_mnist
+	$(STRIP) $(RUNS)/03_hyperparameter_selection-fashion_mnist.ipynb
+	@mkdir -p $(STAMPS) && touch $@
+
 # 04: robustness curves per dataset (needs the models of 02)
 $(STAMPS)/04.done: $(NB)/04_robustness.ipynb $(STAMPS)/02.done $(LIB) | $(RAW)
 	@mkdir -p $(RUNS)
@@ -70,8 +78,7 @@ $(STAMPS)/04.done: $(NB)/04_robustness.ipynb $(STAMPS)/02.done $(LIB) | $(RAW)
 	$(STRIP) $(RUNS)/04_robustness-fashion_mnist.ipynb
 	@mkdir -p $(STAMPS) && touch $@
 
-FIGURE_STAMPS := $(STAMPS)/01.done $(if $(wildcard $(NB)/02_training.ipynb),$(STAMPS)/02.done) \
-                 $(if $(wildcard $(NB)/04_robustness.ipynb),$(STAMPS)/04.done)
+FIGURE_STAMPS := $(STAMPS)/01.done $(STAMPS)/02.done $(STAMPS)/03.done $(STAMPS)/04.done
 figures: $(FIGURE_STAMPS)
 
 # ---------------------------------------------------------------- tests

@@ -20,11 +20,13 @@ COMMON = {"profile", "device", "seed"}
 EXPECTED = {
     "01_hessian_norm_estimation": COMMON | {"method", "iters", "step", "lanczos_iters", "exact_n", "n_images"},
     "02_training": COMMON | {"dataset", "defense", "lam1", "lam2", "eps", "epochs", "mode", "classes"},
+    "03_hyperparameter_selection": COMMON | {"dataset"},
     "04_robustness": COMMON | {"dataset", "n_examples", "steps", "restarts", "eps_max", "eps_step", "sanity_n"},
 }
 BAD = {  # one bad value per notebook, and the message it must produce
     "01_hessian_norm_estimation": ({"method": "newton"}, "method='newton'"),
     "02_training": ({"defense": "dropout"}, "defense='dropout'"),
+    "03_hyperparameter_selection": ({"dataset": "svhn"}, "dataset='svhn'"),
     "04_robustness": ({"dataset": "cifar10"}, "dataset='cifar10'"),
 }
 

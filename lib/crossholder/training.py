@@ -51,7 +51,8 @@ from . import paths
 from .attacks import pgd_last_iterate
 from .regularizers import DirectionStore, hein_cross_lipschitz, regularized_loss
 
-__all__ = ["TrainConfig", "TrainResult", "make_config", "train", "load_registered", "TRAIN_CODE_VERSION"]
+__all__ = ["TrainConfig", "TrainResult", "make_config", "train", "load_registered", "selected_models", "accuracy",
+           "TRAIN_CODE_VERSION"]
 
 TRAIN_CODE_VERSION = "1"
 MODES = ("fast", "faithful")
@@ -196,7 +197,7 @@ def _cosine(total: int):
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
     was = model.training
     model.eval()
     correct = 0
@@ -329,7 +330,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
                 bar.set_postfix(loss=f"{terms['loss']:.3f}")
         epoch_time = time.perf_counter() - t0
         row = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()},
-               "train_acc": correct / (steps_per_epoch * cfg.batch_size), "val_acc": _accuracy(model, xv, yv),
+               "train_acc": correct / (steps_per_epoch * cfg.batch_size), "val_acc": accuracy(model, xv, yv),
                "lr": sched.get_last_lr()[0], "epoch_time_s": round(epoch_time, 2)}
         for k in ("grad_term", "hess_term"):
             row.setdefault(k, 0.0)
@@ -360,7 +361,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
     if cfg.profile == "smoke":
         xt, yt = xt[:1000], yt[:1000]
     model.eval()
-    test_acc = _accuracy(model, xt, yt)
+    test_acc = accuracy(model, xt, yt)
     meta = {"run_id": cfg.run_id, "config": cfg.relevant()}
     models_mod.save(model, p["checkpoint"], meta=meta)
     record = {
