@@ -160,9 +160,20 @@ def test_direction_store_unit_norm_and_indexing():
 @pytest.mark.parametrize("kwargs,match", [
     ({"lam1": -1.0}, "lam1=-1.0"), ({"lam1": 1.0, "lam2": -0.5}, "lam2=-0.5"),
     ({"lam1": 1.0, "classes": "some"}, "classes='some'"), ({"lam1": 1.0, "inner": "newton"}, "inner='newton'"),
-    ({"lam1": 1.0, "lam2": 1.0, "inner": "power", "q": 1.0}, "p = q = 2"), ({"lam1": 1.0, "p": 0.5}, "p=0.5"),
+    ({"lam1": 1.0, "lam2": 1.0, "inner": "power", "q": 1.0}, "p = q = 2"),
+    ({"lam1": 1.0, "lam2": 1.0, "inner": "lanczos", "q": 1.0}, "p = q = 2"), ({"lam1": 1.0, "p": 0.5}, "p=0.5"),
 ])
 def test_bad_arguments(tiny, kwargs, match):
     m, x, y = tiny
     with pytest.raises(ValueError, match=match):
         R.regularized_loss(m, x, y, **kwargs)
+
+
+def test_lanczos_inner_loop_finds_the_top_direction(tiny):
+    m, x, y = tiny
+    out = R.regularized_loss(m, x, y, lam1=1.0, lam2=1.0, classes="runner_up", inner="lanczos", inner_iters=5)
+    for b in range(6):
+        j = int(out.j[b, 0])
+        Hm = torch.func.hessian(lambda xx: m(xx[None])[0, y[b]] - m(xx[None])[0, j])(x[b])
+        assert out.hess_norms[b, 0] == pytest.approx(torch.linalg.eigvalsh(Hm).abs().max().item(), rel=1e-8)
+    assert out.hvps == 6
