@@ -21,7 +21,7 @@ all: figures
 # ---------------------------------------------------------------- environment
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements-lock.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements-lock.txt -e '.[dev,autoattack]'
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (crossholder)" >/dev/null
 	touch $@
 

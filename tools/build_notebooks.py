@@ -318,6 +318,7 @@ restarts: int = 0  # random restarts; 0: the profile's choice (10)
 eps_max: float = 6.0  # largest ε, paper units
 eps_step: float = 0.5  # ε grid step, paper units
 sanity_n: int = 0  # examples for the sanity checks; 0: 16 at smoke, 100 otherwise
+autoattack_n: int = 0  # examples for the AutoAttack check; 0: 8 at smoke, 50 at cpu, 500 at paper
 """, tags=["parameters"]),
     code("""
 import pandas as pd
@@ -331,6 +332,8 @@ steps = steps or prof["eval_steps"]
 restarts = restarts or prof["eval_restarts"]
 eps_list = evaluation.eps_grid(profile, eps_max, eps_step)
 sanity_n = sanity_n or (16 if profile == "smoke" else 100)
+autoattack_n = autoattack_n or {"smoke": 8, "cpu": 50, "paper": 500}[profile]
+autoattack_eps = [3.0] if profile == "smoke" else [3.0, 5.0]
 std = data.MEAN_STD[dataset][1]
 x, y = data.tensors(dataset, "test")
 if n is not None:
@@ -344,7 +347,7 @@ print(pd.DataFrame({d: {"checkpoint": r["checkpoint"], "clean test acc": round(r
 """),
     md("## The protocol\nCached per model in `results/<dataset>/robustness/`; a killed run resumes at the next chunk of examples."),
     code("""
-curves, sidecars = [], {}
+curves, sidecars, per_examples = [], {}, {}
 for defense, rec in records.items():
     model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"])
     curve, per_example, side = evaluation.evaluate_model(
@@ -352,6 +355,7 @@ for defense, rec in records.items():
         seed=seed, profile=profile, model_id=rec["run_id"], progress=False)
     curves.append(curve)
     sidecars[defense] = side
+    per_examples[defense] = per_example
 curves = pd.concat(curves, ignore_index=True)
 summary_path = experiments.paths.results_dir() / dataset / "robustness.csv"
 experiments.atomic_write_text(summary_path, curves.to_csv(index=False))
@@ -411,6 +415,34 @@ sanity, _, _ = experiments.cached_table(
     code("""
 # NBVAL_CHECK_OUTPUT
 print(sanity.round(3).to_string(index=False))
+"""),
+    md("""
+## Beyond the paper: AutoAttack as an independent check
+AutoAttack's standard L2 version (APGD-CE, APGD-T, FAB-T, Square; Croce & Hein 2020; PyPI
+`pyautoattack`, seeded) on the first `autoattack_n` test examples at ε = 3 and 5. Its robust
+accuracy should not fall clearly below our per-example worst case: `gap` = ours − AutoAttack's.
+"""),
+    code("""
+def _autoattack():
+    frames = []
+    for defense, rec in records.items():
+        model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"])
+        per = pd.read_csv(experiments.paths.project_root() / sidecars[defense]["files"][1]) \
+            if not sidecars[defense]["files"][1].startswith("/") else pd.read_csv(sidecars[defense]["files"][1])
+        frames.append(evaluation.autoattack_check(model, x[:autoattack_n], y[:autoattack_n], autoattack_eps,
+                                                  dataset=dataset, defense=defense, per_example=per,
+                                                  eps_grid_used=eps_list, seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+aa, _, _ = experiments.cached_table(
+    f"{dataset}/robustness/autoattack", {"models": {d: r["run_id"] for d, r in records.items()}, "n": autoattack_n,
+                                         "eps": autoattack_eps, "grid": eps_list},
+    _autoattack, seed=seed, profile=profile, code_version=evaluation.EVAL_CODE_VERSION)
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+print(aa.round(3).to_string(index=False))
 """),
 ]
 

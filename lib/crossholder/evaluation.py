@@ -414,3 +414,41 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------- independent check: AutoAttack
+def autoattack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *,
+                     dataset: str, defense: str, per_example: pd.DataFrame | None = None,
+                     eps_grid_used: Sequence[float] | None = None, seed: int = 0) -> pd.DataFrame:
+    """AutoAttack's standard L2 version (APGD-CE, APGD-T, FAB-T, Square; PyPI ``pyautoattack``, seeded).
+
+    On ``x`` ``(n, *S)`` at each ε of ``eps_list`` (paper units). With ``per_example`` (our sweep's
+    per-example frame for the same first ``n`` examples, at the grid ``eps_grid_used``) the table also
+    holds our per-example worst-case accuracy and the gap (ours − AutoAttack's; clearly positive
+    would mean our attack is weak). Needs the optional extra: ``pip install -e .[autoattack]``.
+    """
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError as err:  # pragma: no cover - optional extra
+        raise ImportError("AutoAttack needs the optional extra: pip install -e '.[autoattack]' "
+                          "(PyPI package pyautoattack)") from err
+    model.eval()
+    rows = []
+    for e in eps_list:
+        ep = to_pixel(e, dataset)
+        aa = AutoAttack(model, norm="L2", eps=ep, version="standard", seed=seed, device="cpu")
+        aa.verbose = False
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))   # (adversarial x, their labels)
+        delta = (x_adv - x).flatten(1).norm(dim=1)
+        if bool((delta > ep * (1 + 1e-4)).any()) or bool((x_adv < 0).any()) or bool((x_adv > 1).any()):
+            raise RuntimeError("AutoAttack returned points outside the ε-ball or the [0, 1] box")
+        with torch.no_grad():
+            acc = float((model(x_adv).argmax(1) == y).float().mean())
+        row = {"defense": defense, "eps": e, "eps_pixel": ep, "n": len(x), "autoattack": acc}
+        if per_example is not None and eps_grid_used is not None:
+            k = [round(g, 6) for g in eps_grid_used].index(round(e, 6))
+            pe = per_example.iloc[: len(x)]
+            ours = ((pe["fooled_at_ce"] > k) & (pe["fooled_at_cw"] > k)).mean()
+            row.update({"ours_worst_per_example": float(ours), "gap": float(ours) - acc})
+        rows.append(row)
+    return pd.DataFrame(rows)
