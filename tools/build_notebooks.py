@@ -427,10 +427,8 @@ def _autoattack():
     frames = []
     for defense, rec in records.items():
         model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"])
-        per = pd.read_csv(experiments.paths.project_root() / sidecars[defense]["files"][1]) \
-            if not sidecars[defense]["files"][1].startswith("/") else pd.read_csv(sidecars[defense]["files"][1])
         frames.append(evaluation.autoattack_check(model, x[:autoattack_n], y[:autoattack_n], autoattack_eps,
-                                                  dataset=dataset, defense=defense, per_example=per,
+                                                  dataset=dataset, defense=defense, per_example=per_examples[defense],
                                                   eps_grid_used=eps_list, seed=seed))
     return pd.concat(frames, ignore_index=True)
 
