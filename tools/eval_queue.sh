@@ -3,6 +3,8 @@
 #   setsid nohup tools/eval_queue.sh cpu mnist/none fashion_mnist/none &
 set -u
 cd "$(dirname "$0")/.."
+# resume state outside the work tree, so it survives a fresh checkout (override to taste)
+export CROSSHOLDER_SCRATCH=${CROSSHOLDER_SCRATCH:-$HOME/.cache/crossholder/scratch}
 profile=$1; shift
 mkdir -p logs
 for key in "$@"; do

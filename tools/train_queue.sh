@@ -4,6 +4,8 @@
 # Each run resumes from its last epoch if it was interrupted; logs go to logs/train-<dataset>-<defense>.log.
 set -u
 cd "$(dirname "$0")/.."
+# resume state outside the work tree, so it survives a fresh checkout (override to taste)
+export CROSSHOLDER_SCRATCH=${CROSSHOLDER_SCRATCH:-$HOME/.cache/crossholder/scratch}
 dataset=$1; profile=$2; shift 2
 mkdir -p logs
 for defense in "$@"; do

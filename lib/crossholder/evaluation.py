@@ -193,7 +193,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     eps_pixel = to_pixel(eps, dataset, "paper")
     if curve_csv.exists() and side.exists() and per_csv.exists():
         return pd.read_csv(curve_csv), pd.read_csv(per_csv), ex.read_json(side)
-    partial = ex.paths.results_dir() / "scratch" / f"eval-{dataset}-{defense}-{rid}.csv"
+    partial = ex.paths.scratch_dir() / f"eval-{dataset}-{defense}-{rid}.csv"
     done = pd.read_csv(partial) if partial.exists() else pd.DataFrame()
     state = ex.read_json(partial.with_suffix(".json"), {"wall_time_s": 0.0, "grad_evals": 0})
     from tqdm.auto import tqdm

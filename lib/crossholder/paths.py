@@ -10,7 +10,11 @@ name               environment variable        default
 ``DATA_DIR``       ``CROSSHOLDER_DATA``        ``<root>/data``
 ``RESULTS_DIR``    ``CROSSHOLDER_RESULTS``     ``<root>/results``
 ``FIGURES_DIR``    ``CROSSHOLDER_FIGURES``     ``<root>/figures``
+(scratch)          ``CROSSHOLDER_SCRATCH``     ``<results>/scratch``
 =================  ==========================  ==============================
+
+The scratch folder holds resume state of unfinished runs (gitignored). Background runs that must
+survive a fresh checkout of the work tree point it outside, e.g. ``~/.cache/crossholder/scratch``.
 
 The functions re-read the environment on every call (use them, not the module
 constants, in code that may run after the environment changed, e.g. tests).
@@ -26,6 +30,7 @@ __all__ = [
     "data_dir",
     "results_dir",
     "figures_dir",
+    "scratch_dir",
     "relative_to_root",
     "PROJECT_ROOT",
     "DATA_DIR",
@@ -60,6 +65,11 @@ def results_dir() -> Path:
 def figures_dir() -> Path:
     """PNG and PDF figures (``CROSSHOLDER_FIGURES`` overrides)."""
     return _from_env("CROSSHOLDER_FIGURES", project_root() / "figures")
+
+
+def scratch_dir() -> Path:
+    """Resume state of unfinished runs (``CROSSHOLDER_SCRATCH`` overrides; default ``<results>/scratch``)."""
+    return _from_env("CROSSHOLDER_SCRATCH", results_dir() / "scratch")
 
 
 def relative_to_root(path: str | os.PathLike[str]) -> str:

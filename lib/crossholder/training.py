@@ -16,7 +16,8 @@ Every defense uses the same optimizer, schedule, batch size and number of epochs
   to pixels with the dataset's std (``eps_unit="paper"``), or taken as pixels (``eps_unit="pixel"``).
 
 Runs are resumable: after every epoch the full state (weights, optimizer, schedule, random
-generators, kept directions, log) is written atomically to ``results/scratch/train-<id>/state.pt``;
+generators, kept directions, log) is written atomically to ``<scratch>/train-<id>/state.pt``
+(``crossholder.paths.scratch_dir``);
 a killed run restarted with the same config continues from there and ends with the same weights
 as an uninterrupted run (same seed, CPU). Outputs, under the run id (a hash of the config and
 :data:`TRAIN_CODE_VERSION`):
@@ -189,7 +190,7 @@ def _paths(cfg: TrainConfig) -> dict[str, Path]:
         "checkpoint": res / cfg.dataset / "models" / f"{cfg.name}.pt",
         "sidecar": res / cfg.dataset / "models" / f"{cfg.name}.json",
         "log": res / cfg.dataset / "training" / f"{cfg.name}.csv",
-        "state": res / "scratch" / f"train-{cfg.dataset}-{cfg.name}" / "state.pt",
+        "state": paths.scratch_dir() / f"train-{cfg.dataset}-{cfg.name}" / "state.pt",
     }
 
 
