@@ -297,7 +297,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
         gen_noise.set_state(st["gen_noise"])
         if store is not None:
             store.load_state_dict(st["store"])
-        rows = pd.read_csv(p["log"]).to_dict("records") if p["log"].exists() else []
+        # the epoch rows travel with the state (the log CSV may be missing in a fresh checkout)
+        if "log_rows" in st:
+            rows = list(st["log_rows"])
+        else:
+            log_csv = next((f for f in (p["state"].parent / "log.csv", p["log"]) if f.exists()), None)
+            rows = pd.read_csv(log_csv).to_dict("records") if log_csv is not None else []
         rows = rows[: st["epoch"]]
         start_epoch, wall_before = st["epoch"], float(st["wall_time_s"])
     end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, max_epochs)
@@ -345,7 +350,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
         ex.atomic_write_text(p["log"], pd.DataFrame(rows).to_csv(index=False))
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "gen_shuffle": gen_shuffle.get_state(), "gen_noise": gen_noise.get_state(), "epoch": epoch + 1,
-                 "wall_time_s": wall}
+                 "wall_time_s": wall, "log_rows": [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]}
         if store is not None:
             state["store"] = store.state_dict()
         models_mod.atomic_torch_save(state, p["state"])
