@@ -46,7 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hessian import explicit_backward, explicit_forward, explicit_hvp, explicit_layers
+from .hessian import (_dual, _normalize, explicit_backward, explicit_forward, explicit_hvp, explicit_layers,
+                      resolve_pairs)
+from .hessian import flat_norm as _norm
 
 __all__ = ["RegularizedLoss", "regularized_loss", "hein_cross_lipschitz", "other_classes", "DirectionStore",
            "CLASSES", "INNER"]
@@ -91,19 +93,9 @@ def other_classes(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return s + (s >= y[:, None]).long()
 
 
-def _norm(u: torch.Tensor, q: float) -> torch.Tensor:
-    return torch.linalg.vector_norm(u.flatten(1), ord=q, dim=1)
-
-
-def _normalize(u: torch.Tensor, p: float) -> torch.Tensor:
-    n = _norm(u, p).clamp_min(torch.finfo(u.dtype).tiny)
-    return u / n.view((-1,) + (1,) * (u.dim() - 1))
-
-
-def _dual(u: torch.Tensor, q: float) -> torch.Tensor:
-    from .hessian import _dual as dual
-
-    return dual(u, q)
+def _runner_up(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(B, 1)``: the largest logit other than ``y`` (the hessian module's ``"runner_up"``)."""
+    return resolve_pairs(logits.detach(), y, "runner_up")[1][:, None]
 
 
 def _check(lam1: float, lam2: float, p: float, q: float, classes: str, inner: str, inner_iters: int, step: float):
@@ -153,8 +145,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
             ce = F.cross_entropy(logits, y)
             zero = torch.zeros((), dtype=x.dtype, device=x.device)
             K = logits.shape[1]
-            jj = other_classes(y, K) if classes == "all" else logits.detach().masked_fill(
-                F.one_hot(y, K).bool(), float("-inf")).argmax(1, keepdim=True)
+            jj = other_classes(y, K) if classes == "all" else _runner_up(logits, y)
             return RegularizedLoss(loss=ce, ce=ce.detach(), grad_term=zero, hess_term=zero, logits=logits.detach(),
                                    j=jj, grad_norms=torch.zeros(jj.shape, dtype=x.dtype), hess_norms=None,
                                    v_next=None, hvps=0)
@@ -173,7 +164,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
         if classes == "all":
             jj = other_classes(y, K)                                  # (B, J)
         else:
-            jj = logits.detach().masked_fill(F.one_hot(y, K).bool(), float("-inf")).argmax(1, keepdim=True)
+            jj = _runner_up(logits, y)
         j_rep = jj.t().reshape(-1)                                    # slot-major (J*B,)
         y_rep = y.repeat(J)
         if layers is not None:
