@@ -192,3 +192,22 @@ def test_eps_units():
         evaluation.to_pixel(1.0, "mnist", "std")
     with pytest.raises(ValueError, match="increasing"):
         evaluation.robustness_curve(linear_model(), torch.rand(2, 20, dtype=F64), torch.tensor([0, 1]), [2.0, 1.0])
+
+
+def test_evaluate_model_reuses_whole_chunks_of_a_larger_run(linear_case, tmp_path, monkeypatch):
+    lin, x, y, _ = linear_case
+    kw = dict(dataset="mnist", defense="lin", eps_list=[0.0, 0.2, 0.4], steps=5, restarts=2, seed=1,
+              profile="smoke", model_id="m", chunk=4, progress=False)
+    monkeypatch.setenv("CROSSHOLDER_SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "fresh"))
+    _, fresh6, side6 = evaluation.evaluate_model(lin, x[:6], y[:6], **kw)
+    assert "reused_from" not in side6
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "donor"))
+    _, donor, _ = evaluation.evaluate_model(lin, x[:12], y[:12], **kw)
+    _, reused6, side = evaluation.evaluate_model(lin, x[:6], y[:6], reuse_larger_runs=True, **kw)
+    assert side["reused_from"]["examples"] == 4, "only the whole chunk [0, 4) is taken; rows 4, 5 are computed"
+    assert side["params"]["n"] == 6
+    evaluation.pd.testing.assert_frame_equal(reused6, fresh6)
+    # labels that do not match the donor's: nothing is reused
+    _, _, side_bad = evaluation.evaluate_model(lin, x[:8], 1 - y[:8], reuse_larger_runs=True, **kw)
+    assert "reused_from" not in side_bad

@@ -345,14 +345,15 @@ records = training.selected_models(dataset, profile, seed=seed)
 print(pd.DataFrame({d: {"checkpoint": r["checkpoint"], "clean test acc": round(r["clean_test_accuracy"], 4)}
                     for d, r in records.items()}).T.to_string())
 """),
-    md("## The protocol\nCached per model in `results/<dataset>/robustness/`; a killed run resumes at the next chunk of examples."),
+    md("## The protocol\nCached per model in `results/<dataset>/robustness/`; a killed run resumes at the next chunk of examples.\nEach chunk of 100 examples is attacked independently with the same seed, so a finished run on more\ntest examples (e.g. an earlier, larger subset) supplies its first chunks exactly; the sidecar names it."),
     code("""
 curves, sidecars, per_examples = [], {}, {}
 for defense, rec in records.items():
     model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"])
     curve, per_example, side = evaluation.evaluate_model(
         model, x, y, dataset=dataset, defense=defense, eps_list=eps_list, steps=steps, restarts=restarts,
-        seed=seed, profile=profile, model_id=rec["run_id"], progress=False)
+        seed=seed, profile=profile, model_id=rec["run_id"], progress=False,
+        reuse_larger_runs=True)  # x is the test set's first n: whole chunks of a run on more examples count
     curves.append(curve)
     sidecars[defense] = side
     per_examples[defense] = per_example
@@ -362,7 +363,9 @@ experiments.atomic_write_text(summary_path, curves.to_csv(index=False))
 experiments.atomic_write_json(summary_path.with_suffix(".json"), experiments.provenance(
     params={"dataset": dataset, "n": len(x), "steps": steps, "restarts": restarts, "eps": eps_list,
             "models": {d: r["run_id"] for d, r in records.items()}},
-    seed=seed, profile=profile, wall_time_s=sum(s["wall_time_s"] or 0 for s in sidecars.values()),
+    seed=seed, profile=profile,
+    wall_time_s=sum((s["wall_time_s"] or 0) + (s.get("reused_from", {}).get("wall_time_s_share") or 0)
+                    for s in sidecars.values()),
     inputs={d: s["files"] for d, s in sidecars.items()}))
 print(f"wrote {experiments.paths.relative_to_root(summary_path)}")
 """),

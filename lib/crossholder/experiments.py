@@ -83,7 +83,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "eval_n": 32, "eval_steps": 5, "eval_restarts": 1, "eval_eps": [0.0, 1.0, 2.0, 3.0],
               "hessian_n": 64},
     "cpu": {"epochs": 10, "n_train": None, "n_val": None, "classes": "runner_up",
-            "eval_n": 500, "eval_steps": 50, "eval_restarts": 10,
+            "eval_n": 300, "eval_steps": 50, "eval_restarts": 10,
             "eval_eps": [x / 2 for x in range(0, 13)], "hessian_n": None},
     "paper": {"epochs": 10, "n_train": None, "n_val": None, "classes": "all",
               "eval_n": None, "eval_steps": 50, "eval_restarts": 10,
