@@ -211,3 +211,30 @@ def test_evaluate_model_reuses_whole_chunks_of_a_larger_run(linear_case, tmp_pat
     # labels that do not match the donor's: nothing is reused
     _, _, side_bad = evaluation.evaluate_model(lin, x[:8], 1 - y[:8], reuse_larger_runs=True, **kw)
     assert "reused_from" not in side_bad
+
+
+def _curves(acc_by_defense: dict[str, list[float]], eps: list[float], n: int = 300) -> "evaluation.pd.DataFrame":
+    rows = []
+    for d, accs in acc_by_defense.items():
+        for e, a in zip(eps, accs):
+            lo, hi = evaluation.wilson_interval(round(a * n), n)
+            for att in evaluation.ATTACKS:
+                rows.append({"defense": d, "attack": att, "eps": e, "accuracy": a, "ci_low": float(lo),
+                             "ci_high": float(hi)})
+    return evaluation.pd.DataFrame(rows)
+
+
+def test_claims_table_verdicts():
+    eps = [3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0]
+    curves = _curves({"cross_holder": [0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4],
+                      "cross_lipschitz": [0.9, 0.8, 0.72, 0.55, 0.45, 0.35, 0.25],   # clearly below CH after 4
+                      "adversarial": [0.95, 0.9, 0.85, 0.72, 0.62, 0.5, 0.41]}, eps)  # ahead, but within the CIs
+    t = evaluation.claims_table(curves, "mnist").set_index(["claim", "attack"])
+    assert t.loc[("M1", "pgd-ce"), "supported"] and t.loc[("M1", "pgd-ce"), "beyond_ci"]
+    assert t.loc[("M4", "pgd-cw"), "supported"] and t.loc[("M4", "pgd-cw"), "beyond_ci"]
+    assert not t.loc[("M3", "pgd-cw"), "supported"] and not t.loc[("M3", "pgd-cw"), "beyond_ci"]
+    # at ε = 4 all three are >= 0.7, but Cross-Lipschitz's 0.72 has a lower bound below 0.7 at n = 300
+    assert t.loc[("M5", "worst-min"), "supported"] and not t.loc[("M5", "worst-min"), "beyond_ci"]
+    # a claim whose range is not in the curves
+    t2 = evaluation.claims_table(curves[curves["eps"] <= 4.0], "mnist").set_index(["claim", "attack"])
+    assert t2.loc[("M4", "pgd-cw"), "evidence"] == "not evaluated"

@@ -71,3 +71,15 @@ def test_bad_parameter_fails_clearly(nb, smoke_env):
         pm.execute_notebook(str(nb), str(smoke_env / nb.name), parameters={"profile": "smoke", **params},
                             kernel_name="crossholder", cwd=str(smoke_env), progress_bar=False)
     assert message in str(err.value)
+
+
+def test_readme_tables_match_committed_results():
+    """README.md's result tables are generated from results/ (tools/readme_tables.py), never typed."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("readme_tables", root / "tools" / "readme_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    readme = (root / "README.md").read_text()
+    assert mod.render(readme) == readme, "README.md is stale: run .venv/bin/python tools/readme_tables.py"

@@ -302,7 +302,11 @@ def claims_table(curves: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
     "worst" claims are checked twice: with the paper's worst case (``worst-min``) and with the
     honest per-example worst case (``worst-per-example``). A claim whose ε range is not in the
-    curves is reported as "not evaluated".
+    curves is reported as "not evaluated". ``beyond_ci`` says whether the verdict also holds with
+    the 95% Wilson intervals instead of the point estimates (for "order": the better defense's lower
+    bound above the worse one's upper bound at half of the range or more, or, for a claim found
+    false, the reverse somewhere in the range; for "level": the lower bound ≥ 0.7, or for a false
+    claim the upper bound < 0.7, for every defense named).
     """
     rows = []
     for cid, text, attack, better, worse, (lo, hi), kind in CLAIMS[data_mod.check_dataset(dataset)]:
@@ -312,18 +316,26 @@ def claims_table(curves: pd.DataFrame, dataset: str) -> pd.DataFrame:
             needed = list(better) + ([worse] if worse else [])
             if acc.empty or not set(needed) <= set(acc.columns):
                 rows.append({"claim": cid, "statement": text, "attack": att, "evidence": "not evaluated",
-                             "supported": None})
+                             "supported": None, "beyond_ci": None})
                 continue
+            lo_ci = sub.pivot_table(index="eps", columns="defense", values="ci_low")
+            hi_ci = sub.pivot_table(index="eps", columns="defense", values="ci_high")
             if kind == "level":
-                at = acc.loc[acc.index.max()]
+                e_end = acc.index.max()
+                at = acc.loc[e_end]
                 ok = bool((at[list(better)] >= 0.7).all())
-                ev = ", ".join(f"{d} {at[d]:.2f}" for d in better) + f" at ε = {acc.index.max():g}"
+                clear = bool((lo_ci.loc[e_end, list(better)] >= 0.7).all()) if ok else \
+                    bool((hi_ci.loc[e_end, list(better)] < 0.7).any())
+                ev = ", ".join(f"{d} {at[d]:.2f}" for d in better) + f" at ε = {e_end:g}"
             else:
                 b, w = acc[better[0]], acc[worse]
                 ok = bool((b >= w).all() and (b > w).mean() >= 0.5)
+                clear = bool((lo_ci[better[0]] > hi_ci[worse]).mean() >= 0.5) if ok else \
+                    bool((hi_ci[better[0]] < lo_ci[worse]).any())
                 ev = f"mean {better[0]} − {worse} = {(b - w).mean():+.3f} over ε ∈ [{lo:g}, {hi:g}] " \
                      f"(ahead at {(b > w).sum()}/{len(b)} ε)"
-            rows.append({"claim": cid, "statement": text, "attack": att, "evidence": ev, "supported": ok})
+            rows.append({"claim": cid, "statement": text, "attack": att, "evidence": ev, "supported": ok,
+                         "beyond_ci": clear})
     return pd.DataFrame(rows)
 
 

@@ -1,0 +1,152 @@
+"""Regenerate the README's result tables from the committed results files (never by hand).
+
+    .venv/bin/python tools/readme_tables.py          # rewrite the marked sections of README.md
+    .venv/bin/python tools/readme_tables.py --check  # exit 1 if README.md is out of date
+
+Sections between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers are replaced:
+
+* ``figure3``: ``results/mnist/hessian/norms-*.csv`` of the ``cpu`` profile (notebook 01's claims);
+* ``models``: ``results/models.json`` (clean test accuracy, hyperparameters, training wall time);
+* ``robustness``: ``results/<dataset>/robustness.csv`` (per-example worst case and the paper's
+  worst case at a few ε);
+* ``claims``: ``results/<dataset>/claims.csv`` (notebook 04's verdicts).
+
+``tests/test_notebooks.py`` runs the check, so the README cannot drift from the CSVs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+DEFENSE_NAMES = {"none": "none", "cross_lipschitz": "Cross-Lipschitz", "cross_holder": "Cross-Hölder",
+                 "adversarial": "PGD adversarial training"}
+HEADLINE_EPS = (2.0, 3.0, 4.0, 5.0, 6.0)
+
+
+def _hyper(h: dict) -> str:
+    d = h["defense"]
+    if d == "cross_lipschitz":
+        return f"λ1 = {h['lam1']:g}, {h['classes'].replace('_', '-')}"
+    if d == "cross_holder":
+        return f"λ1 = {h['lam1']:g}, λ2 = {h['lam2']:g}, {h['classes'].replace('_', '-')}, {h['mode']} mode"
+    if d == "adversarial":
+        return f"ε = {h['eps']:g} (paper units)"
+    return ""
+
+
+def models_table(root: Path = ROOT) -> str:
+    reg = json.loads((root / "results" / "models.json").read_text())
+    lines = ["| data set | defense | hyperparameters | clean test accuracy | training wall time |",
+             "|---|---|---|---|---|"]
+    for ds in NAMES:
+        for d in DEFENSE_NAMES:
+            rec = reg.get(f"{ds}/{d}")
+            if rec is None:
+                lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[d]} | | not trained yet | |")
+                continue
+            wall = rec.get("provenance", {}).get("wall_time_s")
+            wall_s = f"{wall / 60:.0f} min" if wall else ""
+            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[d]} | {_hyper(rec['hyperparameters'])} | "
+                         f"{100 * rec['clean_test_accuracy']:.2f}% | {wall_s} |")
+    return "\n".join(lines)
+
+
+def robustness_table(root: Path = ROOT) -> str:
+    lines = ["| data set | defense | n | " + " | ".join(f"ε = {e:g}" for e in HEADLINE_EPS) + " |",
+             "|---|---|---|" + "---|" * len(HEADLINE_EPS)]
+    for ds in NAMES:
+        f = root / "results" / ds / "robustness.csv"
+        if not f.exists():
+            lines.append(f"| {NAMES[ds]} | (not evaluated yet) | |" + " |" * len(HEADLINE_EPS))
+            continue
+        c = pd.read_csv(f)
+        for d in DEFENSE_NAMES:
+            sub = c[c["defense"] == d]
+            if sub.empty:
+                continue
+            cells = []
+            for e in HEADLINE_EPS:
+                pe = sub[(sub["attack"] == "worst-per-example") & (abs(sub["eps"] - e) < 1e-9)]
+                wm = sub[(sub["attack"] == "worst-min") & (abs(sub["eps"] - e) < 1e-9)]
+                cells.append("" if pe.empty else f"{100 * pe['accuracy'].iloc[0]:.1f} ({100 * wm['accuracy'].iloc[0]:.1f})")
+            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[d]} | {int(sub['n'].iloc[0])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def claims_table(root: Path = ROOT) -> str:
+    lines = ["| claim | the paper says | attack | supported | beyond the 95% CIs | evidence |", "|---|---|---|---|---|---|"]
+    for ds in NAMES:
+        f = root / "results" / ds / "claims.csv"
+        if not f.exists():
+            lines.append(f"| {NAMES[ds]} | not evaluated yet | | | | |")
+            continue
+        for _, r in pd.read_csv(f).iterrows():
+            sup = {True: "**yes**", False: "**no**"}.get(_bool(r["supported"]), "not evaluated")
+            ci = {True: "yes", False: "no"}.get(_bool(r.get("beyond_ci")), "")
+            lines.append(f"| {r['claim']} | {_cell(r['statement'])} | {r['attack']} | {sup} | {ci} | "
+                         f"{_cell(r['evidence'])} |")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Markdown table cell: a literal ``|`` (as in |Hg|) would end the cell, ``*`` start emphasis."""
+    return str(text).replace("|", "\\|").replace("*", "\\*")
+
+
+def _bool(v) -> bool | None:
+    if isinstance(v, str):
+        return {"True": True, "False": False}.get(v)
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    return bool(v)
+
+
+def figure3_table(root: Path = ROOT) -> str:
+    from crossholder import hessian
+
+    lines = ["| claim (Figure 3, appendix C.1) | ours | supported |", "|---|---|---|"]
+    for side in sorted((root / "results" / "mnist" / "hessian").glob("norms-*.json")):
+        if json.loads(side.read_text()).get("profile") != "cpu":
+            continue
+        for _, r in hessian.figure3_claims(pd.read_csv(side.with_suffix(".csv"))).iterrows():
+            lines.append(f"| {_cell(r['claim'])} | {_cell(r['ours'])} | {'**yes**' if r['supported'] else '**no**'} |")
+        break
+    return "\n".join(lines)
+
+
+TABLES = {"figure3": figure3_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
+
+
+def render(readme: str, root: Path = ROOT) -> str:
+    """``readme`` with every marked section replaced by its freshly generated table."""
+    for name, fn in TABLES.items():
+        pat = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)", re.S)
+        if not pat.search(readme):
+            raise ValueError(f"README.md lacks the markers <!-- table:{name} --> ... <!-- /table:{name} -->")
+        table = fn(root)
+        readme = pat.sub(lambda m: m.group(1) + table + "\n" + m.group(2), readme)
+    return readme
+
+
+def main(argv: list[str]) -> int:
+    path = ROOT / "README.md"
+    old = path.read_text()
+    new = render(old)
+    if "--check" in argv:
+        if new != old:
+            print("README.md's tables differ from results/: run .venv/bin/python tools/readme_tables.py")
+            return 1
+        return 0
+    path.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
