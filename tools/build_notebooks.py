@@ -238,11 +238,15 @@ profile: str = "cpu"  # "smoke" (CI: 2 points per defense, seconds), "cpu" (defa
 device: str = "cpu"  # only "cpu" is used by this notebook
 seed: int = 0  # seed of every training run and attack
 dataset: str = "mnist"  # "mnist" or "fashion_mnist"
+grid: bool = True  # False: skip the grid (about 5 h of 2-core compute per data set at "cpu"), run the ε-unit test only
 """, tags=["parameters"]),
     code("""
 import pandas as pd
 
 from crossholder import data, experiments, selection
+
+if not isinstance(grid, bool):
+    raise ValueError(f"grid={grid!r}; allowed values: True, False")
 
 data.check_dataset(dataset)
 experiments.check_profile(profile)
@@ -250,24 +254,29 @@ pd.set_option("display.width", 160)
 print(f"{len(selection.grid(dataset, profile))} grid points; selection settings: {selection.SELECTION[profile]}")
 """),
     code("""
-table, table_csv, meta = experiments.cached_table(
-    f"{dataset}/selection/grid", {"dataset": dataset, "grid": selection.grid(dataset, profile),
-                                  "settings": selection.SELECTION[profile]},
-    lambda: selection.run_grid(dataset, profile, seed=seed, progress=False),
-    seed=seed, profile=profile, code_version="1")
-print(f"{meta['file']} ({meta['wall_time_s']} s)")
+table = None
+if grid:
+    table, table_csv, meta = experiments.cached_table(
+        f"{dataset}/selection/grid", {"dataset": dataset, "grid": selection.grid(dataset, profile),
+                                      "settings": selection.SELECTION[profile]},
+        lambda: selection.run_grid(dataset, profile, seed=seed, progress=False),
+        seed=seed, profile=profile, code_version="1")
+    print(f"{meta['file']} ({meta['wall_time_s']} s)")
+else:
+    print("grid skipped (grid=False): no selection table in this run")
 """),
     md("The whole grid (accuracies on the validation split; `score` = worst-min at ε = 3 + at ε = 4):"),
     code("""
 # NBVAL_CHECK_OUTPUT
-cols = [c for c in ["defense", "eps", "lam1", "lam2", "clean_val_acc", "worst_min_3", "worst_min_4", "score",
-                    "score_per_example", "admissible", "winner", "paper_pick"] if c in table]
-print(table[cols].round(4).to_string(index=False))
+if table is not None:
+    cols = [c for c in ["defense", "eps", "lam1", "lam2", "clean_val_acc", "worst_min_3", "worst_min_4", "score",
+                        "score_per_example", "admissible", "winner", "paper_pick"] if c in table]
+    print(table[cols].round(4).to_string(index=False))
 """),
     md("Did the paper's picks win?"),
     code("""
 # NBVAL_CHECK_OUTPUT
-for defense, g in table.groupby("defense"):
+for defense, g in ([] if table is None else table.groupby("defense")):
     win = g[g["winner"]]
     pick = g[g["paper_pick"]]
     hp = [c for c in ("eps", "lam1", "lam2") if c in g and g[c].notna().any()]
