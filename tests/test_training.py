@@ -105,3 +105,16 @@ def test_paper_hyperparameters_and_faithful_mode():
     at = training.make_config("mnist", "adversarial")
     assert at.eps == 5.0 and at.eps_pixel == pytest.approx(5.0 * 0.3081)
     assert cfg.run_id != training.make_config("fashion_mnist", "cross_holder", profile="cpu", seed=1).run_id
+
+
+def test_device_argument_checked():
+    from crossholder import experiments
+
+    assert experiments.check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device='tpu'"):
+        experiments.check_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda'.*no CUDA GPU"):
+            experiments.check_device("cuda")
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            training.train(training.make_config("mnist", "none", profile="smoke"), device="cuda")

@@ -50,7 +50,7 @@ and pictures of the top-curvature directions.
 """),
     code("""
 profile: str = "cpu"  # "smoke" (CI: seconds, tiny subsets), "cpu" (default) or "paper"
-device: str = "cpu"  # only "cpu" is used by this notebook
+device: str = "cpu"  # "cpu" or "cuda": where the arithmetic runs (not part of a result's identity)
 seed: int = 0  # seed of the undefended model's training and of the starting vectors
 method: str = "ascent"  # |Hv*| estimator: "ascent" (the paper's), "power" or "lanczos"
 iters: int = 10  # the paper's T (ascent steps; products for power / lanczos)
@@ -66,6 +66,7 @@ import torch
 from crossholder import data, experiments, hessian, plotting, training
 
 prof = experiments.PROFILES[experiments.check_profile(profile)]
+dev = experiments.check_device(device)
 if method not in hessian.METHODS:
     raise ValueError(f"method={method!r}; allowed values: {hessian.METHODS}")
 n_test = prof["hessian_n"]  # None: the whole test set
@@ -75,8 +76,9 @@ pd.set_option("display.precision", 4)
 """),
     md("## The undefended model\nTrained once by the library (notebook 02's loop, defense `none`) and cached in `results/`."),
     code("""
-run = training.train(training.make_config("mnist", "none", profile=profile, seed=seed), register=True, progress=False)
-model = run.model.eval()
+run = training.train(training.make_config("mnist", "none", profile=profile, seed=seed), register=True, progress=False,
+                     device=device)
+model = run.model.to(dev).eval()
 print(f"checkpoint: {run.record['checkpoint']}")
 print(f"clean test accuracy: {run.record['clean_test_accuracy']:.4f}")
 """),
@@ -89,7 +91,7 @@ params = {"model": run.record["run_id"], "n": len(x), "method": method, "iters":
           "lanczos_iters": lanczos_iters}
 norms, norms_csv, norms_meta = experiments.cached_table(
     "mnist/hessian/norms", params,
-    lambda: hessian.norm_table(model, x, y, method=method, iters=iters, step=step,
+    lambda: hessian.norm_table(model, x.to(dev), y.to(dev), method=method, iters=iters, step=step,
                                lanczos_iters=lanczos_iters or None, seed=seed),
     seed=seed, profile=profile, code_version=hessian.CODE_VERSION)
 print(f"{len(norms)} examples from {norms_meta['file']} "
@@ -131,8 +133,8 @@ if "hv_lanczos" in norms:
     code("""
 m64 = training.models_mod.paper_cnn("mnist").double()
 m64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
-m64.eval()
-x64 = x[:exact_n].double()
+m64.to(dev).eval()
+x64 = x[:exact_n].double().to(dev)
 with torch.no_grad():
     t64 = m64(x64).argmax(1)
 conv, conv_csv, _ = experiments.cached_table(
@@ -150,7 +152,7 @@ print(table.map(lambda v: f"{v:.1e}").to_string())
     code("""
 imgs, _, _ = experiments.cached_table(
     "mnist/hessian/directions", {"model": run.record["run_id"], "n": n_images},
-    lambda: hessian.direction_frame(model, x[:n_images], iters=30, seed=seed),
+    lambda: hessian.direction_frame(model, x[:n_images].to(dev), iters=30, seed=seed),
     seed=seed, profile=profile, code_version=hessian.CODE_VERSION)
 fig = plotting.direction_images(imgs)
 """),
@@ -177,7 +179,7 @@ all defenses.
 """),
     code("""
 profile: str = "cpu"  # "smoke" (CI: seconds), "cpu" (default) or "paper"
-device: str = "cpu"  # only "cpu" is used by this notebook
+device: str = "cpu"  # "cpu" or "cuda": where the arithmetic runs (not part of a result's identity)
 seed: int = 0  # seed of the initialization, the batch order and the random directions
 dataset: str = "mnist"  # "mnist" or "fashion_mnist"
 defense: str = "cross_holder"  # "none", "cross_lipschitz", "cross_holder" or "adversarial"
@@ -199,7 +201,7 @@ config = training.make_config(dataset, defense, profile=profile, seed=seed, **ov
 config
 """),
     code("""
-run = training.train(config, register=True, progress=False)
+run = training.train(config, register=True, progress=False, device=device)
 print(f"checkpoint: {run.record['checkpoint']}")
 """),
     md("## Learning curves\nFrom the per-epoch log in `results/<dataset>/training/`."),
@@ -235,7 +237,7 @@ units (1.54 in pixels) against ε = 5.0 read as pixels, and which one meets the 
 """),
     code("""
 profile: str = "cpu"  # "smoke" (CI: 2 points per defense, seconds), "cpu" (default) or "paper"
-device: str = "cpu"  # only "cpu" is used by this notebook
+device: str = "cpu"  # "cpu" or "cuda": where the arithmetic runs (not part of a result's identity)
 seed: int = 0  # seed of every training run and attack
 dataset: str = "mnist"  # "mnist" or "fashion_mnist"
 grid: bool = True  # False: skip the grid (about 5 h of 2-core compute per data set at "cpu"), run the ε-unit test only
@@ -250,6 +252,7 @@ if not isinstance(grid, bool):
 
 data.check_dataset(dataset)
 experiments.check_profile(profile)
+experiments.check_device(device)
 pd.set_option("display.width", 160)
 print(f"{len(selection.grid(dataset, profile))} grid points; selection settings: {selection.SELECTION[profile]}")
 """),
@@ -259,7 +262,7 @@ if grid:
     table, table_csv, meta = experiments.cached_table(
         f"{dataset}/selection/grid", {"dataset": dataset, "grid": selection.grid(dataset, profile),
                                       "settings": selection.SELECTION[profile]},
-        lambda: selection.run_grid(dataset, profile, seed=seed, progress=False),
+        lambda: selection.run_grid(dataset, profile, seed=seed, progress=False, device=device),
         seed=seed, profile=profile, code_version="1")
     print(f"{meta['file']} ({meta['wall_time_s']} s)")
 else:
@@ -288,7 +291,7 @@ for defense, g in ([] if table is None else table.groupby("defense")):
     code("""
 units, _, _ = experiments.cached_table(
     f"{dataset}/selection/eps_unit", {"dataset": dataset, "eps": 5.0, "settings": selection.SELECTION[profile]},
-    lambda: selection.eps_unit_test(dataset, profile, eps=5.0, seed=seed), seed=seed, profile=profile,
+    lambda: selection.eps_unit_test(dataset, profile, eps=5.0, seed=seed, device=device), seed=seed, profile=profile,
     code_version="1")
 """),
     code("""
@@ -318,7 +321,7 @@ attacking each ε from scratch.
 """),
     code("""
 profile: str = "cpu"  # "smoke" (CI: seconds), "cpu" (default: a subset of the test set) or "paper"
-device: str = "cpu"  # only "cpu" is used by this notebook
+device: str = "cpu"  # "cpu" or "cuda": where the arithmetic runs (not part of a result's identity)
 seed: int = 0  # seed of the attacks' random starts
 dataset: str = "mnist"  # "mnist" (Figures 1, 4) or "fashion_mnist" (Figures 2, 5)
 n_examples: int = 0  # test examples attacked; 0: the profile's choice (all at "paper")
@@ -336,6 +339,7 @@ from crossholder import data, evaluation, experiments, plotting, training
 
 data.check_dataset(dataset)
 prof = experiments.PROFILES[experiments.check_profile(profile)]
+dev = experiments.check_device(device)
 n = n_examples or prof["eval_n"]
 steps = steps or prof["eval_steps"]
 restarts = restarts or prof["eval_restarts"]
@@ -362,7 +366,7 @@ for defense, rec in records.items():
     curve, per_example, side = evaluation.evaluate_model(
         model, x, y, dataset=dataset, defense=defense, eps_list=eps_list, steps=steps, restarts=restarts,
         seed=seed, profile=profile, model_id=rec["run_id"], progress=False,
-        reuse_larger_runs=True)  # x is the test set's first n: whole chunks of a run on more examples count
+        reuse_larger_runs=True, device=device)  # x: the test set's first n; whole chunks of larger runs count
     curves.append(curve)
     sidecars[defense] = side
     per_examples[defense] = per_example
@@ -420,8 +424,9 @@ random-noise attack with as many queries as the white-box attack's gradient step
 def _sanity():
     frames = []
     for defense, rec in records.items():
-        model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"])
-        frames.append(evaluation.sanity_checks(model, x[:sanity_n], y[:sanity_n], dataset=dataset, defense=defense,
+        model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"], map_location=dev)
+        frames.append(evaluation.sanity_checks(model, x[:sanity_n].to(dev), y[:sanity_n].to(dev), dataset=dataset,
+                                               defense=defense,
                                                steps=steps, restarts=restarts, seed=seed))
     return pd.concat(frames, ignore_index=True)
 
@@ -445,8 +450,9 @@ accuracy should not fall clearly below our per-example worst case: `gap` = ours 
 def _autoattack():
     frames = []
     for defense, rec in records.items():
-        model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"])
-        frames.append(evaluation.autoattack_check(model, x[:autoattack_n], y[:autoattack_n], autoattack_eps,
+        model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"], map_location=dev)
+        frames.append(evaluation.autoattack_check(model, x[:autoattack_n].to(dev), y[:autoattack_n].to(dev),
+                                                  autoattack_eps,
                                                   dataset=dataset, defense=defense, per_example=per_examples[defense],
                                                   eps_grid_used=eps_list, seed=seed))
     return pd.concat(frames, ignore_index=True)

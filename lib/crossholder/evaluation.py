@@ -90,7 +90,7 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Sequenc
     min_norm = torch.full((N,), math.inf, dtype=torch.float64)
     fooled_at = torch.full((N,), len(eps), dtype=torch.int64)
     with torch.no_grad():
-        wrong = model(x).argmax(1) != y
+        wrong = (model(x).argmax(1) != y).cpu()
     min_norm[wrong] = 0.0
     fooled_at[wrong] = -1
     grad_evals = 0
@@ -100,8 +100,8 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Sequenc
             continue
         r = pgd(model, x, y, e, norm=norm, loss=loss, steps=steps, restarts=restarts, seed=seed, active=active)
         grad_evals += r.grad_evals
-        new = r.success & active
-        min_norm[new] = r.norm[new].double()
+        new = r.success.cpu() & active
+        min_norm[new] = r.norm.cpu()[new].double()
         fooled_at[new] = k
     return {"min_norm": min_norm.numpy(), "fooled_at": fooled_at.numpy(), "grad_evals": grad_evals}
 
@@ -178,7 +178,7 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dataset: str, defense: str,
                    eps_list: Sequence[float], steps: int, restarts: int, seed: int, profile: str,
                    model_id: str, chunk: int = 100, progress: bool = True,
-                   reuse_larger_runs: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                   reuse_larger_runs: bool = False, device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Cached, resumable :func:`robustness_curve` for one model.
 
     Per-example results land chunk by chunk in ``results/<dataset>/robustness/<defense>-<id>-examples.csv``
@@ -191,7 +191,11 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     protocol and seed on more examples are then taken from its per-example file instead of being
     recomputed. Each chunk is attacked independently with the same seed, so the rows are exactly
     what this run would compute; labels are checked, and the donor is named in the sidecar.
+
+    ``device`` (``"cpu"``, ``"cuda"``) is where the attacks run; it is recorded, not part of the
+    identity (random starts are drawn on the CPU either way).
     """
+    dev = ex.check_device(device)
     params = {"dataset": dataset, "defense": defense, "model": model_id, "eps": list(eps_list), "steps": steps,
               "restarts": restarts, "n": len(x), "eps_unit": "paper", "losses": list(LOSSES)}
     rid = ex.run_id({**params, "seed": seed, "profile": profile, "code": EVAL_CODE_VERSION})
@@ -209,13 +213,13 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
         done, reused = _donor_rows(base.parent, defense, params, seed, len(x), chunk, y)
     from tqdm.auto import tqdm
 
-    model.eval()
+    model = copy.deepcopy(model).to(dev).eval()
     t0 = time.perf_counter()
     grad_evals = int(state["grad_evals"])
     starts = [s for s in range(0, len(x), chunk) if done.empty or s not in set(done["index"])]
     for s in tqdm(starts, desc=f"{dataset}/{defense}", disable=not progress):
-        xb, yb = x[s:s + chunk], y[s:s + chunk]
-        part = pd.DataFrame({"index": np.arange(s, s + len(xb)), "label": yb.numpy()})
+        xb, yb = x[s:s + chunk].to(dev), y[s:s + chunk].to(dev)
+        part = pd.DataFrame({"index": np.arange(s, s + len(xb)), "label": yb.cpu().numpy()})
         for loss in LOSSES:
             out = sweep(model, xb, yb, eps_pixel, loss=loss, steps=steps, restarts=restarts, seed=seed)
             part[f"min_norm_{loss}"] = out["min_norm"]
@@ -228,7 +232,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     per = done.sort_values("index").reset_index(drop=True)
     curve = curve_from_sweeps(per, eps, eps_pixel, defense=defense)
     wall = float(state["wall_time_s"]) + time.perf_counter() - t0
-    record = ex.provenance(params=params, seed=seed, profile=profile, wall_time_s=wall, run_id=rid,
+    record = ex.provenance(params=params, seed=seed, profile=profile, wall_time_s=wall, run_id=rid, device=str(dev),
                            grad_evals=grad_evals, chunk=chunk, code=EVAL_CODE_VERSION,
                            **({"reused_from": reused} if reused else {}), naive_grad_evals=len(x) * len(LOSSES) * steps * restarts *
                            sum(1 for e in eps if e > 0),
@@ -362,7 +366,7 @@ def random_noise_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     with torch.no_grad():
         robust = model(x).argmax(1) == y
         for q in range(queries):
-            noise = _start_noise(x.shape, eps, 2.0, seed + 7919, q, x.dtype)
+            noise = _start_noise(x.shape, eps, 2.0, seed + 7919, q, x.dtype).to(x.device)
             robust &= model((x + noise).clamp(0, 1)).argmax(1) == y
     return robust
 
@@ -424,7 +428,7 @@ def eps_grid(profile: str, eps_max: float = 6.0, eps_step: float = 0.5) -> list[
 
 def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", seed: int = 0, n_examples: int = 0,
                         steps: int = 0, restarts: int = 0, eps_max: float = 6.0, eps_step: float = 0.5,
-                        progress: bool = True):
+                        progress: bool = True, device: str = "cpu"):
     """:func:`evaluate_model` for the model registered as ``"<dataset>/<defense>"``, with the profile's protocol.
 
     The same cache identity as notebook 04 with the same arguments, so a background run started
@@ -441,7 +445,7 @@ def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", see
     return evaluate_model(model, x, y, dataset=dataset, defense=defense, eps_list=eps_grid(profile, eps_max, eps_step),
                           steps=steps or prof["eval_steps"], restarts=restarts or prof["eval_restarts"], seed=seed,
                           profile=profile, model_id=rec["run_id"], progress=progress,
-                          reuse_larger_runs=True)  # x is the test set's first n examples
+                          reuse_larger_runs=True, device=device)  # x is the test set's first n examples
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -454,10 +458,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", default="cpu", choices=list(ex.PROFILES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    curve, _, side = evaluate_registered(args.dataset, args.defense, profile=args.profile, seed=args.seed)
+    curve, _, side = evaluate_registered(args.dataset, args.defense, profile=args.profile, seed=args.seed,
+                                         device=args.device)
     print(curve[curve["attack"] == "worst-per-example"][["eps", "accuracy"]].to_string(index=False))
     print(f"[{args.dataset}/{args.defense}] done in {side['wall_time_s']} s; {side['files']}")
 
@@ -476,6 +482,7 @@ def autoattack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
     per-example frame for the same first ``n`` examples, at the grid ``eps_grid_used``) the table also
     holds our per-example worst-case accuracy and the gap (ours − AutoAttack's; clearly positive
     would mean our attack is weak). Needs the optional extra: ``pip install -e .[autoattack]``.
+    Runs where ``model`` and ``x`` are (the same device).
     """
     try:
         from pyautoattack import AutoAttack
@@ -486,7 +493,7 @@ def autoattack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
     rows = []
     for e in eps_list:
         ep = to_pixel(e, dataset)
-        aa = AutoAttack(model, norm="L2", eps=ep, version="standard", seed=seed, device="cpu")
+        aa = AutoAttack(model, norm="L2", eps=ep, version="standard", seed=seed, device=str(x.device))
         aa.verbose = False
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))   # (adversarial x, their labels)
         delta = (x_adv - x).flatten(1).norm(dim=1)

@@ -91,6 +91,23 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a :class:`torch.device`; a clear error if it cannot be used.
+
+    The device changes where the arithmetic runs, not a run's identity: results computed on a GPU
+    serve a later CPU session and the other way round (the device is recorded in the provenance).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r}; allowed values: 'cpu', 'cuda', 'cuda:N'") from err
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}; allowed values: 'cpu', 'cuda', 'cuda:N'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but torch {torch.__version__} sees no CUDA GPU here; use 'cpu'")
+    return dev
+
+
 def check_profile(profile: str) -> str:
     if profile not in PROFILES:
         raise ValueError(f"profile={profile!r}; allowed values: {', '.join(map(repr, PROFILES))}")

@@ -312,7 +312,7 @@ def _start(x: torch.Tensor, v0: torch.Tensor | None, generator: torch.Generator 
     if v0 is not None:
         if v0.shape != x.shape:
             raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected {tuple(x.shape)} (same as x)")
-        v = v0.detach().to(x.dtype)
+        v = v0.detach().to(device=x.device, dtype=x.dtype)
         zero = flat_norm(v) == 0
         if bool(zero.any()):
             raise ValueError("v0 is zero for some examples; give a non-zero starting vector")

@@ -199,7 +199,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
             else:
                 if v0.shape != (B, J) + tuple(x.shape[1:]):
                     raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected {(B, J) + tuple(x.shape[1:])}")
-                v = v0.detach().to(x.dtype).transpose(0, 1).reshape(rep_shape)
+                v = v0.detach().to(device=x.device, dtype=x.dtype).transpose(0, 1).reshape(rep_shape)
             v = _normalize(v, p)
             if inner == "lanczos" and inner_iters > 0:
                 from .hessian import _lanczos

@@ -56,12 +56,15 @@ def grid(dataset: str, profile: str) -> list[tuple[str, dict[str, float]]]:
     return [(d, hp) for d, pts in GRIDS[data_mod.check_dataset(dataset)].items() for hp in pts[:k]]
 
 
-def _score(dataset: str, defense: str, hp: dict[str, Any], profile: str, seed: int) -> dict[str, Any]:
+def _score(dataset: str, defense: str, hp: dict[str, Any], profile: str, seed: int,
+           device: str = "cpu") -> dict[str, Any]:
     sel = SELECTION[profile]
     cfg = training.make_config(dataset, defense, profile=profile, seed=seed, epochs=sel["epochs"], **hp)
-    run = training.train(cfg, register=False, progress=False)
-    model = run.model.eval()
+    run = training.train(cfg, register=False, progress=False, device=device)
+    dev = ex.check_device(device)
+    model = run.model.to(dev).eval()
     xv, yv = data_mod.tensors(dataset, "val")
+    xv, yv = xv.to(dev), yv.to(dev)
     clean = training.accuracy(model, xv, yv)
     n = sel["n_attack"] or len(xv)
     curve = evaluation.robustness_curve(model, xv[:n], yv[:n], [0.0, *SELECTION_EPS], steps=sel["steps"],
@@ -78,11 +81,12 @@ def _score(dataset: str, defense: str, hp: dict[str, Any], profile: str, seed: i
     return row
 
 
-def run_grid(dataset: str, profile: str = "cpu", *, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+def run_grid(dataset: str, profile: str = "cpu", *, seed: int = 0, progress: bool = True,
+             device: str = "cpu") -> pd.DataFrame:
     """Train and score every grid point; mark admissible points, the winner and the paper's pick."""
     from tqdm.auto import tqdm
 
-    rows = [_score(dataset, d, hp, profile, seed)
+    rows = [_score(dataset, d, hp, profile, seed, device)
             for d, hp in tqdm(grid(dataset, profile), desc=f"{dataset} grid", disable=not progress)]
     df = pd.DataFrame(rows)
     df["admissible"] = df["clean_val_acc"] >= THRESHOLD[dataset]
@@ -98,14 +102,15 @@ def run_grid(dataset: str, profile: str = "cpu", *, seed: int = 0, progress: boo
     return df
 
 
-def eps_unit_test(dataset: str = "mnist", profile: str = "cpu", *, eps: float = 5.0, seed: int = 0) -> pd.DataFrame:
+def eps_unit_test(dataset: str = "mnist", profile: str = "cpu", *, eps: float = 5.0, seed: int = 0,
+                  device: str = "cpu") -> pd.DataFrame:
     """AT at ε read in standardized (paper) units against ε read in pixels: clean val accuracy of each."""
     sel = SELECTION[ex.check_profile(profile)]
     rows = []
     for unit in ("paper", "pixel"):
         cfg = training.make_config(dataset, "adversarial", profile=profile, seed=seed, epochs=sel["epochs"], eps=eps,
                                    eps_unit=unit)
-        model = training.train(cfg, register=False, progress=False).model.eval()
+        model = training.train(cfg, register=False, progress=False, device=device).model.eval()
         xv, yv = data_mod.tensors(dataset, "val")
         acc = training.accuracy(model, xv, yv)
         rows.append({"eps": eps, "unit": unit, "eps_pixel": cfg.eps_pixel, "epochs": sel["epochs"],

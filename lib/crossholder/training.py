@@ -199,12 +199,14 @@ def _cosine(total: int):
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    """Clean accuracy of ``model`` on ``x`` ``(N, C, H, W)``, ``y`` ``(N,)`` (batches moved to the model's device)."""
     was = model.training
     model.eval()
     correct = 0
+    dev = next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            correct += int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+            correct += int((model(x[i:i + batch].to(dev)).argmax(1).cpu() == y[i:i + batch].cpu()).sum())
     model.train(was)
     return correct / max(len(x), 1)
 
@@ -244,7 +246,7 @@ def _step_loss(cfg: TrainConfig, model: nn.Module, xb: torch.Tensor, yb: torch.T
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, max_epochs: int | None = None,
-          threads: int | None = None) -> TrainResult:
+          threads: int | None = None, device: str = "cpu") -> TrainResult:
     """Train (or load from the cache, or resume) the run ``cfg``.
 
     Args:
@@ -254,8 +256,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
         max_epochs: stop after this many epochs *in total* and return the partial model (the resume
             state is kept; used to simulate a kill in tests).
         threads: ``torch.set_num_threads`` for this run (``None``: leave as is).
+        device: where the arithmetic runs (``"cpu"``, ``"cuda"``); not part of the run's identity.
+            Random numbers (shuffling, starts, directions) are drawn on the CPU either way. The
+            returned model is on the CPU.
     """
     cfg.validate()
+    dev = ex.check_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
     p = _paths(cfg)
@@ -276,8 +282,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
     steps_per_epoch = N // cfg.batch_size            # drop the last partial batch: every step the same size
     torch.manual_seed(cfg.seed)
     # channels_last: mkldnn's NHWC convolutions are 1.4x (plain step) to 2x (PGD) faster on this CPU
-    model = models_mod.paper_cnn(cfg.dataset).to(memory_format=torch.channels_last)
-    x = x.contiguous(memory_format=torch.channels_last)
+    model = models_mod.paper_cnn(cfg.dataset).to(dev, memory_format=torch.channels_last)
+    x = x.to(dev).contiguous(memory_format=torch.channels_last)
+    y = y.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(cfg.epochs * steps_per_epoch))
     gen_shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -289,7 +296,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
     rows: list[dict[str, Any]] = []
     start_epoch, wall_before = 0, 0.0
     if p["state"].exists():
-        st = torch.load(p["state"], weights_only=True)
+        st = torch.load(p["state"], weights_only=True, map_location="cpu")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
@@ -320,7 +327,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
                    disable=not progress, leave=False, mininterval=2.0)
         for s in bar:
             idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            xb, yb = x[idx], y[idx]
+            idx_d = idx.to(dev)
+            xb, yb = x[idx_d], y[idx_d]
             loss, terms, logits = _step_loss(cfg, model, xb, yb, idx, store, gen_noise)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {s}: {terms}")
@@ -359,7 +367,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
                   f"train {row['train_acc']:.4f} val {row['val_acc']:.4f} ({epoch_time:.0f} s)", flush=True)
     log = pd.DataFrame(rows)
     if end_epoch < cfg.epochs:
-        model.eval()
+        model.cpu().eval()
         return TrainResult(model, cfg, log, p["state"], {"partial": True, "epochs_done": end_epoch})
 
     wall = wall_before + (time.perf_counter() - t_run) if end_epoch > start_epoch else wall_before
@@ -368,6 +376,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
         xt, yt = xt[:1000], yt[:1000]
     model.eval()
     test_acc = accuracy(model, xt, yt)
+    model.cpu()
     meta = {"run_id": cfg.run_id, "config": cfg.relevant()}
     models_mod.save(model, p["checkpoint"], meta=meta)
     record = {
@@ -378,7 +387,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
         "eps_pixel": cfg.eps_pixel if cfg.defense == "adversarial" else None,
         "provenance": ex.provenance(params={**cfg.relevant(), "code": TRAIN_CODE_VERSION,
                                             "choices": ex.TRAINING_CHOICES},
-                                    seed=cfg.seed, profile=cfg.profile, wall_time_s=wall),
+                                    seed=cfg.seed, profile=cfg.profile, wall_time_s=wall, device=str(dev)),
     }
     ex.atomic_write_json(p["sidecar"], record)
     _remove_state(p["state"])
@@ -401,7 +410,7 @@ def _fidelity_probe(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torc
         return {}
     model.eval()
     idx = torch.arange(min(n, len(x)))
-    xb, yb = x[idx], y[idx]
+    xb, yb = x[: len(idx)], y[: len(idx)]
     v0 = store.get(idx, torch.Generator().manual_seed(0))[:, 0]
     fast = operator_norm(model, xb, yb, "runner_up", method="power", iters=cfg.inner_iters + 1, v0=v0)
     cold = operator_norm(model, xb, yb, "runner_up", method="lanczos", iters=cold_products, seed=0)
@@ -440,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", default="cpu", choices=list(ex.PROFILES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("--no-register", action="store_true")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides, e.g. lam1=0.1 mode=faithful classes=all")
@@ -456,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             overrides[k] = None if v == "None" else v
     cfg = make_config(args.dataset, args.defense, profile=args.profile, seed=args.seed, **overrides)
-    res = train(cfg, register=not args.no_register, threads=args.threads)
+    res = train(cfg, register=not args.no_register, threads=args.threads, device=args.device)
     print(f"[{cfg.dataset}/{cfg.defense}] done: clean test accuracy {res.record.get('clean_test_accuracy')}, "
           f"checkpoint {paths.relative_to_root(res.checkpoint)}", flush=True)
 
