@@ -9,7 +9,8 @@ Sections between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers ar
 * ``models``: ``results/models.json`` (clean test accuracy, hyperparameters, training wall time);
 * ``robustness``: ``results/<dataset>/robustness.csv`` (per-example worst case and the paper's
   worst case at a few ε);
-* ``claims``: ``results/<dataset>/claims.csv`` (notebook 04's verdicts).
+* ``claims``: ``results/<dataset>/claims.csv`` (notebook 04's verdicts);
+* ``autoattack``: ``results/<dataset>/robustness/autoattack-*.csv`` of the models in ``robustness.json``.
 
 ``tests/test_notebooks.py`` runs the check, so the README cannot drift from the CSVs.
 """
@@ -121,7 +122,26 @@ def figure3_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"figure3": figure3_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
+def autoattack_table(root: Path = ROOT) -> str:
+    lines = ["| data set | defense | n | ε | AutoAttack | our PGD (per-example worst case) | gap |",
+             "|---|---|---|---|---|---|---|"]
+    for ds in NAMES:
+        side = root / "results" / ds / "robustness.json"
+        if not side.exists():
+            continue
+        model_ids = json.loads(side.read_text())["params"]["models"]
+        for f in sorted((root / "results" / ds / "robustness").glob("autoattack-*.json")):
+            meta = json.loads(f.read_text())
+            if meta.get("params", {}).get("models") != model_ids or meta.get("profile") != "cpu":
+                continue
+            for _, r in pd.read_csv(f.with_suffix(".csv")).iterrows():
+                lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[r['defense']]} | {int(r['n'])} | {r['eps']:g} | "
+                             f"{100 * r['autoattack']:.0f}% | {100 * r['ours_worst_per_example']:.0f}% | "
+                             f"{100 * r['gap']:+.0f} |")
+    return "\n".join(lines)
+
+
+TABLES = {"figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
