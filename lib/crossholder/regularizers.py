@@ -51,7 +51,7 @@ from .hessian import (_dual, _normalize, explicit_backward, explicit_forward, ex
 from .hessian import flat_norm as _norm
 
 __all__ = ["RegularizedLoss", "regularized_loss", "hein_cross_lipschitz", "other_classes", "DirectionStore",
-           "CLASSES", "INNER"]
+           "compile_available", "CLASSES", "INNER"]
 
 CLASSES = ("all", "runner_up")
 INNER = ("ascent", "power", "lanczos")
@@ -120,7 +120,7 @@ def _check(lam1: float, lam2: float, p: float, q: float, classes: str, inner: st
 def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1: float, lam2: float = 0.0,
                      p: float = 2.0, q: float = 2.0, classes: str = "all", v0: torch.Tensor | None = None,
                      inner: str = "ascent", inner_iters: int = 10, step: float = 0.1,
-                     generator: torch.Generator | None = None) -> RegularizedLoss:
+                     generator: torch.Generator | None = None, compiled: bool = False) -> RegularizedLoss:
     """Cross-entropy plus the Cross-Lipschitz (``lam2 = 0``) or Cross-Hölder (``lam2 > 0``) term.
 
     Args:
@@ -133,6 +133,10 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
             ``N(0, I)`` from ``generator`` (faithful mode).
         inner, inner_iters, step: the inner loop (module docstring); ``inner_iters=0`` uses ``v0`` as is.
         generator: for the fresh directions.
+        compiled: run the explicit passes through ``torch.compile`` (inductor fuses the elementwise
+            work of the SiLU derivatives, the dominant cost on a CPU; :func:`compile_available`).
+            Only for models the explicit passes support, with ``lam2 = 0`` or ``inner="power"``;
+            the numbers agree with the eager path to float rounding, not bitwise.
 
     Returns:
         :class:`RegularizedLoss`.
@@ -151,6 +155,13 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
                                    v_next=None, hvps=0)
         J = 1 if classes == "runner_up" else _num_classes(model) - 1   # K read off the last nn.Linear
         layers = explicit_layers(model)
+        if compiled:
+            if layers is None:
+                raise ValueError("compiled=True needs a model the explicit passes support (hessian.explicit_layers)")
+            if lam2 > 0 and inner != "power":
+                raise ValueError(f"compiled=True supports inner='power' (or lam2 = 0), got inner={inner!r}")
+            return _compiled_loss(layers, x, y, lam1=lam1, lam2=lam2, p=p, q=q, classes=classes, J=J, v0=v0,
+                                  inner_iters=inner_iters, generator=generator)
         if layers is not None:
             # explicit second-order passes (hessian module): one forward on B, everything else plain ops
             cache = explicit_forward(layers, x.detach())
@@ -235,6 +246,94 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
     return RegularizedLoss(loss=loss, ce=ce.detach(), grad_term=grad_term.detach(), hess_term=hess_term.detach(),
                            logits=logits.detach(), j=jj, grad_norms=gn.detach().view(J, B).t(), hess_norms=hn_out,
                            v_next=v_next, hvps=hvps)
+
+
+def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj: torch.Tensor | None, J: int,
+                   v: torch.Tensor | None, lam1: float, lam2: float, q: float, power_iters: int):
+    """The explicit-pass loss for ``inner="power"`` (or ``lam2 = 0``): what ``torch.compile`` traces.
+
+    ``jj`` ``(B, J)`` the classes, or ``None`` for the runner-up class (``J = 1``, found here from the
+    logits: the largest logit other than ``y``); ``v`` ``(J*B, *S)`` unit starting directions
+    (slot-major) or ``None`` (no Hessian term). Returns ``(loss, ce, logits, jj, grad_norms (J*B,),
+    hess_norms (J*B,) or None, H v or None)``.
+    """
+    B = x.shape[0]
+    cache = explicit_forward(layers, x)
+    logits = cache.logits
+    K = logits.shape[1]
+    ce = F.cross_entropy(logits, y)
+    if jj is None:
+        jj = logits.detach().scatter(1, y[:, None], float("-inf")).argmax(1, keepdim=True)
+    j_rep = jj.t().reshape(-1)
+    y_rep = y.repeat(J)
+    cache_j = cache.repeat(J) if J > 1 else cache
+    e = F.one_hot(y_rep, K).to(x.dtype) - F.one_hot(j_rep, K).to(x.dtype)
+    g, adj = explicit_backward(cache_j, e)
+    gn = _norm(g, q)
+    loss_reg = gn.view(J, B).sum(0).mean()
+    hn = hv = None
+    if v is not None:
+        with torch.no_grad():
+            for _ in range(power_iters):
+                v = _normalize(explicit_hvp(cache_j, adj, v), 2.0)
+        hv = explicit_hvp(cache_j, adj, v.detach())
+        hn = _norm(hv, q)
+        loss_reg = loss_reg + lam2 * hn.view(J, B).sum(0).mean()
+    loss = ce + lam1 * loss_reg
+    return loss, ce, logits, jj, gn, hn, hv
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def compile_available() -> tuple[bool, str]:
+    """Whether ``torch.compile`` (inductor, which needs a C++ compiler on a CPU) works here, and why not."""
+    if "available" not in _COMPILED:
+        try:
+            f = torch.compile(lambda a: torch.sigmoid(a) * a + 1.0, fullgraph=True)
+            f(torch.ones(4))
+            _COMPILED["available"] = (True, "")
+        except Exception as err:  # noqa: BLE001 - any failure means: not usable here
+            _COMPILED["available"] = (False, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    return _COMPILED["available"]  # type: ignore[return-value]
+
+
+def _compiled_loss(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *, lam1: float, lam2: float,
+                   p: float, q: float, classes: str, J: int, v0: torch.Tensor | None, inner_iters: int,
+                   generator: torch.Generator | None) -> RegularizedLoss:
+    ok, why = compile_available()
+    if not ok:
+        raise RuntimeError(f"compiled=True, but torch.compile does not work here ({why}); use compiled=False")
+    if "core" not in _COMPILED:
+        _COMPILED["core"] = torch.compile(_explicit_core, fullgraph=True, dynamic=False)
+    core = _COMPILED["core"]
+    B = x.shape[0]
+    jj = other_classes(y, _num_classes_layers(layers)) if classes == "all" else None   # None: runner-up, in core
+    rep_shape = (J * B,) + tuple(x.shape[1:])
+    v = None
+    if lam2 > 0:
+        if v0 is None:
+            v = torch.randn(rep_shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+        else:
+            if v0.shape != (B, J) + tuple(x.shape[1:]):
+                raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected {(B, J) + tuple(x.shape[1:])}")
+            v = v0.detach().to(device=x.device, dtype=x.dtype).transpose(0, 1).reshape(rep_shape)
+        v = _normalize(v, p)
+    loss, ce, logits, jj, gn, hn, hv = core(layers, x.detach(), y, jj, J, v, float(lam1), float(lam2), float(q),
+                                            int(inner_iters) if lam2 > 0 else 0)
+    hn_out = v_next = None
+    hess_term = torch.zeros((), dtype=x.dtype, device=x.device)
+    if hn is not None:
+        hess_term = hn.detach().view(J, B).sum(0).mean()
+        hn_out = hn.detach().view(J, B).t()
+        v_next = _normalize(hv.detach(), 2.0).view((J, B) + tuple(x.shape[1:])).transpose(0, 1)
+    return RegularizedLoss(loss=loss, ce=ce.detach(), grad_term=gn.detach().view(J, B).sum(0).mean(),
+                           hess_term=hess_term, logits=logits.detach(), j=jj, grad_norms=gn.detach().view(J, B).t(),
+                           hess_norms=hn_out, v_next=v_next, hvps=(int(inner_iters) + 1) if lam2 > 0 else 0)
+
+
+def _num_classes_layers(layers: list[nn.Module]) -> int:
+    return [m for m in layers if isinstance(m, nn.Linear)][-1].out_features
 
 
 def _num_classes(model: nn.Module) -> int:
