@@ -268,15 +268,15 @@ def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj
     y_rep = y.repeat(J)
     cache_j = cache.repeat(J) if J > 1 else cache
     e = F.one_hot(y_rep, K).to(x.dtype) - F.one_hot(j_rep, K).to(x.dtype)
-    g, adj = explicit_backward(cache_j, e)
+    g, adj = explicit_backward(cache_j, e, fold=True)
     gn = _norm(g, q)
     loss_reg = gn.view(J, B).sum(0).mean()
     hn = hv = None
     if v is not None:
         with torch.no_grad():
             for _ in range(power_iters):
-                v = _normalize(explicit_hvp(cache_j, adj, v), 2.0)
-        hv = explicit_hvp(cache_j, adj, v.detach())
+                v = _normalize(explicit_hvp(cache_j, adj, v, fold=True), 2.0)
+        hv = explicit_hvp(cache_j, adj, v.detach(), fold=True)
         hn = _norm(hv, q)
         loss_reg = loss_reg + lam2 * hn.view(J, B).sum(0).mean()
     loss = ce + lam1 * loss_reg
