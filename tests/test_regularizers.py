@@ -177,3 +177,58 @@ def test_lanczos_inner_loop_finds_the_top_direction(tiny):
         Hm = torch.func.hessian(lambda xx: m(xx[None])[0, y[b]] - m(xx[None])[0, j])(x[b])
         assert out.hess_norms[b, 0] == pytest.approx(torch.linalg.eigvalsh(Hm).abs().max().item(), rel=1e-8)
     assert out.hvps == 6
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1)])
+def test_fold_transpose_matches_the_convolution_vjp(stride, padding):
+    """_affine_T(fold=True) for a one-channel-input convolution = the exact vector-Jacobian product."""
+    from crossholder.hessian import _affine_T
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 5, 3, stride=stride, padding=padding).double()
+    x = torch.randn(3, 1, 11, 11, dtype=F64, requires_grad=True)
+    out = conv(x)
+    u = torch.randn_like(out)
+    (ref,) = torch.autograd.grad(out, x, u)                       # oracle: autograd's VJP of the layer
+    for layout in (torch.contiguous_format, torch.channels_last):
+        uu = u.contiguous(memory_format=layout)
+        assert torch.allclose(_affine_T(conv, uu, x.shape, fold=True), ref, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(_affine_T(conv, uu, x.shape, fold=False), ref, rtol=1e-12, atol=1e-12)
+
+
+def _tiny_cnn():
+    torch.manual_seed(4)
+    m = nn.Sequential(models.Standardize(0.1, 0.3), nn.Conv2d(1, 3, 3), nn.SiLU(), nn.Conv2d(3, 4, 3, stride=2),
+                      nn.SiLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 6), nn.SiLU(), nn.Linear(6, 4)).double()
+    x = torch.rand(5, 1, 9, 9, dtype=F64)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    return m, x, y
+
+
+@pytest.mark.skipif(not R.compile_available()[0], reason="torch.compile does not work here (no C++ compiler?)")
+@pytest.mark.parametrize("classes,lam2,iters", [("runner_up", 0.8, 1), ("all", 0.0, 0)])
+def test_compiled_path_matches_eager(classes, lam2, iters):
+    """compiled=True: same loss, terms, classes, kept directions and parameter gradient (float64)."""
+    m, x, y = _tiny_cnn()
+    J = 1 if classes == "runner_up" else 3
+    v = torch.randn(5, J, 1, 9, 9, dtype=F64, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for compiled in (False, True):
+        o = R.regularized_loss(m, x, y, lam1=0.5, lam2=lam2, classes=classes, v0=v, inner="power",
+                               inner_iters=iters, compiled=compiled)
+        outs.append((o, torch.autograd.grad(o.loss, list(m.parameters()))))
+    (a, ga), (b, gb) = outs
+    assert torch.equal(a.j, b.j) and a.hvps == b.hvps
+    for k in ("loss", "ce", "grad_term", "hess_term", "grad_norms"):
+        assert torch.allclose(getattr(a, k), getattr(b, k), rtol=1e-10, atol=1e-14), k
+    if lam2 > 0:
+        assert torch.allclose(a.v_next, b.v_next, atol=1e-10) and torch.allclose(a.hess_norms, b.hess_norms, rtol=1e-10)
+    assert all(torch.allclose(u, w, rtol=1e-9, atol=1e-13) for u, w in zip(ga, gb))
+
+
+def test_compiled_rejects_unsupported_settings(tiny):
+    m, x, y = tiny
+    with pytest.raises(ValueError, match="inner='ascent'"):
+        R.regularized_loss(m, x, y, lam1=0.5, lam2=0.5, inner="ascent", compiled=True)
+    with pytest.raises(ValueError, match="explicit passes"):
+        R.regularized_loss(Wrapped(m), x, y, lam1=0.5, compiled=True)

@@ -84,10 +84,21 @@ def test_fast_mode_directions_follow_their_examples():
     ("none", {"epochs": 0}, "epochs=0"),
     ("none", {"optimiser": "sgd"}, "unknown training parameter"),
     ("cross_holder", {"mode": "quick"}, "mode='quick'"),
+    ("cross_holder", {"compiled": "yes"}, "compiled='yes'"),
+    ("cross_holder", {"compiled": True, "mode": "faithful"}, "compiled=True supports mode='fast'"),
+    ("cross_lipschitz", {"compiled": True, "cl_variant": "hein"}, "cl_variant='margin'"),
 ])
 def test_bad_parameters(defense, kw, match):
     with pytest.raises(ValueError, match=match):
         training.make_config("mnist", defense, profile="smoke", **kw)
+
+
+def test_compiled_is_part_of_the_identity_only_when_set():
+    eager = training.make_config("mnist", "cross_holder", profile="smoke")
+    assert "compiled" not in eager.relevant()            # runs made before the option keep their ids
+    comp = training.make_config("mnist", "cross_holder", profile="smoke", compiled=True)
+    assert comp.relevant()["compiled"] is True and comp.run_id != eager.run_id
+    assert "compiled" not in training.make_config("mnist", "none", profile="smoke", compiled=True).relevant()
 
 
 def test_bad_profile_and_dataset():

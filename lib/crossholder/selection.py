@@ -143,6 +143,10 @@ def _score(dataset: str, defense: str, hp: dict[str, Any], profile: str, seed: i
     return row
 
 
+_COLUMNS = ["defense", "eps", "lam1", "lam2", "run_id", "epochs", "clean_val_acc", "n_attacked", "worst_min_3",
+            "worst_per_example_3", "worst_min_4", "worst_per_example_4", "score", "score_per_example"]
+
+
 def run_grid(dataset: str, profile: str = "cpu", *, seed: int = 0, progress: bool = True,
              device: str = "cpu", defenses: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Score every grid point (cached per point); mark admissible points, the winner and the paper's pick.
@@ -154,6 +158,8 @@ def run_grid(dataset: str, profile: str = "cpu", *, seed: int = 0, progress: boo
     rows = [score_point(dataset, d, hp, profile, seed=seed, device=device)
             for d, hp in tqdm(grid(dataset, profile, defenses), desc=f"{dataset} grid", disable=not progress)]
     df = pd.DataFrame(rows)
+    first = [c for c in _COLUMNS if c in df]
+    df = df[first + [c for c in df if c not in first]]      # cached rows come back with sorted keys
     df["admissible"] = df["clean_val_acc"] >= THRESHOLD[dataset]
     df["winner"] = False
     df["paper_pick"] = False
