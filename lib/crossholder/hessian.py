@@ -594,20 +594,31 @@ def explicit_layers(model: nn.Module) -> list[nn.Module] | None:
 
 @dataclass
 class ExplicitCache:
-    """What the explicit passes need from the forward pass of a batch (see :func:`explicit_forward`)."""
+    """What the explicit passes need from the forward pass of a batch (see :func:`explicit_forward`).
+
+    ``rep``: the passes run on the batch repeated ``rep`` times along dimension 0 (slot-major: row
+    ``s·B + b`` is example ``b`` in slot ``s``); ``d1`` / ``d2`` stay ``(B, ...)`` and are broadcast
+    over the slots instead of being copied ``rep`` times.
+    """
 
     layers: list[nn.Module]
     in_shapes: list[torch.Size]
     d1: dict[int, torch.Tensor]
     d2: dict[int, torch.Tensor]
     logits: torch.Tensor
+    rep: int = 1
 
     def repeat(self, n: int) -> "ExplicitCache":
-        """The cache of the batch repeated ``n`` times along dimension 0 (slot-major)."""
-        rep = lambda t: t.repeat((n,) + (1,) * (t.dim() - 1))  # noqa: E731
+        """The cache of the batch repeated ``n`` times along dimension 0 (slot-major); no copies."""
         return ExplicitCache(self.layers, [torch.Size((s[0] * n,) + tuple(s[1:])) for s in self.in_shapes],
-                             {k: rep(v) for k, v in self.d1.items()}, {k: rep(v) for k, v in self.d2.items()},
-                             rep(self.logits))
+                             self.d1, self.d2, self.logits, self.rep * n)
+
+
+def _cmul(u: torch.Tensor, t: torch.Tensor, rep: int) -> torch.Tensor:
+    """``u * t`` where ``u`` is ``(rep·B, ...)`` and ``t`` ``(B, ...)`` (broadcast over the ``rep`` slots)."""
+    if rep == 1:
+        return u * t
+    return (u.view((rep, -1) + tuple(u.shape[1:])) * t.unsqueeze(0)).view(u.shape)
 
 
 def explicit_forward(layers: list[nn.Module], x: torch.Tensor) -> ExplicitCache:
@@ -683,7 +694,7 @@ def explicit_backward(cache: ExplicitCache, e: torch.Tensor, fold: bool = False
         layer = cache.layers[i]
         if isinstance(layer, nn.SiLU):
             adj[i] = u
-            u = u * cache.d1[i]
+            u = _cmul(u, cache.d1[i], cache.rep)
         else:
             u = _affine_T(layer, u, cache.in_shapes[i], fold)
     return u, adj
@@ -697,15 +708,15 @@ def explicit_hvp(cache: ExplicitCache, adj: dict[int, torch.Tensor], v: torch.Te
     for i, layer in enumerate(layers):
         if isinstance(layer, nn.SiLU):
             adot[i] = hdot
-            hdot = hdot * cache.d1[i]
+            hdot = _cmul(hdot, cache.d1[i], cache.rep)
         else:
             hdot = _affine_lin(layer, hdot)
     u = None                                         # tangent adjoint; zero at the logits
     for i in range(len(layers) - 1, -1, -1):
         layer = layers[i]
         if isinstance(layer, nn.SiLU):
-            curv = adj[i] * cache.d2[i] * adot[i]
-            u = curv if u is None else u * cache.d1[i] + curv
+            curv = _cmul(adj[i], cache.d2[i], cache.rep) * adot[i]
+            u = curv if u is None else _cmul(u, cache.d1[i], cache.rep) + curv
         elif u is not None:
             u = _affine_T(layer, u, cache.in_shapes[i], fold)
     if u is None:
