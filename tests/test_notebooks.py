@@ -19,7 +19,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 COMMON = {"profile", "device", "seed"}
 EXPECTED = {
     "01_hessian_norm_estimation": COMMON | {"method", "iters", "step", "lanczos_iters", "exact_n", "n_images"},
-    "02_training": COMMON | {"dataset", "defense", "lam1", "lam2", "eps", "epochs", "mode", "classes"},
+    "02_training": COMMON | {"dataset", "defense", "lam1", "lam2", "eps", "epochs", "mode", "classes", "compiled"},
     "03_hyperparameter_selection": COMMON | {"dataset", "grid"},
     "04_robustness": COMMON | {"dataset", "n_examples", "steps", "restarts", "eps_max", "eps_step", "sanity_n",
                                 "autoattack_n"},

@@ -44,3 +44,42 @@ def test_winner_is_the_best_admissible_point(tmp_path, monkeypatch):
 def test_unknown_defense_is_a_clear_error():
     with pytest.raises(ValueError, match="defense='none' has no grid"):
         selection.grid("mnist", "smoke", ("none",))
+
+
+def test_select_points_keeps_the_order_given_and_rejects_unknown_points():
+    todo = selection.grid("fashion_mnist", "cpu", ("adversarial", "cross_holder"))
+    got = selection.select_points(todo, ["eps=2.0", "lam1=0.1,lam2=0.5", "eps=0.5"])
+    assert got == [("adversarial", {"eps": 2.0}), ("cross_holder", {"lam1": 0.1, "lam2": 0.5}),
+                   ("adversarial", {"eps": 0.5})]
+    with pytest.raises(ValueError, match=r"point='eps=7.0' is not in the grid"):
+        selection.select_points(todo, ["eps=7.0"])
+    with pytest.raises(ValueError, match=r"point='lam1': expected KEY=NUMBER"):
+        selection.select_points(todo, ["lam1"])
+    with pytest.raises(ValueError, match=r"point='lam1=x': expected KEY=NUMBER"):
+        selection.select_points(todo, ["lam1=x"])
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_final_hyperparameters_depart_from_the_paper_only_for_a_grid_winner(dataset):
+    """experiments.FINAL departs from the paper's pick only for the admissible winner of the committed grid
+    table, and only where the paper's pick is not admissible there; then it names the winner's own run."""
+    import pandas as pd
+
+    from crossholder import experiments, paths, training
+
+    table_csv = paths.project_root() / "results" / dataset / "selection" / "grid-cpu.csv"
+    table = pd.read_csv(table_csv) if table_csv.exists() else pd.DataFrame()
+    for defense, paper in experiments.PAPER[dataset].items():
+        final = experiments.FINAL[dataset][defense]
+        hp = {k: v for k, v in final.items() if k != "compiled"}
+        if hp == paper:
+            continue
+        rows = table[table["defense"] == defense] if len(table) else table
+        assert len(rows), f"{dataset}/{defense}: FINAL departs from the paper but {table_csv} has no such rows"
+        win = rows[rows["winner"]]
+        assert len(win) == 1, f"{dataset}/{defense}: FINAL departs from the paper but the grid has no winner"
+        picked = rows[rows["paper_pick"]]
+        assert not picked["admissible"].any(), "the paper's pick is admissible in the grid: FINAL must keep it"
+        assert all(float(win.iloc[0][k]) == v for k, v in hp.items()), (dataset, defense, hp, win.iloc[0].to_dict())
+        cfg = training.make_config(dataset, defense, profile="cpu", **final)
+        assert cfg.run_id == win.iloc[0]["run_id"], "FINAL must name the winner's own training run"

@@ -29,7 +29,7 @@ import torch
 
 from . import paths
 
-__all__ = ["PROFILES", "PAPER", "DEFENSES", "TRAINING_CHOICES", "check_profile", "check_defense", "run_id",
+__all__ = ["PROFILES", "PAPER", "FINAL", "DEFENSES", "TRAINING_CHOICES", "check_profile", "check_defense", "run_id",
            "provenance", "atomic_write_json", "atomic_write_text", "read_json", "update_json", "git_commit"]
 
 DEFENSES = ("none", "cross_lipschitz", "cross_holder", "adversarial")
@@ -50,6 +50,16 @@ PAPER: dict[str, dict[str, dict[str, float]]] = {
     },
 }
 PAPER_INNER = {"inner_iters": 10, "step": 0.1}
+
+#: The training overrides of the registered (final) model of every ``(dataset, defense)`` at the
+#: ``cpu`` profile, which notebook 02 and ``make figures`` train by default: the paper's pick, except
+#: where our run of the paper's selection (notebook 03, ``results/<dataset>/selection/grid-cpu.csv``)
+#: found the paper's pick inadmissible (below the clean-accuracy criterion) and an admissible
+#: winner exists; then that winner (with ``compiled=True`` where the grid trained it compiled, which
+#: is part of its run identity). ``tests/test_selection.py`` checks every entry against those tables.
+FINAL: dict[str, dict[str, dict[str, Any]]] = {
+    ds: {d: dict(hp) for d, hp in picks.items()} for ds, picks in PAPER.items()
+}
 PAPER_ATTACK = {"steps": 50, "restarts": 10, "losses": ("ce", "cw")}
 
 # ---------------------------------------------------------------- where the paper is silent
