@@ -83,3 +83,18 @@ def test_final_hyperparameters_depart_from_the_paper_only_for_a_grid_winner(data
         assert all(float(win.iloc[0][k]) == v for k, v in hp.items()), (dataset, defense, hp, win.iloc[0].to_dict())
         cfg = training.make_config(dataset, defense, profile="cpu", **final)
         assert cfg.run_id == win.iloc[0]["run_id"], "FINAL must name the winner's own training run"
+
+
+def test_registered_models_are_the_final_choices():
+    """results/models.json holds, for every (dataset, defense), the run that experiments.FINAL names at the cpu
+    profile. Otherwise re-executing notebook 02 (make figures, nbval) would register another model, and
+    notebook 04 would start hours of attacks on it."""
+    from crossholder import experiments, paths, training
+
+    registered = experiments.read_json(paths.project_root() / "results" / "models.json", {})
+    for dataset, picks in experiments.FINAL.items():
+        for defense in experiments.DEFENSES:
+            rec = registered[f"{dataset}/{defense}"]
+            cfg = training.make_config(dataset, defense, profile="cpu", **picks.get(defense, {}))
+            assert rec["run_id"] == cfg.run_id, (f"{dataset}/{defense}: registered {rec['run_id']}, FINAL names "
+                                                 f"{cfg.run_id}: run notebook 02 and notebook 04 for it")
