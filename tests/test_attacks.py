@@ -238,3 +238,26 @@ def test_claims_table_verdicts():
     # a claim whose range is not in the curves
     t2 = evaluation.claims_table(curves[curves["eps"] <= 4.0], "mnist").set_index(["claim", "attack"])
     assert t2.loc[("M4", "pgd-cw"), "evidence"] == "not evaluated"
+
+
+def test_evaluate_registered_run_id_is_the_curve_notebook_04_later_reads(tmp_path, monkeypatch):
+    """A curve computed for a finished, not yet registered run (run_id=) is the cache hit of the registered model."""
+    from crossholder import evaluation, training
+
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
+    cfg = training.make_config("mnist", "none", profile="smoke")
+    training.train(cfg, progress=False, register=False)
+    with pytest.raises(KeyError):
+        evaluation.evaluate_registered("mnist", "none", profile="smoke", progress=False)
+    curve, _, side = evaluation.evaluate_registered("mnist", "none", profile="smoke", progress=False, run_id=cfg.run_id)
+    assert side["params"]["model"] == cfg.run_id
+    training.train(cfg, progress=False, register=True)
+
+    def boom(*a, **k):
+        raise AssertionError("must come from the cache")
+
+    monkeypatch.setattr(evaluation, "robustness_curve", boom)
+    again, _, _ = evaluation.evaluate_registered("mnist", "none", profile="smoke", progress=False)
+    assert again.equals(curve)
+    with pytest.raises(FileNotFoundError, match="run_id='0000000000'"):
+        evaluation.evaluate_registered("mnist", "none", profile="smoke", progress=False, run_id="0000000000")

@@ -31,6 +31,7 @@ from torch import nn
 
 from . import data as data_mod
 from . import experiments as ex
+from . import models as models_mod
 from .attacks import LOSSES, pgd
 
 __all__ = ["to_pixel", "wilson_interval", "sweep", "curve_from_sweeps", "robustness_curve", "evaluate_model",
@@ -428,11 +429,13 @@ def eps_grid(profile: str, eps_max: float = 6.0, eps_step: float = 0.5) -> list[
 
 def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", seed: int = 0, n_examples: int = 0,
                         steps: int = 0, restarts: int = 0, eps_max: float = 6.0, eps_step: float = 0.5,
-                        progress: bool = True, device: str = "cpu"):
+                        progress: bool = True, device: str = "cpu", run_id: str | None = None):
     """:func:`evaluate_model` for the model registered as ``"<dataset>/<defense>"``, with the profile's protocol.
 
     The same cache identity as notebook 04 with the same arguments, so a background run started
-    here is picked up by the notebook.
+    here is picked up by the notebook. ``run_id``: evaluate the trained run
+    ``results/<dataset>/models/<defense>-<run_id>.pt`` instead of the registered one (a model about to
+    be registered: its curve is then already there when notebook 04 asks for it).
     """
     from . import training
 
@@ -441,7 +444,14 @@ def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", see
     x, y = data_mod.tensors(dataset, "test")
     if n is not None:
         x, y = x[:n], y[:n]
-    model, rec = training.load_registered(dataset, defense)
+    if run_id is None:
+        model, rec = training.load_registered(dataset, defense)
+    else:
+        ckpt = ex.paths.results_dir() / data_mod.check_dataset(dataset) / "models" / f"{ex.check_defense(defense)}-{run_id}.pt"
+        rec = ex.read_json(ckpt.with_suffix(".json"))
+        if not ckpt.exists() or rec is None:
+            raise FileNotFoundError(f"run_id={run_id!r}: no finished training run {ckpt} (+ .json sidecar)")
+        model = models_mod.load(ckpt)
     return evaluate_model(model, x, y, dataset=dataset, defense=defense, eps_list=eps_grid(profile, eps_max, eps_step),
                           steps=steps or prof["eval_steps"], restarts=restarts or prof["eval_restarts"], seed=seed,
                           profile=profile, model_id=rec["run_id"], progress=progress,
@@ -459,11 +469,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    ap.add_argument("--run-id", default=None, help="evaluate this finished training run instead of the registered one")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     curve, _, side = evaluate_registered(args.dataset, args.defense, profile=args.profile, seed=args.seed,
-                                         device=args.device)
+                                         device=args.device, run_id=args.run_id)
     print(curve[curve["attack"] == "worst-per-example"][["eps", "accuracy"]].to_string(index=False))
     print(f"[{args.dataset}/{args.defense}] done in {side['wall_time_s']} s; {side['files']}")
 
