@@ -10,7 +10,8 @@ Sections between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers ar
 * ``robustness``: ``results/<dataset>/robustness.csv`` (per-example worst case and the paper's
   worst case at a few ε);
 * ``claims``: ``results/<dataset>/claims.csv`` (notebook 04's verdicts);
-* ``autoattack``: ``results/<dataset>/robustness/autoattack-*.csv`` of the models in ``robustness.json``.
+* ``autoattack``: ``results/<dataset>/robustness/autoattack-*.csv`` of the models in ``robustness.json``;
+* ``selection``: ``results/<dataset>/selection/grid-cpu.csv`` (notebook 03's grid points scored so far).
 
 ``tests/test_notebooks.py`` runs the check, so the README cannot drift from the CSVs.
 """
@@ -141,7 +142,32 @@ def autoattack_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
+def selection_table(root: Path = ROOT) -> str:
+    """The scored grid points of notebook 03 (``results/<dataset>/selection/grid-cpu.csv``)."""
+    lines = ["| data set | defense | hyperparameters | clean val accuracy | worst case ε = 3 / 4 | admissible | "
+             "winner (of the points scored) | paper's pick |", "|---|---|---|---|---|---|---|---|"]
+    for ds in NAMES:
+        f = root / "results" / ds / "selection" / "grid-cpu.csv"
+        side = f.with_suffix(".json")
+        t = pd.read_csv(f) if f.exists() else pd.DataFrame()
+        missing = len(json.loads(side.read_text()).get("points_missing", [])) if side.exists() else None
+        if t.empty:
+            lines.append(f"| {NAMES[ds]} | no point scored yet{f' ({missing} missing)' if missing else ''} | | | | | | |")
+            continue
+        order = {d: i for i, d in enumerate(DEFENSE_NAMES)}
+        t = t.assign(_o=t["defense"].map(order)).sort_values(["_o", *[c for c in ("eps", "lam1", "lam2") if c in t]])
+        for _, r in t.iterrows():
+            hp = ", ".join(f"{sym} = {r[c]:g}" for c, sym in (("eps", "ε"), ("lam1", "λ1"), ("lam2", "λ2"))
+                           if c in r and r[c] == r[c])
+            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[r['defense']]} | {hp} | {100 * r['clean_val_acc']:.2f}% | "
+                         f"{100 * r['worst_min_3']:.1f} / {100 * r['worst_min_4']:.1f} | "
+                         f"{'yes' if _bool(r['admissible']) else 'no'} | {'**yes**' if _bool(r['winner']) else ''} | "
+                         f"{'yes' if _bool(r['paper_pick']) else ''} |")
+        lines.append(f"| {NAMES[ds]} | ({missing} grid points not scored yet) | | | | | | |")
+    return "\n".join(lines)
+
+
+TABLES = {"selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
