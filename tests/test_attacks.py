@@ -261,3 +261,34 @@ def test_evaluate_registered_run_id_is_the_curve_notebook_04_later_reads(tmp_pat
     assert again.equals(curve)
     with pytest.raises(FileNotFoundError, match="run_id='0000000000'"):
         evaluation.evaluate_registered("mnist", "none", profile="smoke", progress=False, run_id="0000000000")
+
+
+def test_per_model_rows_reuses_unchanged_models_and_computes_the_others(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from crossholder import evaluation, experiments
+
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
+    params = {"n": 10, "steps": 5, "restarts": 1}
+    calls = []
+
+    def compute_one(defense):
+        calls.append(defense)
+        return pd.DataFrame({"defense": [defense], "accuracy": [len(calls) / 10]})
+
+    def table(models):
+        return experiments.cached_table(
+            "mnist/robustness/sanity", {"models": models, **params},
+            lambda: evaluation.per_model_rows("sanity", "mnist", models, params, compute_one, seed=0, profile="smoke"),
+            seed=0, profile="smoke", code_version=evaluation.EVAL_CODE_VERSION)[0]
+
+    first = table({"none": "a1", "adversarial": "b1"})
+    assert calls == ["none", "adversarial"]
+    second = table({"none": "a1", "adversarial": "b2"})              # only the changed model is computed
+    assert calls == ["none", "adversarial", "adversarial"]
+    assert second[second["defense"] == "none"].equals(first[first["defense"] == "none"])
+    # other parameters (or another seed) are not a donor
+    evaluation.per_model_rows("sanity", "mnist", {"none": "a1"}, {**params, "steps": 6}, compute_one, seed=0,
+                              profile="smoke")
+    evaluation.per_model_rows("sanity", "mnist", {"none": "a1"}, params, compute_one, seed=1, profile="smoke")
+    assert calls[-2:] == ["none", "none"]

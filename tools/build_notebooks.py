@@ -475,20 +475,22 @@ more restarts, logits × 10 (the CW margin is invariant, cross-entropy is not), 
 random-noise attack with as many queries as the white-box attack's gradient steps.
 """),
     code("""
-def _sanity():
-    frames = []
-    for defense, rec in records.items():
-        model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"], map_location=dev)
-        frames.append(evaluation.sanity_checks(model, x[:sanity_n].to(dev), y[:sanity_n].to(dev), dataset=dataset,
-                                               defense=defense,
-                                               steps=steps, restarts=restarts, seed=seed))
-    return pd.concat(frames, ignore_index=True)
+model_ids = {d: r["run_id"] for d, r in records.items()}
+sanity_params = {"n": sanity_n, "steps": steps, "restarts": restarts}
 
 
+def _sanity_one(defense):
+    model = training.models_mod.load(experiments.paths.project_root() / records[defense]["checkpoint"], map_location=dev)
+    return evaluation.sanity_checks(model, x[:sanity_n].to(dev), y[:sanity_n].to(dev), dataset=dataset,
+                                    defense=defense, steps=steps, restarts=restarts, seed=seed)
+
+
+# a model whose rows an earlier table holds (same protocol) is not attacked again
 sanity, _, _ = experiments.cached_table(
-    f"{dataset}/robustness/sanity", {"models": {d: r["run_id"] for d, r in records.items()}, "n": sanity_n,
-                                      "steps": steps, "restarts": restarts},
-    _sanity, seed=seed, profile=profile, code_version=evaluation.EVAL_CODE_VERSION)
+    f"{dataset}/robustness/sanity", {"models": model_ids, **sanity_params},
+    lambda: evaluation.per_model_rows("sanity", dataset, model_ids, sanity_params, _sanity_one, seed=seed,
+                                      profile=profile),
+    seed=seed, profile=profile, code_version=evaluation.EVAL_CODE_VERSION)
 """),
     code("""
 # NBVAL_CHECK_OUTPUT
@@ -501,21 +503,21 @@ AutoAttack's standard L2 version (APGD-CE, APGD-T, FAB-T, Square; Croce & Hein 2
 accuracy should not fall clearly below our per-example worst case: `gap` = ours − AutoAttack's.
 """),
     code("""
-def _autoattack():
-    frames = []
-    for defense, rec in records.items():
-        model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"], map_location=dev)
-        frames.append(evaluation.autoattack_check(model, x[:autoattack_n].to(dev), y[:autoattack_n].to(dev),
-                                                  autoattack_eps,
-                                                  dataset=dataset, defense=defense, per_example=per_examples[defense],
-                                                  eps_grid_used=eps_list, seed=seed))
-    return pd.concat(frames, ignore_index=True)
+aa_params = {"n": autoattack_n, "eps": autoattack_eps, "grid": eps_list}
+
+
+def _autoattack_one(defense):
+    model = training.models_mod.load(experiments.paths.project_root() / records[defense]["checkpoint"], map_location=dev)
+    return evaluation.autoattack_check(model, x[:autoattack_n].to(dev), y[:autoattack_n].to(dev), autoattack_eps,
+                                       dataset=dataset, defense=defense, per_example=per_examples[defense],
+                                       eps_grid_used=eps_list, seed=seed)
 
 
 aa, _, _ = experiments.cached_table(
-    f"{dataset}/robustness/autoattack", {"models": {d: r["run_id"] for d, r in records.items()}, "n": autoattack_n,
-                                         "eps": autoattack_eps, "grid": eps_list},
-    _autoattack, seed=seed, profile=profile, code_version=evaluation.EVAL_CODE_VERSION)
+    f"{dataset}/robustness/autoattack", {"models": model_ids, **aa_params},
+    lambda: evaluation.per_model_rows("autoattack", dataset, model_ids, aa_params, _autoattack_one, seed=seed,
+                                      profile=profile),
+    seed=seed, profile=profile, code_version=evaluation.EVAL_CODE_VERSION)
 """),
     code("""
 # NBVAL_CHECK_OUTPUT

@@ -35,6 +35,7 @@ from . import models as models_mod
 from .attacks import LOSSES, pgd
 
 __all__ = ["to_pixel", "wilson_interval", "sweep", "curve_from_sweeps", "robustness_curve", "evaluate_model",
+           "per_model_rows",
            "ATTACKS", "EVAL_CODE_VERSION"]
 
 EVAL_CODE_VERSION = "1"
@@ -370,6 +371,39 @@ def random_noise_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
             noise = _start_noise(x.shape, eps, 2.0, seed + 7919, q, x.dtype).to(x.device)
             robust &= model((x + noise).clamp(0, 1)).argmax(1) == y
     return robust
+
+
+def per_model_rows(kind: str, dataset: str, models: dict[str, str], params: dict[str, Any], compute_one, *,
+                   seed: int, profile: str, code_version: str = EVAL_CODE_VERSION) -> pd.DataFrame:
+    """A table of ``kind`` (``"sanity"``, ``"autoattack"``) over several models, reusing earlier tables.
+
+    ``models`` maps each defense to its model's run id; ``params`` are the table's other parameters
+    (as passed to :func:`crossholder.experiments.cached_table` beside ``models``). A defense's rows
+    are copied from an earlier ``results/<dataset>/robustness/<kind>-*.csv`` whose sidecar has the same
+    parameters, seed, profile and code version and the same run id for that defense (each model's rows
+    are computed independently, with the same seed, so they are what a recomputation gives);
+    otherwise ``compute_one(defense)`` computes them. Only the models that changed are attacked again.
+    """
+    import json
+
+    folder = ex.paths.results_dir() / dataset / "robustness"
+    want = json.loads(json.dumps({**params, "code": code_version}))
+    frames = []
+    for defense, rid in models.items():
+        rows = None
+        for side in sorted(folder.glob(f"{kind}-*.json")):
+            meta = ex.read_json(side) or {}
+            other = dict(meta.get("params", {}))
+            donor_models = other.pop("models", {})
+            if (donor_models.get(defense) != rid or other != want or meta.get("seed") != seed
+                    or meta.get("profile") != profile or not side.with_suffix(".csv").exists()):
+                continue
+            table = pd.read_csv(side.with_suffix(".csv"))
+            if "defense" in table and (table["defense"] == defense).any():
+                rows = table[table["defense"] == defense]
+                break
+        frames.append(rows if rows is not None else compute_one(defense))
+    return pd.concat(frames, ignore_index=True)
 
 
 def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dataset: str, defense: str,
