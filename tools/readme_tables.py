@@ -37,7 +37,8 @@ def _hyper(h: dict) -> str:
     if d == "cross_lipschitz":
         return f"λ1 = {h['lam1']:g}, {h['classes'].replace('_', '-')}"
     if d == "cross_holder":
-        return f"λ1 = {h['lam1']:g}, λ2 = {h['lam2']:g}, {h['classes'].replace('_', '-')}, {h['mode']} mode"
+        return (f"λ1 = {h['lam1']:g}, λ2 = {h['lam2']:g}, {h['classes'].replace('_', '-')}, {h['mode']} mode"
+                + (", compiled" if h.get("compiled") else ""))
     if d == "adversarial":
         return f"ε = {h['eps']:g} (paper units)"
     return ""
