@@ -139,7 +139,7 @@ def autoattack_table(root: Path = ROOT) -> str:
             for _, r in pd.read_csv(f.with_suffix(".csv")).iterrows():
                 lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[r['defense']]} | {int(r['n'])} | {r['eps']:g} | "
                              f"{100 * r['autoattack']:.0f}% | {100 * r['ours_worst_per_example']:.0f}% | "
-                             f"{100 * r['gap']:+.0f} |")
+                             f"{int(round(100 * r['gap'])):+d} |")
     return "\n".join(lines)
 
 
