@@ -98,3 +98,16 @@ def test_registered_models_are_the_final_choices():
             cfg = training.make_config(dataset, defense, profile="cpu", **picks.get(defense, {}))
             assert rec["run_id"] == cfg.run_id, (f"{dataset}/{defense}: registered {rec['run_id']}, FINAL names "
                                                  f"{cfg.run_id}: run notebook 02 and notebook 04 for it")
+
+
+def test_cached_table_returns_the_same_frame_computed_or_loaded(tmp_path, monkeypatch):
+    """A first run and a rerun of a notebook print the same table (None and bools as read from the CSV)."""
+    import pandas as pd
+
+    from crossholder import experiments
+
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
+    frame = pd.DataFrame({"check": ["a", "b"], "passed": [True, None], "value": [0.25, 1.0]})
+    first, csv, _ = experiments.cached_table("x/t", {"k": 1}, lambda: frame, seed=0, profile="smoke", code_version="1")
+    again, csv2, _ = experiments.cached_table("x/t", {"k": 1}, lambda: 1 / 0, seed=0, profile="smoke", code_version="1")
+    assert csv == csv2 and first.to_string() == again.to_string()

@@ -247,7 +247,8 @@ def cached_table(path_stem: str | os.PathLike[str], params: dict[str, Any], comp
 
     ``compute`` returns a pandas DataFrame. The id hashes ``params``, ``seed``, ``profile`` and
     ``code_version``; the JSON sidecar next to the CSV holds the provenance. Returns
-    ``(DataFrame, csv_path, sidecar_dict)``.
+    ``(DataFrame, csv_path, sidecar_dict)``; the DataFrame is always the one read back from the CSV,
+    so a notebook shows the same table whether it computed it or loaded it.
     """
     import time
 
@@ -265,4 +266,5 @@ def cached_table(path_stem: str | os.PathLike[str], params: dict[str, Any], comp
                         device=device, run_id=rid, file=paths.relative_to_root(csv), rows=len(df))
     atomic_write_text(csv, df.to_csv(index=False))
     atomic_write_json(side, record)
-    return df, csv, record
+    # what a later call loads (None -> NaN, dtypes as read): the first run prints what a rerun prints
+    return pd.read_csv(csv), csv, record
