@@ -245,11 +245,11 @@ def select_points(todo: list[tuple[str, dict[str, float]]], specs: list[str]) ->
         for kv in spec.split(","):
             k, sep, v = kv.partition("=")
             try:
+                if not sep:
+                    raise ValueError(kv)
                 want[k.strip()] = float(v)
             except ValueError:
                 raise ValueError(f"point={spec!r}: expected KEY=NUMBER[,KEY=NUMBER], e.g. 'lam1=0.1,lam2=0.5'") from None
-            if not sep:
-                raise ValueError(f"point={spec!r}: expected KEY=NUMBER[,KEY=NUMBER], e.g. 'lam1=0.1,lam2=0.5'")
         hits = [(d, hp) for d, hp in todo if hp.keys() == want.keys() and all(hp[k] == want[k] for k in want)]
         if not hits:
             raise ValueError(f"point={spec!r} is not in the grid; its points: "
