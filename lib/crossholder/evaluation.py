@@ -31,7 +31,6 @@ from torch import nn
 
 from . import data as data_mod
 from . import experiments as ex
-from . import models as models_mod
 from .attacks import LOSSES, pgd
 
 __all__ = ["to_pixel", "wilson_interval", "sweep", "curve_from_sweeps", "robustness_curve", "evaluate_model",
@@ -481,11 +480,7 @@ def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", see
     if run_id is None:
         model, rec = training.load_registered(dataset, defense)
     else:
-        ckpt = ex.paths.results_dir() / data_mod.check_dataset(dataset) / "models" / f"{ex.check_defense(defense)}-{run_id}.pt"
-        rec = ex.read_json(ckpt.with_suffix(".json"))
-        if not ckpt.exists() or rec is None:
-            raise FileNotFoundError(f"run_id={run_id!r}: no finished training run {ckpt} (+ .json sidecar)")
-        model = models_mod.load(ckpt)
+        model, rec = training.load_run(dataset, defense, run_id)
     return evaluate_model(model, x, y, dataset=dataset, defense=defense, eps_list=eps_grid(profile, eps_max, eps_step),
                           steps=steps or prof["eval_steps"], restarts=restarts or prof["eval_restarts"], seed=seed,
                           profile=profile, model_id=rec["run_id"], progress=progress,

@@ -54,7 +54,8 @@ from . import paths
 from .attacks import pgd_last_iterate
 from .regularizers import DirectionStore, hein_cross_lipschitz, regularized_loss
 
-__all__ = ["TrainConfig", "TrainResult", "make_config", "train", "load_registered", "selected_models", "accuracy",
+__all__ = ["TrainConfig", "TrainResult", "make_config", "train", "load_registered", "load_run", "selected_models",
+           "accuracy",
            "TRAIN_CODE_VERSION"]
 
 TRAIN_CODE_VERSION = "1"
@@ -196,11 +197,17 @@ class TrainResult:
     record: dict[str, Any] = field(default_factory=dict)
 
 
+def _checkpoint_path(dataset: str, name: str) -> Path:
+    """``results/<dataset>/models/<defense>-<run id>.pt`` (its sidecar: the same with ``.json``)."""
+    return paths.results_dir() / dataset / "models" / f"{name}.pt"
+
+
 def _paths(cfg: TrainConfig) -> dict[str, Path]:
     res = paths.results_dir()
+    ckpt = _checkpoint_path(cfg.dataset, cfg.name)
     return {
-        "checkpoint": res / cfg.dataset / "models" / f"{cfg.name}.pt",
-        "sidecar": res / cfg.dataset / "models" / f"{cfg.name}.json",
+        "checkpoint": ckpt,
+        "sidecar": ckpt.with_suffix(".json"),
         "log": res / cfg.dataset / "training" / f"{cfg.name}.csv",
         "state": paths.scratch_dir() / f"train-{cfg.dataset}-{cfg.name}" / "state.pt",
     }
@@ -452,6 +459,15 @@ def load_registered(dataset: str, defense: str) -> tuple[nn.Module, dict[str, An
                        f"`python -m crossholder.training --dataset {dataset} --defense {defense}`")
     rec = reg[key]
     return models_mod.load(paths.project_root() / rec["checkpoint"]), rec
+
+
+def load_run(dataset: str, defense: str, run_id: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of the finished training run ``<defense>-<run_id>`` (registered or not) and its record."""
+    ckpt = _checkpoint_path(data_mod.check_dataset(dataset), f"{ex.check_defense(defense)}-{run_id}")
+    rec = ex.read_json(ckpt.with_suffix(".json"))
+    if not ckpt.exists() or rec is None:
+        raise FileNotFoundError(f"run_id={run_id!r}: no finished training run {ckpt} (+ .json sidecar)")
+    return models_mod.load(ckpt), rec
 
 
 def main(argv: list[str] | None = None) -> None:
