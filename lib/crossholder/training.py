@@ -55,8 +55,7 @@ from .attacks import pgd_last_iterate
 from .regularizers import DirectionStore, hein_cross_lipschitz, regularized_loss
 
 __all__ = ["TrainConfig", "TrainResult", "make_config", "train", "load_registered", "load_run", "selected_models",
-           "accuracy",
-           "TRAIN_CODE_VERSION"]
+           "accuracy", "TRAIN_CODE_VERSION"]
 
 TRAIN_CODE_VERSION = "1"
 MODES = ("fast", "faithful")
