@@ -37,7 +37,10 @@ def main() -> None:
     ap.add_argument("--faithful-rounds", type=int, default=1, help="faithful mode is ~100x slower")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="leave glibc malloc at its defaults (training.train tunes it: experiments.tune_allocator)")
     args = ap.parse_args()
+    allocator = "default" if args.default_allocator else experiments.tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -104,7 +107,7 @@ def main() -> None:
     best["cross_holder_faithful_all"] = min(t_faithful)
     plain = min(best["plain"], best.get("plain_compiled", math.inf))   # the faster plain step is the reference
     print(f"threads: {torch.get_num_threads()}; channels_last; one step on a batch of 128 (best of {args.rounds}); "
-          f"torch.compile: {'yes' if use_compile else 'no (' + (why or '--no-compile') + ')'}")
+          f"torch.compile: {'yes' if use_compile else 'no (' + (why or '--no-compile') + ')'}; allocator: {allocator}")
     print(f"fast Cross-Hölder: {iters} power step(s) + the training product ('_0': the training product only)")
     for k, t in best.items():
         print(f"  {k:38s} {t * 1e3:9.1f} ms   {t / best['plain']:7.2f}x eager plain   {t / plain:7.2f}x best plain")
@@ -156,6 +159,7 @@ def main() -> None:
         "plain_step_ms": round(best["plain"] * 1e3, 2),
         "best_plain_step_ms": round(plain * 1e3, 2),
         "threads": torch.get_num_threads(),
+        "allocator": allocator,
         "fidelity_median": round(fidelity_median, 4),
         "fidelity_min_epoch_median": round(float(fid["fidelity_median"].min()), 4),
         "fidelity_source": source,

@@ -42,8 +42,9 @@ def test_outputs_provenance_and_registry(tmp_path, monkeypatch):
     rec = reg["mnist/none"]
     for key in ("checkpoint", "hyperparameters", "profile", "seed", "provenance", "clean_test_accuracy"):
         assert key in rec
-    for key in ("params", "seed", "profile", "git_commit", "versions", "device", "wall_time_s"):
+    for key in ("params", "seed", "profile", "git_commit", "versions", "device", "wall_time_s", "allocator"):
         assert key in rec["provenance"]
+    assert rec["provenance"]["allocator"] == experiments.tune_allocator()   # train() applied it
     m, rec2 = training.load_registered("mnist", "none")
     assert torch.equal(next(m.parameters()), next(res.model.parameters())) and rec2 == rec
     cols = set(res.log.columns)
@@ -129,3 +130,16 @@ def test_device_argument_checked():
             experiments.check_device("cuda")
         with pytest.raises(ValueError, match="no CUDA GPU"):
             training.train(training.make_config("mnist", "none", profile="smoke"), device="cuda")
+
+
+def test_tune_allocator_applies_glibc_settings_once():
+    import platform
+
+    state = experiments.tune_allocator()
+    assert experiments.tune_allocator() == state          # idempotent
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert state.startswith("glibc mallopt")
+        for name in experiments.MALLOC_SETTINGS:
+            assert name in state
+    else:
+        assert state == "default"

@@ -197,6 +197,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     identity (random starts are drawn on the CPU either way).
     """
     dev = ex.check_device(device)
+    ex.tune_allocator()
     params = {"dataset": dataset, "defense": defense, "model": model_id, "eps": list(eps_list), "steps": steps,
               "restarts": restarts, "n": len(x), "eps_unit": "paper", "losses": list(LOSSES)}
     rid = ex.run_id({**params, "seed": seed, "profile": profile, "code": EVAL_CODE_VERSION})

@@ -30,7 +30,7 @@ import torch
 from . import paths
 
 __all__ = ["PROFILES", "PAPER", "FINAL", "DEFENSES", "TRAINING_CHOICES", "check_profile", "check_defense", "run_id",
-           "provenance", "atomic_write_json", "atomic_write_text", "read_json", "update_json", "git_commit"]
+           "provenance", "tune_allocator", "MALLOC_SETTINGS", "atomic_write_json", "atomic_write_text", "read_json", "update_json", "git_commit"]
 
 DEFENSES = ("none", "cross_lipschitz", "cross_holder", "adversarial")
 
@@ -168,6 +168,42 @@ def git_commit() -> str:
         return "unknown"
 
 
+# ---------------------------------------------------------------- memory allocator
+#: glibc ``mallopt`` settings applied by :func:`tune_allocator` (parameter numbers from malloc.h).
+MALLOC_SETTINGS = {"M_TRIM_THRESHOLD": (-1, 1 << 30), "M_TOP_PAD": (-2, 1 << 30), "M_MMAP_THRESHOLD": (-3, 1 << 25)}
+_ALLOCATOR: dict[str, str] = {}
+
+
+def tune_allocator() -> str:
+    """Keep freed memory in the process instead of handing it back to the OS at every step (glibc only).
+
+    A training step on a CPU allocates and frees tens of tensors of 1-100 MB (the layer-1
+    activations of a batch of 128 are 11 MB; nine times that for all classes). With glibc's
+    defaults, blocks above the mmap threshold are fresh ``mmap`` s and the top of the heap is
+    trimmed after every step, so every step page-faults its memory in again. This sets
+    :data:`MALLOC_SETTINGS` (trim and top pad 1 GiB, mmap threshold 32 MiB, glibc's maximum), so
+    freed blocks are reused. Measured on this project's 2-core CPU (``benchmarks/bench_training.py``,
+    1 thread): an all-class Cross-Hölder step 2.9 s -> 2.0 s, faithful mode 22 s -> 11 s; the
+    runner-up steps are unchanged. The process keeps its peak memory. Same numbers, only faster.
+
+    Idempotent; returns a description for the provenance (``"default"`` where not glibc).
+    """
+    if "state" not in _ALLOCATOR:
+        state = "default"
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None)
+            if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version"):
+                ok = all(libc.mallopt(num, val) == 1 for num, val in MALLOC_SETTINGS.values())
+                if ok:
+                    state = "glibc mallopt " + ", ".join(f"{k}={v}" for k, (_, v) in MALLOC_SETTINGS.items())
+        except (OSError, AttributeError):
+            pass
+        _ALLOCATOR["state"] = state
+    return _ALLOCATOR["state"]
+
+
 def provenance(*, params: dict[str, Any], seed: int, profile: str, wall_time_s: float | None = None,
                device: str = "cpu", **extra: Any) -> dict[str, Any]:
     """The provenance sidecar: parameters, seed, profile, git commit, library versions, device, wall time."""
@@ -188,6 +224,7 @@ def provenance(*, params: dict[str, Any], seed: int, profile: str, wall_time_s: 
                      "torchvision": torchvision.__version__, "numpy": numpy.__version__},
         "device": dev,
         "wall_time_s": None if wall_time_s is None else round(float(wall_time_s), 2),
+        "allocator": _ALLOCATOR.get("state", "default"),
     }
     out.update(extra)
     return out

@@ -280,6 +280,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
     """
     cfg.validate()
     dev = ex.check_device(device)
+    ex.tune_allocator()
     if threads is not None:
         torch.set_num_threads(threads)
     p = _paths(cfg)
