@@ -292,3 +292,16 @@ def test_per_model_rows_reuses_unchanged_models_and_computes_the_others(tmp_path
                               profile="smoke")
     evaluation.per_model_rows("sanity", "mnist", {"none": "a1"}, params, compute_one, seed=1, profile="smoke")
     assert calls[-2:] == ["none", "none"]
+
+
+def test_evaluation_cli_says_when_rows_were_reused(monkeypatch, capsys):
+    """A run that took its rows from a larger run says so, instead of a bare "done in 0.01 s"."""
+    from crossholder import evaluation
+
+    curve = evaluation.pd.DataFrame({"attack": ["worst-per-example"], "eps": [0.0], "accuracy": [1.0]})
+    side = {"wall_time_s": 0.01, "files": ["curve.csv"],
+            "reused_from": {"examples": 300, "file": "donor-examples.csv", "wall_time_s_share": 12.5}}
+    monkeypatch.setattr(evaluation, "evaluate_registered", lambda *a, **k: (curve, None, side))
+    evaluation.main(["--dataset", "mnist", "--defense", "none"])
+    out = capsys.readouterr().out
+    assert "300 examples' rows reused from donor-examples.csv" in out and "12.5 s" in out and "0.01 s here" in out

@@ -506,7 +506,10 @@ def main(argv: list[str] | None = None) -> None:
     curve, _, side = evaluate_registered(args.dataset, args.defense, profile=args.profile, seed=args.seed,
                                          device=args.device, run_id=args.run_id)
     print(curve[curve["attack"] == "worst-per-example"][["eps", "accuracy"]].to_string(index=False))
-    print(f"[{args.dataset}/{args.defense}] done in {side['wall_time_s']} s; {side['files']}")
+    reused = side.get("reused_from")
+    how = (f"{reused['examples']} examples' rows reused from {reused['file']} (their share of its wall time: "
+           f"{reused['wall_time_s_share']} s), " if reused else "")
+    print(f"[{args.dataset}/{args.defense}] done: {how}{side['wall_time_s']} s here; {side['files']}")
 
 
 if __name__ == "__main__":
