@@ -143,3 +143,23 @@ def test_tune_allocator_applies_glibc_settings_once():
             assert name in state
     else:
         assert state == "default"
+
+
+def test_atomic_writers_give_ordinary_file_permissions(tmp_path):
+    """mkstemp's 0600 is not what a results file or checkpoint should keep."""
+    import os
+    import stat
+
+    from crossholder import paths
+
+    want = paths.default_file_mode()
+    txt = experiments.atomic_write_text(tmp_path / "a.csv", "x\n")
+    ckpt = models.atomic_torch_save({"w": torch.zeros(1)}, tmp_path / "m.pt")
+    for f in (txt, ckpt):
+        assert stat.S_IMODE(os.stat(f).st_mode) == want
+    old = os.umask(0o027)
+    try:
+        assert paths.default_file_mode() == 0o640
+        assert stat.S_IMODE(os.stat(experiments.atomic_write_text(tmp_path / "b.csv", "y\n")).st_mode) == 0o640
+    finally:
+        os.umask(old)

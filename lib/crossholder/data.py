@@ -145,6 +145,7 @@ def _install_candidate(candidate: Path, dest: Path, expected: str, *, gz: bool) 
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
+        os.fchmod(fd, paths.default_file_mode())
         with os.fdopen(fd, "wb") as out:
             opener = gzip.open if gz else open
             with opener(candidate, "rb") as src:

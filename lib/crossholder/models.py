@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .data import MEAN_STD, check_dataset
+from .paths import default_file_mode
 
 __all__ = ["Standardize", "paper_cnn", "mlp", "build", "save", "load", "ARCHITECTURES", "CHECKPOINT_FORMAT"]
 
@@ -109,6 +110,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, default_file_mode())
     os.close(fd)
     try:
         torch.save(obj, tmp)

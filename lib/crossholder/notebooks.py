@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .paths import default_file_mode
+
 __all__ = ["strip", "is_executed"]
 
 _CELL_KEYS = ("execution", "papermill")
@@ -33,6 +35,7 @@ def strip(path: str | os.PathLike[str]) -> None:
         for k in _CELL_KEYS:
             md.pop(k, None)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, default_file_mode())
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(nb, f, indent=1, ensure_ascii=False)
         f.write("\n")

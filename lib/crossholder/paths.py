@@ -31,6 +31,7 @@ __all__ = [
     "results_dir",
     "figures_dir",
     "scratch_dir",
+    "default_file_mode",
     "relative_to_root",
     "PROJECT_ROOT",
     "DATA_DIR",
@@ -85,3 +86,14 @@ PROJECT_ROOT = project_root()
 DATA_DIR = data_dir()
 RESULTS_DIR = results_dir()
 FIGURES_DIR = figures_dir()
+
+
+def default_file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (``0o666`` less the umask).
+
+    ``tempfile.mkstemp`` creates its file with ``0o600``; the atomic writers ``fchmod`` their
+    temporary file to this before the rename, so results and checkpoints get ordinary permissions.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
