@@ -88,10 +88,44 @@ def test_fast_mode_directions_follow_their_examples():
     ("cross_holder", {"compiled": "yes"}, "compiled='yes'"),
     ("cross_holder", {"compiled": True, "mode": "faithful"}, "compiled=True supports mode='fast'"),
     ("cross_lipschitz", {"compiled": True, "cl_variant": "hein"}, "cl_variant='margin'"),
+    ("cross_holder", {"warmup_epochs": -1}, "warmup_epochs=-1"),
+    ("cross_holder", {"warmup_iters": 2.5}, "warmup_iters=2.5"),
+    ("cross_holder", {"warmup_epochs": 2, "mode": "faithful"}, "warmup_epochs=2 applies to mode='fast'"),
 ])
 def test_bad_parameters(defense, kw, match):
     with pytest.raises(ValueError, match=match):
         training.make_config("mnist", defense, profile="smoke", **kw)
+
+
+def test_warmup_schedule_sets_the_power_steps_per_epoch(monkeypatch, tmp_path):
+    """warmup_iters for the first warmup_epochs epochs (also in the fidelity probe), inner_iters after."""
+    plain = training.make_config("mnist", "cross_holder", profile="smoke")
+    assert "warmup_epochs" not in plain.relevant()        # runs made before the option keep their ids
+    cfg = training.make_config("mnist", "cross_holder", profile="smoke", epochs=3, warmup_epochs=2, warmup_iters=3,
+                               cold_iters=2)
+    assert cfg.relevant()["warmup_iters"] == 3 and cfg.run_id != plain.run_id
+    assert [cfg.iters_at(e) for e in range(4)] == [3, 3, 1, 1]
+    seen: list[tuple[str, int]] = []
+    real_loss, real_probe = training.regularized_loss, training._fidelity_probe
+
+    def spy_loss(*a, **k):
+        seen.append(("step", k["inner_iters"]))
+        return real_loss(*a, **k)
+
+    def spy_probe(*a, **k):
+        seen.append(("probe", k["inner_iters"]))
+        return real_probe(*a, **k)
+
+    monkeypatch.setattr(training, "regularized_loss", spy_loss)
+    monkeypatch.setattr(training, "_fidelity_probe", spy_probe)
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
+    training.train(cfg, progress=False)
+    steps = len(seen) // 3 - 1                           # steps per epoch (one probe per epoch)
+    per_epoch = [seen[e * (steps + 1):(e + 1) * (steps + 1)] for e in range(3)]
+    # epoch 1: every visit is a first visit -> max(cold_iters, warmup_iters) = 3; the probe uses the next epoch's
+    assert per_epoch[0] == [("step", 3)] * steps + [("probe", 3)]
+    assert per_epoch[1] == [("step", 3)] * steps + [("probe", 1)]
+    assert per_epoch[2] == [("step", 1)] * steps + [("probe", 1)]
 
 
 def test_compiled_is_part_of_the_identity_only_when_set():

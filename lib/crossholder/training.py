@@ -9,8 +9,9 @@ Every defense uses the same optimizer, schedule, batch size and number of epochs
 * ``cross_holder``: eq. (5). ``mode="faithful"``: Algorithm 1 (fresh ``v ~ N(0, I)`` each step,
   T = 10 ascent steps of size o = 0.1). ``mode="fast"`` (ours): directions kept per training
   example between epochs (:class:`~crossholder.regularizers.DirectionStore`), ``inner_iters``
-  power steps (``cold_iters`` on an example's first visit, from a random direction), and the
-  training step's own product ``H v`` kept as the next power step. ``compiled=True`` runs the
+  power steps (at least ``cold_iters`` on an example's first visit, from a random direction;
+  ``max(inner_iters, warmup_iters)`` in the first ``warmup_epochs`` epochs, when kept directions go
+  stale fastest), and the training step's own product ``H v`` kept as the next power step. ``compiled=True`` runs the
   explicit second-order passes through ``torch.compile`` (``regularized_loss(compiled=True)``;
   about 1.5x faster per step on this CPU, needs a C++ compiler); it is part of a run's identity.
 * ``adversarial``: Madry et al.'s L2 PGD adversarial training, trained on the last PGD iterate
@@ -84,6 +85,8 @@ class TrainConfig:
     inner: str = ex.TRAINING_CHOICES["fast_inner"]
     inner_iters: int = ex.TRAINING_CHOICES["fast_inner_iters"]
     cold_iters: int = ex.TRAINING_CHOICES["fast_cold_iters"]
+    warmup_iters: int = 0
+    warmup_epochs: int = 0
     step: float = 0.1
     cl_variant: str = "margin"
     compiled: bool = False
@@ -123,8 +126,12 @@ class TrainConfig:
         if self.compiled and self.defense == "cross_holder" and (self.mode != "fast" or self.inner != "power"):
             raise ValueError(f"compiled=True supports mode='fast' with inner='power', got mode={self.mode!r}, "
                              f"inner={self.inner!r}")
-        if not isinstance(self.cold_iters, int) or self.cold_iters < 0:
-            raise ValueError(f"cold_iters={self.cold_iters!r} must be an integer >= 0")
+        for name in ("cold_iters", "warmup_iters", "warmup_epochs"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name}={v!r} must be an integer >= 0")
+        if self.warmup_epochs and self.mode != "fast":
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} applies to mode='fast' only, got mode={self.mode!r}")
         for name in ("epochs", "batch_size", "at_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -145,11 +152,22 @@ class TrainConfig:
             keep |= {"lam1", "lam2", "classes", "mode", "inner", "inner_iters", "step"}
             if self.mode == "fast":
                 keep |= {"cold_iters"}
+                if self.warmup_epochs:   # only when set: runs made before the option existed keep their ids
+                    keep |= {"warmup_iters", "warmup_epochs"}
         elif self.defense == "adversarial":
             keep |= {"eps", "eps_unit", "at_steps"}
         if self.compiled and self.defense in ("cross_lipschitz", "cross_holder"):
             keep |= {"compiled"}   # only when True: runs made before the option existed keep their ids
         return {k: v for k, v in d.items() if k in keep}
+
+    def iters_at(self, epoch: int) -> int:
+        """Fast mode's power steps before the training product at 0-based ``epoch`` (the warm-up schedule).
+
+        ``max(inner_iters, warmup_iters)`` for the first ``warmup_epochs`` epochs, ``inner_iters``
+        after: kept directions go stale fastest early in training, when the network changes most
+        between two visits of an example (results/mnist/benchmarks/fidelity-frontier.csv).
+        """
+        return max(self.inner_iters, self.warmup_iters) if epoch < self.warmup_epochs else self.inner_iters
 
     @property
     def run_id(self) -> str:
@@ -230,8 +248,14 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
 
 
 def _step_loss(cfg: TrainConfig, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor,
-               store: DirectionStore | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """The loss of one batch and its terms; also the clean logits (for the train accuracy)."""
+               store: DirectionStore | None, gen: torch.Generator, inner_iters: int | None = None
+               ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """The loss of one batch and its terms; also the clean logits (for the train accuracy).
+
+    ``inner_iters``: fast mode's power steps at this epoch (:meth:`TrainConfig.iters_at`; default ``cfg.inner_iters``).
+    """
+    if inner_iters is None:
+        inner_iters = cfg.inner_iters
     if cfg.defense == "none":
         logits = model(xb)
         loss = F.cross_entropy(logits, yb)
@@ -256,7 +280,7 @@ def _step_loss(cfg: TrainConfig, model: nn.Module, xb: torch.Tensor, yb: torch.T
         cold = bool((store.classes[idx] < 0).any())   # first visit: a fresh direction needs more steps
         v0 = store.get(idx, gen, dtype=xb.dtype)
         out = regularized_loss(model, xb, yb, lam1=cfg.lam1, lam2=cfg.lam2, classes=cfg.classes, v0=v0,
-                               inner=cfg.inner, inner_iters=cfg.cold_iters if cold else cfg.inner_iters,
+                               inner=cfg.inner, inner_iters=max(cfg.cold_iters, inner_iters) if cold else inner_iters,
                                step=cfg.step, generator=gen, compiled=cfg.compiled)
         store.put(idx, out.v_next, out.j)
     terms = {"ce": out.ce.item(), "grad_term": out.grad_term.item(), "hess_term": out.hess_term.item()}
@@ -348,7 +372,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
             idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             idx_d = idx.to(dev)
             xb, yb = x[idx_d], y[idx_d]
-            loss, terms, logits = _step_loss(cfg, model, xb, yb, idx, store, gen_noise)
+            loss, terms, logits = _step_loss(cfg, model, xb, yb, idx, store, gen_noise, cfg.iters_at(epoch))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {s}: {terms}")
             opt.zero_grad(set_to_none=True)
@@ -370,7 +394,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
         row["regularizer"] = cfg.lam1 * (row["grad_term"] + cfg.lam2 * row["hess_term"]) \
             if cfg.defense in ("cross_lipschitz", "cross_holder") else 0.0
         if store is not None:
-            row.update(_fidelity_probe(cfg, model, x, y, store, n=16 if cfg.profile == "smoke" else 128))
+            row.update(_fidelity_probe(cfg, model, x, y, store, n=16 if cfg.profile == "smoke" else 128,
+                                       inner_iters=cfg.iters_at(epoch + 1)))
         rows.append(row)
         wall = wall_before + (time.perf_counter() - t_run)
         # log first, then the state that points at it: a kill between the two re-runs one epoch at most
@@ -416,12 +441,14 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
 
 
 def _fidelity_probe(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    store: DirectionStore, n: int = 128, cold_products: int = 50) -> dict[str, float]:
+                    store: DirectionStore, n: int = 128, cold_products: int = 50,
+                    inner_iters: int | None = None) -> dict[str, float]:
     """Fast mode's ||H v|| on a fixed probe batch against a cold-start Lanczos estimate.
 
     For the first ``n`` training examples (runner-up class of each), ``v`` is the kept direction
-    advanced by the run's ``inner_iters`` power steps on the current network: what the next training
-    step on those examples would use. Returns the median and 10% quantile of fast / cold.
+    advanced by the power steps of the next epoch (``inner_iters``, default ``cfg.inner_iters``;
+    :meth:`TrainConfig.iters_at`) on the current network: what the next training step on those
+    examples would use. Returns the median and 10% quantile of fast / cold.
     """
     from .hessian import operator_norm
 
@@ -431,7 +458,8 @@ def _fidelity_probe(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torc
     idx = torch.arange(min(n, len(x)))
     xb, yb = x[: len(idx)], y[: len(idx)]
     v0 = store.get(idx, torch.Generator().manual_seed(0))[:, 0]
-    fast = operator_norm(model, xb, yb, "runner_up", method="power", iters=cfg.inner_iters + 1, v0=v0)
+    k = cfg.inner_iters if inner_iters is None else inner_iters
+    fast = operator_norm(model, xb, yb, "runner_up", method="power", iters=k + 1, v0=v0)
     cold = operator_norm(model, xb, yb, "runner_up", method="lanczos", iters=cold_products, seed=0)
     model.train()
     ratio = fast.norm / cold.norm.clamp_min(1e-30)
