@@ -3,9 +3,12 @@
 On the same batch of 128 MNIST training images and the same model, times one full step (forward,
 loss, backward, Adam update) of: plain cross-entropy; Cross-Lipschitz over the runner-up class and
 over all classes; Cross-Hölder fast mode (warm directions, 1 power step + the training product)
-over the runner-up class and over all classes; Cross-Hölder faithful mode (Algorithm 1: fresh
+over the runner-up class and over all classes, and on the runner-up class with 0 power steps and
+with ``WARMUP_ITERS`` (the warm-up epochs of ``TrainConfig.warmup_epochs``); Cross-Hölder faithful mode (Algorithm 1: fresh
 directions, T = 10 ascent steps of o = 0.1, all classes); PGD adversarial training (10 steps).
 Timings are interleaved (each round times every variant once) and the minimum over rounds is kept.
+The process's allocator is tuned as training tunes it (``experiments.tune_allocator``) unless
+``--default-allocator`` is given.
 
 Fidelity: fast mode's ||H v|| against a cold-start Lanczos estimate with 50 products on the same
 examples, at the end of every epoch of a real training run (the ``fidelity_median`` column of the
@@ -29,6 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from crossholder import attacks, data, experiments, models, paths, regularizers, training
+
+
+WARMUP_ITERS = 4   # power steps per visit in the warm-up epochs of the fidelity run (README, fidelity table)
 
 
 def main() -> None:
@@ -85,6 +91,10 @@ def main() -> None:
             f"cross_holder_fast_all{sfx}": step(reg(c, lam1=lam1, lam2=lam2, classes="all", v0=v9, inner="power",
                                                     inner_iters=iters)),
         })
+        if c or not use_compile:
+            # the warm-up epochs of a run with warmup_iters=WARMUP_ITERS (training.TrainConfig.iters_at)
+            variants[f"cross_holder_fast_runner_up_{WARMUP_ITERS}{sfx}"] = step(reg(
+                c, lam1=lam1, lam2=lam2, classes="runner_up", v0=v1, inner="power", inner_iters=WARMUP_ITERS))
     variants["adversarial_10_steps"] = step(lambda: F.cross_entropy(model(attacks.pgd_last_iterate(
         model, xb, yb, eps_at, steps=10, generator=g)), yb))
     faithful = step(lambda: regularizers.regularized_loss(
@@ -108,7 +118,8 @@ def main() -> None:
     plain = min(best["plain"], best.get("plain_compiled", math.inf))   # the faster plain step is the reference
     print(f"threads: {torch.get_num_threads()}; channels_last; one step on a batch of 128 (best of {args.rounds}); "
           f"torch.compile: {'yes' if use_compile else 'no (' + (why or '--no-compile') + ')'}; allocator: {allocator}")
-    print(f"fast Cross-Hölder: {iters} power step(s) + the training product ('_0': the training product only)")
+    print(f"fast Cross-Hölder: {iters} power step(s) + the training product ('_0': the training product only, "
+          f"'_{WARMUP_ITERS}': {WARMUP_ITERS} power steps, the warm-up epochs)")
     for k, t in best.items():
         print(f"  {k:38s} {t * 1e3:9.1f} ms   {t / best['plain']:7.2f}x eager plain   {t / plain:7.2f}x best plain")
     sfx = "_compiled" if use_compile else ""
@@ -123,9 +134,13 @@ def main() -> None:
     fid_rows = []
     for csv in sorted((paths.results_dir()).glob("*/training/cross_holder-*.csv")):
         log = pd.read_csv(csv)
+        side = csv.parent.parent / "models" / (csv.stem + ".json")
+        hp = json.loads(side.read_text())["hyperparameters"] if side.exists() else {}
+        sched = (f"{hp.get('warmup_iters')} then {hp.get('inner_iters')} from epoch {hp['warmup_epochs'] + 1}"
+                 if hp.get("warmup_epochs") else str(hp.get("inner_iters", "?")))
         if "fidelity_median" in log:
             for _, r in log.iterrows():
-                fid_rows.append({"run": csv.stem, "dataset": csv.parts[-3], "epoch": int(r["epoch"]),
+                fid_rows.append({"run": csv.stem, "dataset": csv.parts[-3], "power_steps": sched, "epoch": int(r["epoch"]),
                                  "fidelity_median": float(r["fidelity_median"]),
                                  "fidelity_q10": float(r["fidelity_q10"])})
     source = "training logs in results/"
@@ -155,6 +170,9 @@ def main() -> None:
         "cross_lipschitz_runner_up_vs_plain": round(best["cross_lipschitz_runner_up"] / plain, 3),
         "cross_lipschitz_all_vs_plain": round(best["cross_lipschitz_all"] / plain, 3),
         "cross_holder_fast_all_vs_plain": round(best["cross_holder_fast_all"] / plain, 3),
+        "cross_holder_fast_runner_up_0_vs_plain": round(best[f"cross_holder_fast_runner_up_0{sfx}"] / plain, 3),
+        f"cross_holder_fast_runner_up_{WARMUP_ITERS}_vs_plain": round(
+            best[f"cross_holder_fast_runner_up_{WARMUP_ITERS}{sfx}"] / plain, 3),
         "adversarial_10_steps_vs_plain": round(best["adversarial_10_steps"] / plain, 3),
         "plain_step_ms": round(best["plain"] * 1e3, 2),
         "best_plain_step_ms": round(plain * 1e3, 2),
@@ -162,6 +180,9 @@ def main() -> None:
         "allocator": allocator,
         "fidelity_median": round(fidelity_median, 4),
         "fidelity_min_epoch_median": round(float(fid["fidelity_median"].min()), 4),
+        "fidelity_min_epoch_median_by_run": {f"{r} ({g['power_steps'].iloc[0]} power steps)":
+                                             round(float(g["fidelity_median"].min()), 4)
+                                             for r, g in fid.groupby("run")} if "power_steps" in fid else {},
         "fidelity_source": source,
     }
     print(json.dumps(out))

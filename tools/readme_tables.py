@@ -11,7 +11,9 @@ Sections between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers ar
   worst case at a few ε);
 * ``claims``: ``results/<dataset>/claims.csv`` (notebook 04's verdicts);
 * ``autoattack``: ``results/<dataset>/robustness/autoattack-*.csv`` of the models in ``robustness.json``;
-* ``selection``: ``results/<dataset>/selection/grid-cpu.csv`` (notebook 03's grid points scored so far).
+* ``selection``: ``results/<dataset>/selection/grid-cpu.csv`` (notebook 03's grid points scored so far);
+* ``fidelity``: ``results/mnist/benchmarks/fidelity-frontier.csv`` (``benchmarks/bench_fidelity.py``) and
+  the ``fidelity_median`` column of every fast Cross-Hölder training log with its sidecar.
 
 ``tests/test_notebooks.py`` runs the check, so the README cannot drift from the CSVs.
 """
@@ -168,7 +170,44 @@ def selection_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
+STRATEGY_NAMES = {"warm_power": "kept direction, power steps", "warm_lanczos": "kept direction, Lanczos",
+                  "cold_power": "fresh direction, power steps"}
+
+
+def fidelity_table(root: Path = ROOT) -> str:
+    """Fidelity against products per visit (the frontier) and epoch by epoch in the training runs."""
+    f = root / "results" / "mnist" / "benchmarks" / "fidelity-frontier.csv"
+    t = pd.read_csv(f)
+    epochs = sorted(t["epoch"].unique())
+    lines = ["| inner loop (next visit) | products per visit | " + " | ".join(f"after epoch {e}" for e in epochs) + " |",
+             "|---|---|" + "---|" * len(epochs)]
+    for strat, name in STRATEGY_NAMES.items():
+        g = t[t["strategy"] == strat]
+        for k in sorted(g["products_per_visit"].unique()):
+            if strat == "warm_lanczos" and k < 3:   # a Krylov space of one product is the kept direction itself
+                continue
+            vals = [g[(g["products_per_visit"] == k) & (g["epoch"] == e)]["fidelity_median"] for e in epochs]
+            lines.append(f"| {name} | {k} | " + " | ".join(f"{float(v.iloc[0]):.3f}" for v in vals) + " |")
+    lines += ["", "| run | data set | power steps per visit | fidelity after epoch 1, 2, … | mean epoch time |",
+              "|---|---|---|---|---|"]
+    for ds in NAMES:
+        for log in sorted((root / "results" / ds / "training").glob("cross_holder-*.csv")):
+            side = root / "results" / ds / "models" / (log.stem + ".json")
+            lg = pd.read_csv(log)
+            if not side.exists() or "fidelity_median" not in lg:
+                continue
+            hp = json.loads(side.read_text())["hyperparameters"]
+            steps = f"{hp['inner_iters']} + the training product"
+            if hp.get("warmup_epochs"):
+                steps = (f"{max(hp['inner_iters'], hp['warmup_iters'])} in epochs 1–{hp['warmup_epochs']}, then "
+                         f"{hp['inner_iters']}; + the training product")
+            fid = ", ".join(f"{v:.2f}" for v in lg["fidelity_median"])
+            lines.append(f"| {log.stem}{' (compiled)' if hp.get('compiled') else ''} | {NAMES[ds]} | {steps} | {fid} | "
+                         f"{lg['epoch_time_s'].mean() / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+TABLES = {"fidelity": fidelity_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
