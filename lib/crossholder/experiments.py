@@ -30,7 +30,8 @@ import torch
 from . import paths
 
 __all__ = ["PROFILES", "PAPER", "FINAL", "DEFENSES", "TRAINING_CHOICES", "check_profile", "check_defense", "run_id",
-           "provenance", "tune_allocator", "MALLOC_SETTINGS", "atomic_write_json", "atomic_write_text", "read_json", "update_json", "git_commit"]
+           "provenance", "tune_allocator", "MALLOC_SETTINGS", "atomic_write_json", "atomic_write_text", "read_json",
+           "update_json", "git_commit"]
 
 DEFENSES = ("none", "cross_lipschitz", "cross_holder", "adversarial")
 
