@@ -135,9 +135,11 @@ def main() -> None:
     for csv in sorted((paths.results_dir()).glob("*/training/cross_holder-*.csv")):
         log = pd.read_csv(csv)
         side = csv.parent.parent / "models" / (csv.stem + ".json")
-        hp = json.loads(side.read_text())["hyperparameters"] if side.exists() else {}
+        if not side.exists():      # a run still training: its log is partial
+            continue
+        hp = json.loads(side.read_text())["hyperparameters"]
         sched = (f"{hp.get('warmup_iters')} then {hp.get('inner_iters')} from epoch {hp['warmup_epochs'] + 1}"
-                 if hp.get("warmup_epochs") else str(hp.get("inner_iters", "?")))
+                 if hp.get("warmup_epochs") else str(hp["inner_iters"]))
         if "fidelity_median" in log:
             for _, r in log.iterrows():
                 fid_rows.append({"run": csv.stem, "dataset": csv.parts[-3], "power_steps": sched, "epoch": int(r["epoch"]),
