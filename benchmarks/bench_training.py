@@ -14,7 +14,9 @@ Fidelity: fast mode's ||H v|| against a cold-start Lanczos estimate with 50 prod
 examples, at the end of every epoch of a real training run (the ``fidelity_median`` column of the
 Cross-Hölder training logs in results/; if there is none, a short fast-mode run is made here).
 
-Usage: ``python benchmarks/bench_training.py [--rounds 5]``. The last line is one JSON object.
+Usage: ``python benchmarks/bench_training.py [--rounds 5]``. The last JSON line printed is the summary;
+it is also written, with every variant's time and the provenance, to
+``results/mnist/benchmarks/step-cost.json``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--default-allocator", action="store_true",
                     help="leave glibc malloc at its defaults (training.train tunes it: experiments.tune_allocator)")
     args = ap.parse_args()
+    t_start = time.perf_counter()
     allocator = "default" if args.default_allocator else experiments.tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -188,6 +191,13 @@ def main() -> None:
         "fidelity_source": source,
     }
     print(json.dumps(out))
+    dest = paths.results_dir() / "mnist" / "benchmarks" / "step-cost.json"
+    experiments.atomic_write_json(dest, {
+        "summary": out, "step_ms": {k: round(t * 1e3, 2) for k, t in best.items()},
+        "provenance": experiments.provenance(params={"rounds": args.rounds, "faithful_rounds": args.faithful_rounds,
+                                                     "batch": 128, "compile": use_compile},
+                                             seed=0, profile="cpu", wall_time_s=time.perf_counter() - t_start)})
+    print(f"written: {paths.relative_to_root(dest)}")
 
 
 if __name__ == "__main__":
