@@ -236,13 +236,13 @@ def fidelity_table(root: Path = ROOT) -> str:
             lg = pd.read_csv(log)
             if not side.exists() or "fidelity_median" not in lg:
                 continue
-            hp = json.loads(side.read_text())["hyperparameters"]
+            rec = json.loads(side.read_text())
+            hp = rec["hyperparameters"]
             steps = f"{hp['inner_iters']} + the training product"
             if hp.get("warmup_epochs"):
                 steps = (f"{max(hp['inner_iters'], hp['warmup_iters'])} in epochs 1–{hp['warmup_epochs']}, then "
                          f"{hp['inner_iters']}; + the training product")
             fid = ", ".join(f"{v:.2f}" for v in lg["fidelity_median"])
-            rec = json.loads(side.read_text())
             lines.append(f"| {log.stem}{' (compiled)' if hp.get('compiled') else ''} | {NAMES[ds]} | "
                          f"{hp['lam1']:g}, {hp['lam2']:g} | {steps} | {fid} | {lg['epoch_time_s'].mean() / 60:.1f} min | "
                          f"{100 * rec['clean_test_accuracy']:.2f}% |")
