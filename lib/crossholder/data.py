@@ -143,9 +143,8 @@ def verify(dataset: str, root: Path | None = None) -> dict[str, str]:
 def _install_candidate(candidate: Path, dest: Path, expected: str, *, gz: bool) -> None:
     """Copy ``candidate`` (gunzipped if ``gz``) to a temp file next to ``dest``, verify, rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, tmp = paths.temp_beside(dest, ".part")
     try:
-        os.fchmod(fd, paths.default_file_mode())
         with os.fdopen(fd, "wb") as out:
             opener = gzip.open if gz else open
             with opener(candidate, "rb") as src:

@@ -31,7 +31,6 @@ is never arbitrary pickle.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +38,7 @@ import torch
 from torch import nn
 
 from .data import MEAN_STD, check_dataset
-from .paths import default_file_mode
+from .paths import temp_beside
 
 __all__ = ["Standardize", "paper_cnn", "mlp", "build", "save", "load", "ARCHITECTURES", "CHECKPOINT_FORMAT"]
 
@@ -109,8 +108,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, default_file_mode())
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         torch.save(obj, tmp)

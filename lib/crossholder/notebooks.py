@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from .paths import default_file_mode
+from .paths import temp_beside
 
 __all__ = ["strip", "is_executed"]
 
@@ -34,8 +33,7 @@ def strip(path: str | os.PathLike[str]) -> None:
         md = cell.get("metadata", {})
         for k in _CELL_KEYS:
             md.pop(k, None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, default_file_mode())
+    fd, tmp = temp_beside(path)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(nb, f, indent=1, ensure_ascii=False)
         f.write("\n")

@@ -32,6 +32,7 @@ __all__ = [
     "figures_dir",
     "scratch_dir",
     "default_file_mode",
+    "temp_beside",
     "relative_to_root",
     "PROJECT_ROOT",
     "DATA_DIR",
@@ -89,11 +90,21 @@ FIGURES_DIR = figures_dir()
 
 
 def default_file_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (``0o666`` less the umask).
-
-    ``tempfile.mkstemp`` creates its file with ``0o600``; the atomic writers ``fchmod`` their
-    temporary file to this before the rename, so results and checkpoints get ordinary permissions.
-    """
+    """The mode a plain ``open()`` would give a new file (``0o666`` less the umask)."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def temp_beside(dest: str | os.PathLike[str], suffix: str = ".tmp") -> tuple[int, str]:
+    """``(fd, path)`` of a new temporary file next to ``dest``, for an atomic write then ``os.replace``.
+
+    Unlike plain ``tempfile.mkstemp`` (``0o600``), the file gets :func:`default_file_mode`, so
+    results, checkpoints and data files keep ordinary permissions after the rename.
+    """
+    import tempfile
+
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    os.fchmod(fd, default_file_mode())
+    return fd, tmp

@@ -13,7 +13,8 @@ Every defense uses the same optimizer, schedule, batch size and number of epochs
   ``max(inner_iters, warmup_iters)`` in the first ``warmup_epochs`` epochs, when kept directions go
   stale fastest), and the training step's own product ``H v`` kept as the next power step.
   ``compiled=True`` runs the explicit second-order passes through ``torch.compile``
-  (``regularized_loss(compiled=True)``; about 1.5x faster per step on this CPU, needs a C++ compiler); it is part of a run's identity.
+  (``regularized_loss(compiled=True)``; about 1.5x faster per step on this CPU, needs a C++
+  compiler); it is part of a run's identity.
 * ``adversarial``: Madry et al.'s L2 PGD adversarial training, trained on the last PGD iterate
   (random start, ``at_steps`` steps of ``2.5 ε / at_steps``); ε in the paper's units is converted
   to pixels with the dataset's std (``eps_unit="paper"``), or taken as pixels (``eps_unit="pixel"``).
