@@ -4,8 +4,9 @@ On the same batch of 128 MNIST training images and the same model, times one ful
 loss, backward, Adam update) of: plain cross-entropy; Cross-Lipschitz over the runner-up class and
 over all classes; Cross-Hölder fast mode (warm directions, 1 power step + the training product)
 over the runner-up class and over all classes, and on the runner-up class with 0 power steps and
-with ``WARMUP_ITERS`` (the warm-up epochs of ``TrainConfig.warmup_epochs``); Cross-Hölder faithful mode (Algorithm 1: fresh
-directions, T = 10 ascent steps of o = 0.1, all classes); PGD adversarial training (10 steps).
+with ``WARMUP_ITERS`` (the warm-up epochs of ``TrainConfig.warmup_epochs``); Cross-Hölder faithful
+mode (Algorithm 1: fresh directions, T = 10 ascent steps of o = 0.1, all classes); PGD adversarial
+training (10 steps).
 Timings are interleaved (each round times every variant once) and the minimum over rounds is kept.
 The process's allocator is tuned as training tunes it (``experiments.tune_allocator``) unless
 ``--default-allocator`` is given.
@@ -136,16 +137,18 @@ def main() -> None:
     # fidelity from real training runs
     fid_rows = []
     for csv in sorted((paths.results_dir()).glob("*/training/cross_holder-*.csv")):
-        log = pd.read_csv(csv)
         side = csv.parent.parent / "models" / (csv.stem + ".json")
         if not side.exists():      # a run still training: its log is partial
             continue
+        log = pd.read_csv(csv)
         hp = json.loads(side.read_text())["hyperparameters"]
-        sched = (f"{hp.get('warmup_iters')} then {hp.get('inner_iters')} from epoch {hp['warmup_epochs'] + 1}"
-                 if hp.get("warmup_epochs") else str(hp["inner_iters"]))
+        # the counts TrainConfig.iters_at uses
+        sched = (f"{max(hp['inner_iters'], hp['warmup_iters'])} then {hp['inner_iters']} from epoch "
+                 f"{hp['warmup_epochs'] + 1}" if hp.get("warmup_epochs") else str(hp["inner_iters"]))
         if "fidelity_median" in log:
             for _, r in log.iterrows():
-                fid_rows.append({"run": csv.stem, "dataset": csv.parts[-3], "power_steps": sched, "epoch": int(r["epoch"]),
+                fid_rows.append({"run": csv.stem, "dataset": csv.parts[-3], "power_steps": sched,
+                                 "epoch": int(r["epoch"]),
                                  "fidelity_median": float(r["fidelity_median"]),
                                  "fidelity_q10": float(r["fidelity_q10"])})
     source = "training logs in results/"
