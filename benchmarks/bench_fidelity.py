@@ -11,6 +11,9 @@ Lanczos estimate with 50 products on the same examples (the fidelity of issue 5)
 * ``warm_lanczos``: a Krylov space of ``k - 1`` products from the kept direction, then the
   training product on its top Ritz vector (``k`` products per visit; the value is ``||H v||`` at
   the Ritz vector, what training would use, not the Ritz value);
+* ``warm_power_bf16``: as ``warm_power``, with the ``k - 1`` power steps in bfloat16
+  (``regularized_loss(power_dtype="bfloat16")``, the training code path; the training product in
+  float32);
 * ``cold_power``: a fresh Gaussian direction and ``k`` products (no kept directions at all).
 
 The states come from the MNIST Cross-Hölder run of the ``cpu`` profile (fast, runner-up,
@@ -80,6 +83,13 @@ def _warm_lanczos(model, x, y, v0, k: int) -> torch.Tensor:
         return flat_norm(H(r.v))
 
 
+def _warm_power_bf16(model, x, y, v0, k: int) -> torch.Tensor:
+    """The training product's ``||H v||`` after ``k - 1`` bfloat16 power steps from ``v0`` (training's code path)."""
+    out = regularizers.regularized_loss(model, x, y, lam1=1.0, lam2=1.0, classes="runner_up", v0=v0[:, None],
+                                        inner="power", inner_iters=k - 1, power_dtype="bfloat16")
+    return out.hess_norms[:, 0].detach()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
@@ -118,6 +128,7 @@ def main() -> None:
         for k in range(1, args.max_products + 1):
             add("warm_power", k, operator_norm(model, xb, yb, "runner_up", method="power", iters=k, v0=v0).norm)
             add("warm_lanczos", k, _warm_lanczos(model, xb, yb, v0, k))
+            add("warm_power_bf16", k, _warm_power_bf16(model, xb, yb, v0, k))
             add("cold_power", k, operator_norm(model, xb, yb, "runner_up", method="power", iters=k, seed=1).norm)
     df = pd.DataFrame(rows)
     out = paths.results_dir() / "mnist" / "benchmarks" / "fidelity-frontier.csv"

@@ -91,6 +91,9 @@ def test_fast_mode_directions_follow_their_examples():
     ("cross_holder", {"warmup_epochs": -1}, "warmup_epochs=-1"),
     ("cross_holder", {"warmup_iters": 2.5}, "warmup_iters=2.5"),
     ("cross_holder", {"warmup_epochs": 2, "mode": "faithful"}, "warmup_epochs=2 applies to mode='fast'"),
+    ("cross_holder", {"power_dtype": "float16"}, "power_dtype='float16'; allowed values: 'float32', 'bfloat16'"),
+    ("cross_lipschitz", {"power_dtype": "bfloat16"}, "power_dtype='bfloat16' applies to cross_holder"),
+    ("cross_holder", {"power_dtype": "bfloat16", "mode": "faithful"}, "power_dtype='bfloat16' applies to"),
 ])
 def test_bad_parameters(defense, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -134,6 +137,27 @@ def test_compiled_is_part_of_the_identity_only_when_set():
     comp = training.make_config("mnist", "cross_holder", profile="smoke", compiled=True)
     assert comp.relevant()["compiled"] is True and comp.run_id != eager.run_id
     assert "compiled" not in training.make_config("mnist", "none", profile="smoke", compiled=True).relevant()
+
+
+def test_power_dtype_is_part_of_the_identity_only_when_set(monkeypatch, tmp_path):
+    plain = training.make_config("mnist", "cross_holder", profile="smoke")
+    assert "power_dtype" not in plain.relevant()          # runs made before the option keep their ids
+    bf = training.make_config("mnist", "cross_holder", profile="smoke", power_dtype="bfloat16", epochs=1,
+                              n_train=256)
+    assert bf.relevant()["power_dtype"] == "bfloat16" and bf.run_id != plain.run_id
+    seen = []
+    real = training.regularized_loss
+
+    def spy(*a, **k):
+        seen.append(k.get("power_dtype"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "regularized_loss", spy)
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
+    res = training.train(bf, progress=False)
+    assert seen and set(seen) == {"bfloat16"}, "every step and the fidelity probe search in bfloat16"
+    assert res.record["hyperparameters"]["power_dtype"] == "bfloat16"
+    assert 0 < res.log["fidelity_median"].iloc[-1] <= 1.0 + 1e-6
 
 
 def test_bad_profile_and_dataset():

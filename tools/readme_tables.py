@@ -15,6 +15,7 @@ Sections between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers ar
 * ``all_classes``: the MNIST Cross-Lipschitz runs trained on every class (the paper's form) next to the
   registered runner-up run: sidecars in ``results/mnist/models/`` and their curves in
   ``results/mnist/robustness/`` (the ``cpu`` protocol, found by the model's run id);
+* ``speed``: ``results/mnist/benchmarks/step-cost.json`` (``benchmarks/bench_training.py``);
 * ``fidelity``: ``results/mnist/benchmarks/fidelity-frontier.csv`` (``benchmarks/bench_fidelity.py``) and
   the ``fidelity_median`` column of every fast Cross-Hölder training log with its sidecar.
 
@@ -210,8 +211,9 @@ def all_classes_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-STRATEGY_NAMES = {"warm_power": "kept direction, power steps", "warm_lanczos": "kept direction, Lanczos",
-                  "cold_power": "fresh direction, power steps"}
+STRATEGY_NAMES = {"warm_power": "kept direction, power steps",
+                  "warm_power_bf16": "kept direction, power steps in bfloat16",
+                  "warm_lanczos": "kept direction, Lanczos", "cold_power": "fresh direction, power steps"}
 
 
 def fidelity_table(root: Path = ROOT) -> str:
@@ -226,6 +228,8 @@ def fidelity_table(root: Path = ROOT) -> str:
         for k in sorted(g["products_per_visit"].unique()):
             if strat == "warm_lanczos" and k < 3:   # a Krylov space of one product is the kept direction itself
                 continue
+            if strat == "warm_power_bf16" and k < 2:   # no power step: nothing is computed in bfloat16
+                continue
             vals = [g[(g["products_per_visit"] == k) & (g["epoch"] == e)]["fidelity_median"] for e in epochs]
             lines.append(f"| {name} | {k} | " + " | ".join(f"{float(v.iloc[0]):.3f}" for v in vals) + " |")
     lines += ["", "| run | data set | λ1, λ2 | power steps per visit | fidelity after epoch 1, 2, … | mean epoch time | "
@@ -239,6 +243,8 @@ def fidelity_table(root: Path = ROOT) -> str:
             rec = json.loads(side.read_text())
             hp = rec["hyperparameters"]
             steps = f"{hp['inner_iters']} + the training product"
+            if hp.get("power_dtype", "float32") != "float32":
+                steps = f"{hp['inner_iters']} ({hp['power_dtype']}) + the training product"
             if hp.get("warmup_epochs"):
                 steps = (f"{max(hp['inner_iters'], hp['warmup_iters'])} in epochs 1–{hp['warmup_epochs']}, then "
                          f"{hp['inner_iters']}; + the training product")
@@ -249,7 +255,42 @@ def fidelity_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"all_classes": all_classes_table, "fidelity": fidelity_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
+def speed_table(root: Path = ROOT) -> str:
+    """Step costs of compiled fast Cross-Hölder from ``results/mnist/benchmarks/step-cost.json``."""
+    d = json.loads((root / "results" / "mnist" / "benchmarks" / "step-cost.json").read_text())["summary"]
+
+    def x(key: str) -> str:
+        return f"{d[key]:.2f}×" if key in d else "not measured"
+
+    ru, ru_bf = d["cross_holder_fast_runner_up_vs_plain"], d.get("cross_holder_fast_runner_up_bf16_vs_plain")
+    al, al_bf = (d["cross_holder_fast_all_vs_cross_lipschitz_all"],
+                 d.get("cross_holder_fast_all_bf16_vs_cross_lipschitz_all"))
+
+    def verdict(v32: float, v16: float | None, target: float) -> str:
+        ok32, ok16 = v32 <= target, v16 is not None and v16 <= target
+        if ok32:
+            return f"≤ {target:g}×: met"
+        return f"≤ {target:g}×: met in bfloat16 only" if ok16 else f"≤ {target:g}×: **not met**"
+
+    lines = ["| compiled fast Cross-Hölder step | power steps in float32 | power steps in bfloat16 | target |",
+             "|---|---|---|---|",
+             f"| runner-up class, 1 power step (the default), × a plain step | {x('cross_holder_fast_runner_up_vs_plain')} | "
+             f"{x('cross_holder_fast_runner_up_bf16_vs_plain')} | {verdict(ru, ru_bf, 4)} |",
+             f"| runner-up class, the training product alone, × a plain step | "
+             f"{x('cross_holder_fast_runner_up_0_vs_plain')} | (no power step) | |",
+             f"| runner-up class, 4 power steps (the warm-up epochs), × a plain step | "
+             f"{x('cross_holder_fast_runner_up_4_vs_plain')} | {x('cross_holder_fast_runner_up_4_bf16_vs_plain')} | |",
+             f"| all classes, 1 power step, × all-class Cross-Lipschitz | "
+             f"{x('cross_holder_fast_all_vs_cross_lipschitz_all')} | "
+             f"{x('cross_holder_fast_all_bf16_vs_cross_lipschitz_all')} | {verdict(al, al_bf, 3.5)} |",
+             "", f"Faithful Algorithm 1: {d['cross_holder_faithful_vs_plain']:.0f}× a plain step "
+             f"({d['best_plain_step_ms']:.1f} ms, {d['threads']} thread). Compiled Cross-Lipschitz: "
+             f"{x('cross_lipschitz_runner_up_vs_plain')} (runner-up), {x('cross_lipschitz_all_vs_plain')} (all classes) "
+             f"a plain step; PGD adversarial training (10 steps): {x('adversarial_10_steps_vs_plain')}."]
+    return "\n".join(lines)
+
+
+TABLES = {"speed": speed_table, "all_classes": all_classes_table, "fidelity": fidelity_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
 
 
 def render(readme: str, root: Path = ROOT) -> str:

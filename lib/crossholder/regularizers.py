@@ -51,7 +51,7 @@ from .hessian import (_dual, _normalize, explicit_backward, explicit_forward, ex
 from .hessian import flat_norm as _norm
 
 __all__ = ["RegularizedLoss", "regularized_loss", "hein_cross_lipschitz", "other_classes", "DirectionStore",
-           "compile_available", "CLASSES", "INNER"]
+           "compile_available", "power_dtype_of", "CLASSES", "INNER", "POWER_DTYPES"]
 
 CLASSES = ("all", "runner_up")
 INNER = ("ascent", "power", "lanczos")
@@ -120,7 +120,8 @@ def _check(lam1: float, lam2: float, p: float, q: float, classes: str, inner: st
 def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1: float, lam2: float = 0.0,
                      p: float = 2.0, q: float = 2.0, classes: str = "all", v0: torch.Tensor | None = None,
                      inner: str = "ascent", inner_iters: int = 10, step: float = 0.1,
-                     generator: torch.Generator | None = None, compiled: bool = False) -> RegularizedLoss:
+                     generator: torch.Generator | None = None, compiled: bool = False,
+                     power_dtype: str = "float32") -> RegularizedLoss:
     """Cross-entropy plus the Cross-Lipschitz (``lam2 = 0``) or Cross-Hölder (``lam2 > 0``) term.
 
     Args:
@@ -137,11 +138,17 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
             work of the SiLU derivatives, the dominant cost on a CPU; :func:`compile_available`).
             Only for models the explicit passes support, with ``lam2 = 0`` or ``inner="power"``;
             the numbers agree with the eager path to float rounding, not bitwise.
+        power_dtype: ``"float32"`` or ``"bfloat16"``: the dtype of the inner loop's power steps
+            (``inner="power"``, explicit passes) that only search the direction ``v``. The training
+            product ``H v`` (its value, its gradient, the next kept direction) is always computed in
+            the input's dtype. ``"bfloat16"`` makes a power step about 2.5x cheaper on a CPU with
+            AVX512-BF16; how close its directions get is measured by ``benchmarks/bench_fidelity.py``.
 
     Returns:
         :class:`RegularizedLoss`.
     """
     _check(lam1, lam2, p, q, classes, inner, inner_iters, step)
+    pdt = power_dtype_of(power_dtype)
     B = x.shape[0]
     with torch.enable_grad():
         if lam1 == 0:
@@ -155,13 +162,16 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
                                    v_next=None, hvps=0)
         J = 1 if classes == "runner_up" else _num_classes(model) - 1   # K read off the last nn.Linear
         layers = explicit_layers(model)
+        if pdt is not None and (layers is None or inner != "power"):
+            raise ValueError(f"power_dtype={power_dtype!r} needs inner='power' (got {inner!r}) and a model the "
+                             "explicit passes support (hessian.explicit_layers); use power_dtype='float32'")
         if compiled:
             if layers is None:
                 raise ValueError("compiled=True needs a model the explicit passes support (hessian.explicit_layers)")
             if lam2 > 0 and inner != "power":
                 raise ValueError(f"compiled=True supports inner='power' (or lam2 = 0), got inner={inner!r}")
             return _compiled_loss(layers, x, y, lam1=lam1, lam2=lam2, p=p, q=q, classes=classes, J=J, v0=v0,
-                                  inner_iters=inner_iters, generator=generator)
+                                  inner_iters=inner_iters, generator=generator, power_dtype=pdt)
         if layers is not None:
             # explicit second-order passes (hessian module): one forward on B, everything else plain ops
             cache = explicit_forward(layers, x.detach())
@@ -188,6 +198,8 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
 
             def hv_of(vec: torch.Tensor) -> torch.Tensor:
                 with torch.no_grad():
+                    if inner == "power" and pdt is not None:
+                        return explicit_hvp(cache_j, adj, vec, dtype=pdt).to(vec.dtype)
                     return explicit_hvp(cache_j, adj, vec)
         else:
             m = z.gather(1, y_rep[:, None]).squeeze(1) - z.gather(1, j_rep[:, None]).squeeze(1)
@@ -249,13 +261,14 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
 
 
 def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj: torch.Tensor | None, J: int,
-                   v: torch.Tensor | None, lam1: float, lam2: float, q: float, power_iters: int):
+                   v: torch.Tensor | None, lam1: float, lam2: float, q: float, power_iters: int,
+                   power_dtype: torch.dtype | None = None):
     """The explicit-pass loss for ``inner="power"`` (or ``lam2 = 0``): what ``torch.compile`` traces.
 
     ``jj`` ``(B, J)`` the classes, or ``None`` for the runner-up class (``J = 1``, found here from the
     logits: the largest logit other than ``y``); ``v`` ``(J*B, *S)`` unit starting directions
     (slot-major) or ``None`` (no Hessian term). Returns ``(loss, ce, logits, jj, grad_norms (J*B,),
-    hess_norms (J*B,) or None, H v or None)``.
+    hess_norms (J*B,) or None, H v or None)``. ``power_dtype``: the power steps' dtype (``None``: x's).
     """
     B = x.shape[0]
     cache = explicit_forward(layers, x)
@@ -275,7 +288,7 @@ def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj
     if v is not None:
         with torch.no_grad():
             for _ in range(power_iters):
-                v = _normalize(explicit_hvp(cache_j, adj, v, fold=True), 2.0)
+                v = _normalize(explicit_hvp(cache_j, adj, v, fold=True, dtype=power_dtype).to(x.dtype), 2.0)
         hv = explicit_hvp(cache_j, adj, v.detach(), fold=True)
         hn = _norm(hv, q)
         loss_reg = loss_reg + lam2 * hn.view(J, B).sum(0).mean()
@@ -284,6 +297,16 @@ def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj
 
 
 _COMPILED: dict[str, object] = {}
+
+
+POWER_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+def power_dtype_of(name: str) -> torch.dtype | None:
+    """The torch dtype of ``power_dtype=name`` (``None``: the input's own dtype, i.e. ``"float32"``)."""
+    if name not in POWER_DTYPES:
+        raise ValueError(f"power_dtype={name!r}; allowed values: {', '.join(map(repr, POWER_DTYPES))}")
+    return POWER_DTYPES[name]
 
 
 def compile_available() -> tuple[bool, str]:
@@ -300,11 +323,16 @@ def compile_available() -> tuple[bool, str]:
 
 def _compiled_loss(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *, lam1: float, lam2: float,
                    p: float, q: float, classes: str, J: int, v0: torch.Tensor | None, inner_iters: int,
-                   generator: torch.Generator | None) -> RegularizedLoss:
+                   generator: torch.Generator | None, power_dtype: torch.dtype | None = None) -> RegularizedLoss:
     ok, why = compile_available()
     if not ok:
         raise RuntimeError(f"compiled=True, but torch.compile does not work here ({why}); use compiled=False")
     if "core" not in _COMPILED:
+        # one specialization per setting (J, λs, power steps, power_dtype): a benchmark or a notebook
+        # that tries many settings in one process would hit dynamo's default limit of 8 and fail
+        import torch._dynamo as dynamo
+
+        dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
         _COMPILED["core"] = torch.compile(_explicit_core, fullgraph=True, dynamic=False)
     core = _COMPILED["core"]
     B = x.shape[0]
@@ -320,7 +348,7 @@ def _compiled_loss(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *,
             v = v0.detach().to(device=x.device, dtype=x.dtype).transpose(0, 1).reshape(rep_shape)
         v = _normalize(v, p)
     loss, ce, logits, jj, gn, hn, hv = core(layers, x.detach(), y, jj, J, v, float(lam1), float(lam2), float(q),
-                                            int(inner_iters) if lam2 > 0 else 0)
+                                            int(inner_iters) if lam2 > 0 else 0, power_dtype)
     hn_out = v_next = None
     hess_term = torch.zeros((), dtype=x.dtype, device=x.device)
     if hn is not None:

@@ -12,6 +12,8 @@ Every defense uses the same optimizer, schedule, batch size and number of epochs
   power steps (at least ``cold_iters`` on an example's first visit, from a random direction;
   ``max(inner_iters, warmup_iters)`` in the first ``warmup_epochs`` epochs, when kept directions go
   stale fastest), and the training step's own product ``H v`` kept as the next power step.
+  ``power_dtype="bfloat16"`` runs those power steps (direction search only) in bfloat16; the
+  training product stays float32.
   ``compiled=True`` runs the explicit second-order passes through ``torch.compile``
   (``regularized_loss(compiled=True)``; about 1.5x faster per step on this CPU, needs a C++
   compiler); it is part of a run's identity.
@@ -54,6 +56,7 @@ from . import experiments as ex
 from . import models as models_mod
 from . import paths
 from .attacks import pgd_last_iterate
+from . import regularizers
 from .regularizers import DirectionStore, hein_cross_lipschitz, regularized_loss
 
 __all__ = ["TrainConfig", "TrainResult", "make_config", "train", "load_registered", "load_run", "selected_models",
@@ -88,6 +91,7 @@ class TrainConfig:
     cold_iters: int = ex.TRAINING_CHOICES["fast_cold_iters"]
     warmup_iters: int = 0
     warmup_epochs: int = 0
+    power_dtype: str = "float32"
     step: float = 0.1
     cl_variant: str = "margin"
     compiled: bool = False
@@ -131,6 +135,12 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}={v!r} must be an integer >= 0")
+        regularizers.power_dtype_of(self.power_dtype)   # ValueError naming the allowed values
+        if self.power_dtype != "float32" and (self.defense != "cross_holder" or self.mode != "fast"
+                                              or self.inner != "power"):
+            raise ValueError(f"power_dtype={self.power_dtype!r} applies to cross_holder with mode='fast' and "
+                             f"inner='power' only; got defense={self.defense!r}, mode={self.mode!r}, "
+                             f"inner={self.inner!r}")
         if self.warmup_epochs and self.mode != "fast":
             raise ValueError(f"warmup_epochs={self.warmup_epochs} applies to mode='fast' only, got mode={self.mode!r}")
         for name in ("epochs", "batch_size", "at_steps"):
@@ -155,6 +165,8 @@ class TrainConfig:
                 keep |= {"cold_iters"}
                 if self.warmup_epochs:   # only when set: runs made before the option existed keep their ids
                     keep |= {"warmup_iters", "warmup_epochs"}
+                if self.power_dtype != "float32":   # likewise
+                    keep |= {"power_dtype"}
         elif self.defense == "adversarial":
             keep |= {"eps", "eps_unit", "at_steps"}
         if self.compiled and self.defense in ("cross_lipschitz", "cross_holder"):
@@ -282,7 +294,7 @@ def _step_loss(cfg: TrainConfig, model: nn.Module, xb: torch.Tensor, yb: torch.T
         v0 = store.get(idx, gen, dtype=xb.dtype)
         out = regularized_loss(model, xb, yb, lam1=cfg.lam1, lam2=cfg.lam2, classes=cfg.classes, v0=v0,
                                inner=cfg.inner, inner_iters=max(cfg.cold_iters, inner_iters) if cold else inner_iters,
-                               step=cfg.step, generator=gen, compiled=cfg.compiled)
+                               step=cfg.step, generator=gen, compiled=cfg.compiled, power_dtype=cfg.power_dtype)
         store.put(idx, out.v_next, out.j)
     terms = {"ce": out.ce.item(), "grad_term": out.grad_term.item(), "hess_term": out.hess_term.item()}
     return out.loss, terms, out.logits
@@ -449,7 +461,8 @@ def _fidelity_probe(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torc
     For the first ``n`` training examples (runner-up class of each), ``v`` is the kept direction
     advanced by the power steps of the next epoch (``inner_iters``, default ``cfg.inner_iters``;
     :meth:`TrainConfig.iters_at`) on the current network: what the next training step on those
-    examples would use. Returns the median and 10% quantile of fast / cold.
+    examples would use (in ``cfg.power_dtype``, through the training code path when not float32).
+    Returns the median and 10% quantile of fast / cold.
     """
     from .hessian import operator_norm
 
@@ -460,10 +473,14 @@ def _fidelity_probe(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torc
     xb, yb = x[: len(idx)], y[: len(idx)]
     v0 = store.get(idx, torch.Generator().manual_seed(0))[:, 0]
     k = cfg.inner_iters if inner_iters is None else inner_iters
-    fast = operator_norm(model, xb, yb, "runner_up", method="power", iters=k + 1, v0=v0)
+    if cfg.power_dtype == "float32":
+        fast = operator_norm(model, xb, yb, "runner_up", method="power", iters=k + 1, v0=v0).norm
+    else:
+        fast = regularized_loss(model, xb, yb, lam1=1.0, lam2=1.0, classes="runner_up", v0=v0[:, None],
+                                inner="power", inner_iters=k, power_dtype=cfg.power_dtype).hess_norms[:, 0]
     cold = operator_norm(model, xb, yb, "runner_up", method="lanczos", iters=cold_products, seed=0)
     model.train()
-    ratio = fast.norm / cold.norm.clamp_min(1e-30)
+    ratio = fast.detach() / cold.norm.clamp_min(1e-30)
     return {"fidelity_median": float(ratio.median()), "fidelity_q10": float(ratio.quantile(0.1))}
 
 
