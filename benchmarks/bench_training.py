@@ -18,7 +18,9 @@ Cross-Hölder training logs in results/; if there is none, a short fast-mode run
 
 Usage: ``python benchmarks/bench_training.py [--rounds 5]``. The last JSON line printed is the summary;
 it is also written, with every variant's time and the provenance, to
-``results/mnist/benchmarks/step-cost.json``.
+``results/mnist/benchmarks/step-cost.json``, and its ratios are appended as one row to
+``results/mnist/benchmarks/step-cost-history.csv``: the ratios move by several percent from one
+idle run to the next on this machine, so the README reports the latest run and the range.
 """
 
 from __future__ import annotations
@@ -39,6 +41,25 @@ from crossholder import attacks, data, experiments, models, paths, regularizers,
 
 
 WARMUP_ITERS = 4   # power steps per visit in the warm-up epochs of the fidelity run (README, fidelity table)
+
+
+HISTORY_KEYS = ("plain_step_ms", "threads")
+
+
+def history_row(summary: dict, provenance: dict, measured_at: str) -> dict:
+    """One row of ``step-cost-history.csv``: when, which commit, and every ratio of the summary."""
+    row = {"measured_at": measured_at, "git_commit": provenance.get("git_commit"),
+           "compiled": summary.get("compiled")}
+    row.update({k: v for k, v in summary.items()
+                if k in HISTORY_KEYS or k.endswith("_vs_plain") or k.endswith("_vs_cross_lipschitz_all")})
+    return row
+
+
+def append_history(path: Path, row: dict) -> None:
+    """Append ``row`` to the CSV at ``path`` (atomically: the file is rewritten through a temporary file)."""
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    new = pd.concat([old, pd.DataFrame([row])], ignore_index=True)
+    experiments.atomic_write_text(path, new.to_csv(index=False))
 
 
 def main() -> None:
@@ -210,12 +231,15 @@ def main() -> None:
     }
     print(json.dumps(out))
     dest = paths.results_dir() / "mnist" / "benchmarks" / "step-cost.json"
+    measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    prov = experiments.provenance(params={"rounds": args.rounds, "faithful_rounds": args.faithful_rounds,
+                                          "batch": 128, "compile": use_compile, "measured_at": measured_at},
+                                  seed=0, profile="cpu", wall_time_s=time.perf_counter() - t_start)
     experiments.atomic_write_json(dest, {
-        "summary": out, "step_ms": {k: round(t * 1e3, 2) for k, t in best.items()},
-        "provenance": experiments.provenance(params={"rounds": args.rounds, "faithful_rounds": args.faithful_rounds,
-                                                     "batch": 128, "compile": use_compile},
-                                             seed=0, profile="cpu", wall_time_s=time.perf_counter() - t_start)})
-    print(f"written: {paths.relative_to_root(dest)}")
+        "summary": out, "step_ms": {k: round(t * 1e3, 2) for k, t in best.items()}, "provenance": prov})
+    hist = dest.with_name("step-cost-history.csv")
+    append_history(hist, history_row(out, prov, measured_at))
+    print(f"written: {paths.relative_to_root(dest)}; appended to {paths.relative_to_root(hist)}")
 
 
 if __name__ == "__main__":
