@@ -243,12 +243,13 @@ def fidelity_table(root: Path = ROOT) -> str:
                 continue
             rec = json.loads(side.read_text())
             hp = rec["hyperparameters"]
-            steps = f"{hp['inner_iters']} + the training product"
-            if hp.get("power_dtype", "float32") != "float32":
-                steps = f"{hp['inner_iters']} ({hp['power_dtype']}) + the training product"
+            steps = f"{hp['inner_iters']}"
             if hp.get("warmup_epochs"):
                 steps = (f"{max(hp['inner_iters'], hp['warmup_iters'])} in epochs 1–{hp['warmup_epochs']}, then "
-                         f"{hp['inner_iters']}; + the training product")
+                         f"{hp['inner_iters']};")
+            if hp.get("power_dtype", "float32") != "float32":
+                steps += f" in {hp['power_dtype']}"
+            steps += " + the training product"
             fid = ", ".join(f"{v:.2f}" for v in lg["fidelity_median"])
             lines.append(f"| {log.stem}{' (compiled)' if hp.get('compiled') else ''} | {NAMES[ds]} | "
                          f"{hp['lam1']:g}, {hp['lam2']:g} | {steps} | {fid} | {lg['epoch_time_s'].mean() / 60:.1f} min | "
