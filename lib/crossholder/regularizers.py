@@ -196,10 +196,14 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
             def hv_graph(vec: torch.Tensor) -> torch.Tensor:
                 return explicit_hvp(cache_j, adj, vec)
 
+            low: list = []   # the cache and adjoints in power_dtype, cast once for all power steps
+
             def hv_of(vec: torch.Tensor) -> torch.Tensor:
                 with torch.no_grad():
                     if inner == "power" and pdt is not None:
-                        return explicit_hvp(cache_j, adj, vec, dtype=pdt).to(vec.dtype)
+                        if not low:
+                            low.extend([cache_j.cast(pdt), {i: t.detach().to(pdt) for i, t in adj.items()}])
+                        return explicit_hvp(low[0], low[1], vec, dtype=pdt).to(vec.dtype)
                     return explicit_hvp(cache_j, adj, vec)
         else:
             m = z.gather(1, y_rep[:, None]).squeeze(1) - z.gather(1, j_rep[:, None]).squeeze(1)
@@ -287,8 +291,12 @@ def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj
     hn = hv = None
     if v is not None:
         with torch.no_grad():
+            if power_iters and power_dtype is not None:   # cast once for all power steps
+                cache_p, adj_p = cache_j.cast(power_dtype), {i: t.to(power_dtype) for i, t in adj.items()}
+            else:
+                cache_p, adj_p = cache_j, adj
             for _ in range(power_iters):
-                v = _normalize(explicit_hvp(cache_j, adj, v, fold=True, dtype=power_dtype).to(x.dtype), 2.0)
+                v = _normalize(explicit_hvp(cache_p, adj_p, v, fold=True, dtype=power_dtype).to(x.dtype), 2.0)
         hv = explicit_hvp(cache_j, adj, v.detach(), fold=True)
         hn = _norm(hv, q)
         loss_reg = loss_reg + lam2 * hn.view(J, B).sum(0).mean()
