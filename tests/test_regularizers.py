@@ -196,6 +196,24 @@ def test_fold_transpose_matches_the_convolution_vjp(stride, padding):
         assert torch.allclose(_affine_T(conv, uu, x.shape, fold=False), ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1)])
+def test_one_channel_conv_gradients_match_autograd(stride, padding):
+    """_OneChannelConv (the tangent pass's first layer under backward_step): value, input and weight
+    gradients against F.conv2d's own autograd, float64."""
+    from crossholder.hessian import _OneChannelConv
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 5, 3, stride=stride, padding=padding).double()
+    u = torch.randn(3, 1, 11, 11, dtype=F64, requires_grad=True)
+    out_ref = torch.nn.functional.conv2d(u, conv.weight, None, stride, padding)
+    out = _OneChannelConv.apply(u, conv.weight, conv.stride, conv.padding, conv.dilation, conv.kernel_size)
+    assert torch.allclose(out, out_ref, rtol=1e-13, atol=1e-13)
+    g = torch.randn_like(out)
+    ref = torch.autograd.grad(out_ref, (u, conv.weight), g)
+    got = torch.autograd.grad(out, (u, conv.weight), g)
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-12) for a, b in zip(got, ref))
+
+
 def _tiny_cnn():
     torch.manual_seed(4)
     m = nn.Sequential(models.Standardize(0.1, 0.3), nn.Conv2d(1, 3, 3), nn.SiLU(), nn.Conv2d(3, 4, 3, stride=2),
@@ -289,3 +307,66 @@ def test_power_dtype_bad_values(tiny):
         R.regularized_loss(m, x, y, lam1=0.5, lam2=0.5, inner="ascent", power_dtype="bfloat16")
     with pytest.raises(ValueError, match="explicit passes"):
         R.regularized_loss(Wrapped(m), x, y, lam1=0.5, lam2=0.5, inner="power", power_dtype="bfloat16")
+
+
+def _hessian_power(m, x, y, j, v, steps):
+    """``v`` after ``steps`` normalized products with the float64 Hessian of ``f_y - f_j`` at ``x``."""
+    Hm = torch.func.hessian(lambda xx: m(xx[None])[0, y] - m(xx[None])[0, j])(x).reshape(x.numel(), x.numel())
+    w = v.reshape(-1)
+    for _ in range(steps):
+        w = Hm @ w
+        w = w / w.norm()
+    return w
+
+
+@pytest.mark.parametrize("path", ["eager", "compiled", "autograd"])
+@pytest.mark.parametrize("classes,iters", [("runner_up", 0), ("runner_up", 2), ("all", 1)])
+def test_backward_step_is_one_more_exact_power_step(path, classes, iters):
+    """backward_step=True: after loss.backward(), next_directions() = H^(iters+2) v normalized (float64
+    full Hessians), while the loss and the parameter gradient are those of backward_step=False."""
+    if path == "compiled" and not R.compile_available()[0]:
+        pytest.skip("torch.compile does not work here (no C++ compiler?)")
+    m, x, y = _tiny_cnn()
+    J = 1 if classes == "runner_up" else 3
+    v = torch.randn(5, J, 1, 9, 9, dtype=F64, generator=torch.Generator().manual_seed(1))
+    net = Wrapped(m) if path == "autograd" else m
+    kw = dict(lam1=0.5, lam2=0.8, classes=classes, v0=v, inner="power", inner_iters=iters,
+              compiled=path == "compiled")
+    a = R.regularized_loss(net, x, y, **kw)
+    ga = torch.autograd.grad(a.loss, list(m.parameters()))
+    b = R.regularized_loss(net, x, y, backward_step=True, **kw)
+    with pytest.raises(RuntimeError, match="loss.backward"):
+        b.next_directions()
+    b.loss.backward()
+    gb = [p.grad for p in m.parameters()]
+    m.zero_grad(set_to_none=True)
+    if path == "compiled":   # a different graph (the first layer's input gradient by F.fold): float rounding
+        assert torch.allclose(a.loss, b.loss, rtol=1e-12) and torch.allclose(a.hess_norms, b.hess_norms, rtol=1e-12)
+    else:
+        assert torch.equal(a.loss, b.loss) and torch.equal(a.hess_norms, b.hess_norms)
+    assert all(torch.allclose(u, w, rtol=1e-11, atol=1e-15) for u, w in zip(ga, gb))
+    assert torch.equal(a.next_directions(), a.v_next)           # without the option: H v, as before
+    nd = b.next_directions()
+    assert nd.shape == v.shape
+    for i in range(5):
+        for s in range(J):
+            ref = _hessian_power(m, x[i], int(y[i]), int(b.j[i, s]), v[i, s], iters + 2)
+            assert torch.allclose(nd[i, s].reshape(-1), ref, atol=1e-10), (i, s)
+            one_less = _hessian_power(m, x[i], int(y[i]), int(b.j[i, s]), v[i, s], iters + 1)
+            assert torch.allclose(a.v_next[i, s].reshape(-1), one_less, atol=1e-10)
+
+
+def test_backward_step_bad_values_and_zero_gradient(tiny):
+    m, x, y = tiny
+    with pytest.raises(ValueError, match="backward_step=True needs lam1 > 0, lam2 > 0"):
+        R.regularized_loss(m, x, y, lam1=0.5, lam2=0.0, backward_step=True)
+    with pytest.raises(ValueError, match="backward_step='yes'"):
+        R.regularized_loss(m, x, y, lam1=0.5, lam2=0.5, backward_step="yes")
+    # a leaf whose gradient is zero for one example: that example keeps H v
+    out = R.regularized_loss(m, x, y, lam1=0.5, lam2=0.5, classes="runner_up", inner="power", inner_iters=1,
+                             v0=torch.randn(6, 1, 5, dtype=F64), backward_step=True)
+    out.loss.backward()
+    out.v_leaf.grad[2] = 0.0
+    nd = out.next_directions()
+    assert torch.equal(nd[2], out.v_next[2]) and not torch.allclose(nd[0], out.v_next[0])
+    assert torch.allclose(nd.flatten(1).norm(dim=1), torch.ones(6, dtype=F64))

@@ -62,7 +62,8 @@ def test_fast_mode_directions_follow_their_examples():
     store = regularizers.DirectionStore(12, 1, (1, 28, 28))
     perm = torch.randperm(12)
     gen = torch.Generator().manual_seed(0)
-    training._step_loss(cfg, m, x[perm], y[perm], perm, store, gen)
+    *_, keep = training._step_loss(cfg, m, x[perm], y[perm], perm, store, gen)
+    keep()
     v_all = store.get(torch.arange(12))
     assert torch.allclose(v_all.flatten(1).norm(dim=1), torch.ones(12), atol=2e-3)
     for i in [0, 5, 11]:                      # recompute each example alone with the direction it was given
@@ -158,6 +159,42 @@ def test_power_dtype_is_part_of_the_identity_only_when_set(monkeypatch, tmp_path
     assert seen and set(seen) == {"bfloat16"}, "every step and the fidelity probe search in bfloat16"
     assert res.record["hyperparameters"]["power_dtype"] == "bfloat16"
     assert 0 < res.log["fidelity_median"].iloc[-1] <= 1.0 + 1e-6
+
+
+def test_backward_step_run_keeps_the_backward_pass_direction(monkeypatch, tmp_path):
+    """backward_step=True: part of the identity only when set; every fast step asks for it and the
+    store receives next_directions() after the backward pass (unit vectors, H^2 v rather than H v)."""
+    plain = training.make_config("mnist", "cross_holder", profile="smoke")
+    assert "backward_step" not in plain.relevant()        # runs made before the option keep their ids
+    cfg = training.make_config("mnist", "cross_holder", profile="smoke", backward_step=True, epochs=1, n_train=256)
+    assert cfg.relevant()["backward_step"] is True and cfg.run_id != plain.run_id
+    kept = []
+    real = regularizers.DirectionStore.put
+
+    def spy_put(self, idx, v, classes):
+        kept.append(v.detach().clone())
+        return real(self, idx, v, classes)
+
+    outs = []
+    real_loss = training.regularized_loss
+
+    def spy_loss(*a, **k):
+        o = real_loss(*a, **k)
+        if k.get("backward_step"):
+            outs.append(o)
+        return o
+
+    monkeypatch.setattr(regularizers.DirectionStore, "put", spy_put)
+    monkeypatch.setattr(training, "regularized_loss", spy_loss)
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
+    res = training.train(cfg, progress=False)
+    assert len(outs) == len(kept) == 256 // cfg.batch_size
+    for o, v in zip(outs, kept):
+        assert o.v_leaf.grad is not None and torch.equal(v, o.next_directions())
+        assert not torch.allclose(v, o.v_next, atol=1e-3), "the kept direction is the backward pass's step"
+    assert res.record["hyperparameters"]["backward_step"] is True
+    with pytest.raises(ValueError, match="backward_step=True applies to cross_holder with mode='fast'"):
+        training.make_config("mnist", "cross_lipschitz", profile="smoke", backward_step=True)
 
 
 def test_bad_profile_and_dataset():

@@ -33,6 +33,13 @@ direction kept from the example's previous visit as ``v0`` with a few power step
 the training step computes anyway, ``H v``, normalized, is returned as ``v_next``: the next power
 iteration step, to be kept for the next epoch (:class:`DirectionStore`).
 
+``backward_step=True`` (fast mode, ours) takes one more power step for free. ``H`` is symmetric, so
+the gradient of ``||H v||_2`` with respect to ``v`` is ``H (H v) / ||H v||``: the reverse pass that
+trains the network through ``||H v||`` computes it anyway, up to the positive factor λ1·λ2/B, if
+``v`` is a leaf that requires a gradient (the only extra work is the first layer's transposed
+product). After ``loss.backward()``, :meth:`RegularizedLoss.next_directions` returns it normalized:
+``H² v`` instead of ``H v``, two power steps per visit for the price of the training product.
+
 All gradient computations reuse one forward pass on the batch replicated ``J`` times (slot-major:
 rows ``s·B .. s·B + B - 1`` hold slot ``s``), whose first ``B`` rows also give the cross-entropy.
 """
@@ -72,7 +79,10 @@ class RegularizedLoss:
             (``None`` when λ2 = 0).
         v_next: ``(B, J, *S)`` unit directions ``H v / ||H v||`` to keep for the next visit (``None``
             when λ2 = 0).
-        hvps: Hessian-vector products per margin (inner loop + the training product).
+        hvps: Hessian-vector products per margin (inner loop + the training product; with
+            ``backward_step`` the backward pass adds one more, not counted here).
+        v_leaf: ``(J*B, *S)`` slot-major leaf tensor whose ``.grad`` the backward pass fills
+            (``backward_step=True`` only, else ``None``); read it through :meth:`next_directions`.
     """
 
     loss: torch.Tensor
@@ -85,6 +95,27 @@ class RegularizedLoss:
     hess_norms: torch.Tensor | None
     v_next: torch.Tensor | None
     hvps: int
+    v_leaf: torch.Tensor | None = None
+
+    def next_directions(self) -> torch.Tensor | None:
+        """``(B, J, *S)`` unit directions to keep for the next visit (``None`` when λ2 = 0).
+
+        Without ``backward_step``: :attr:`v_next` (``H v`` normalized). With it: the power step the
+        backward pass took, ``H (H v)`` normalized per (example, class); call ``loss.backward()``
+        first. Where that gradient is zero or not finite (``H v = 0``), ``v_next`` is kept.
+        """
+        if self.v_leaf is None or self.v_next is None:
+            return self.v_next
+        g = self.v_leaf.grad
+        if g is None:
+            raise RuntimeError("backward_step=True: call loss.backward() before next_directions() (the power "
+                               "step is the gradient the backward pass leaves on v)")
+        B, J = self.v_next.shape[:2]
+        g = g.detach().to(self.v_next.dtype).view((J, B) + tuple(self.v_next.shape[2:])).transpose(0, 1)
+        n = g.flatten(2).norm(dim=2)                                    # (B, J)
+        ok = (n > 0) & torch.isfinite(n)
+        unit = g / n.clamp_min(torch.finfo(g.dtype).tiny).view((B, J) + (1,) * (g.dim() - 2))
+        return torch.where(ok.view((B, J) + (1,) * (g.dim() - 2)), unit, self.v_next)
 
 
 def other_classes(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -121,7 +152,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
                      p: float = 2.0, q: float = 2.0, classes: str = "all", v0: torch.Tensor | None = None,
                      inner: str = "ascent", inner_iters: int = 10, step: float = 0.1,
                      generator: torch.Generator | None = None, compiled: bool = False,
-                     power_dtype: str = "float32") -> RegularizedLoss:
+                     power_dtype: str = "float32", backward_step: bool = False) -> RegularizedLoss:
     """Cross-entropy plus the Cross-Lipschitz (``lam2 = 0``) or Cross-Hölder (``lam2 > 0``) term.
 
     Args:
@@ -143,12 +174,21 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
             product ``H v`` (its value, its gradient, the next kept direction) is always computed in
             the input's dtype. ``"bfloat16"`` makes a power step about 2.5x cheaper on a CPU with
             AVX512-BF16; how close its directions get is measured by ``benchmarks/bench_fidelity.py``.
+        backward_step: make ``v`` a leaf so that ``loss.backward()`` also computes
+            ``∝ H (H v) / ||H v||``, one more power step (module docstring; ``p = q = 2``,
+            ``lam1 > 0``, ``lam2 > 0``); read it with :meth:`RegularizedLoss.next_directions`.
+            Changes nothing else: the loss, its terms and the parameter gradient are the same.
 
     Returns:
         :class:`RegularizedLoss`.
     """
     _check(lam1, lam2, p, q, classes, inner, inner_iters, step)
     pdt = power_dtype_of(power_dtype)
+    if not isinstance(backward_step, bool):
+        raise ValueError(f"backward_step={backward_step!r}; allowed values: True, False")
+    if backward_step and not (lam1 > 0 and lam2 > 0 and p == 2 and q == 2):
+        raise ValueError(f"backward_step=True needs lam1 > 0, lam2 > 0 and p = q = 2 (the step is the gradient "
+                         f"of ||H v||_2 w.r.t. v); got lam1={lam1}, lam2={lam2}, p={p}, q={q}")
     B = x.shape[0]
     with torch.enable_grad():
         if lam1 == 0:
@@ -171,7 +211,8 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
             if lam2 > 0 and inner != "power":
                 raise ValueError(f"compiled=True supports inner='power' (or lam2 = 0), got inner={inner!r}")
             return _compiled_loss(layers, x, y, lam1=lam1, lam2=lam2, p=p, q=q, classes=classes, J=J, v0=v0,
-                                  inner_iters=inner_iters, generator=generator, power_dtype=pdt)
+                                  inner_iters=inner_iters, generator=generator, power_dtype=pdt,
+                                  backward_step=backward_step)
         if layers is not None:
             # explicit second-order passes (hessian module): one forward on B, everything else plain ops
             cache = explicit_forward(layers, x.detach())
@@ -218,7 +259,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
         gn = _norm(g, q)                                              # (J*B,)
         grad_term = gn.view(J, B).sum(0).mean()
         hess_term = torch.zeros((), dtype=x.dtype, device=x.device)
-        hn_out = v_next = None
+        hn_out = v_next = v_leaf = None
         hvps = 0
         if lam2 > 0:
             if v0 is None:
@@ -228,6 +269,8 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
                     raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected {(B, J) + tuple(x.shape[1:])}")
                 v = v0.detach().to(device=x.device, dtype=x.dtype).transpose(0, 1).reshape(rep_shape)
             v = _normalize(v, p)
+            if backward_step:
+                v_leaf = v = v.detach().requires_grad_(True)
             if inner == "lanczos" and inner_iters > 0:
                 from .hessian import _lanczos
 
@@ -251,7 +294,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
                     grad_v = hv_of(_dual(u, q))
                     hvps += 1
                     v = _normalize(v + step * grad_v, p)
-            hv = hv_graph(v.detach())
+            hv = hv_graph(_through(v, v_leaf))
             hvps += 1
             hn = _norm(hv, q)
             hess_term = hn.view(J, B).sum(0).mean()
@@ -261,7 +304,20 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
         loss = ce + lam1 * (grad_term + lam2 * hess_term)
     return RegularizedLoss(loss=loss, ce=ce.detach(), grad_term=grad_term.detach(), hess_term=hess_term.detach(),
                            logits=logits.detach(), j=jj, grad_norms=gn.detach().view(J, B).t(), hess_norms=hn_out,
-                           v_next=v_next, hvps=hvps)
+                           v_next=v_next, hvps=hvps, v_leaf=v_leaf)
+
+
+def _through(v: torch.Tensor, leaf: torch.Tensor | None) -> torch.Tensor:
+    """``v`` as a value, with the gradient routed to ``leaf`` (``backward_step``); ``v.detach()`` without one.
+
+    ``v`` is the inner loop's result from ``leaf`` (no graph); ``leaf - leaf.detach()`` is exactly zero,
+    so the value is ``v`` bit for bit and the backward pass's gradient at ``v`` lands on ``leaf``.
+    """
+    if leaf is None:
+        return v.detach()
+    if v is leaf:
+        return leaf
+    return v.detach() + (leaf - leaf.detach())
 
 
 def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj: torch.Tensor | None, J: int,
@@ -271,7 +327,8 @@ def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj
 
     ``jj`` ``(B, J)`` the classes, or ``None`` for the runner-up class (``J = 1``, found here from the
     logits: the largest logit other than ``y``); ``v`` ``(J*B, *S)`` unit starting directions
-    (slot-major) or ``None`` (no Hessian term). Returns ``(loss, ce, logits, jj, grad_norms (J*B,),
+    (slot-major) or ``None`` (no Hessian term); if ``v`` requires a gradient (``backward_step``), the
+    backward pass leaves ``∝ H (H v) / ||H v||`` on it, whatever the power steps did. Returns ``(loss, ce, logits, jj, grad_norms (J*B,),
     hess_norms (J*B,) or None, H v or None)``. ``power_dtype``: the power steps' dtype (``None``: x's).
     """
     B = x.shape[0]
@@ -290,6 +347,7 @@ def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj
     loss_reg = gn.view(J, B).sum(0).mean()
     hn = hv = None
     if v is not None:
+        leaf = v if v.requires_grad else None        # backward_step: the gradient w.r.t. v is wanted
         with torch.no_grad():
             if power_iters and power_dtype is not None:   # cast once for all power steps
                 cache_p, adj_p = cache_j.cast(power_dtype), {i: t.to(power_dtype) for i, t in adj.items()}
@@ -297,7 +355,7 @@ def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj
                 cache_p, adj_p = cache_j, adj
             for _ in range(power_iters):
                 v = _normalize(explicit_hvp(cache_p, adj_p, v, fold=True, dtype=power_dtype).to(x.dtype), 2.0)
-        hv = explicit_hvp(cache_j, adj, v.detach(), fold=True)
+        hv = explicit_hvp(cache_j, adj, _through(v, leaf), fold=True)
         hn = _norm(hv, q)
         loss_reg = loss_reg + lam2 * hn.view(J, B).sum(0).mean()
     loss = ce + lam1 * loss_reg
@@ -331,7 +389,8 @@ def compile_available() -> tuple[bool, str]:
 
 def _compiled_loss(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *, lam1: float, lam2: float,
                    p: float, q: float, classes: str, J: int, v0: torch.Tensor | None, inner_iters: int,
-                   generator: torch.Generator | None, power_dtype: torch.dtype | None = None) -> RegularizedLoss:
+                   generator: torch.Generator | None, power_dtype: torch.dtype | None = None,
+                   backward_step: bool = False) -> RegularizedLoss:
     ok, why = compile_available()
     if not ok:
         raise RuntimeError(f"compiled=True, but torch.compile does not work here ({why}); use compiled=False")
@@ -355,6 +414,8 @@ def _compiled_loss(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *,
                 raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected {(B, J) + tuple(x.shape[1:])}")
             v = v0.detach().to(device=x.device, dtype=x.dtype).transpose(0, 1).reshape(rep_shape)
         v = _normalize(v, p)
+        if backward_step:
+            v = v.detach().requires_grad_(True)
     loss, ce, logits, jj, gn, hn, hv = core(layers, x.detach(), y, jj, J, v, float(lam1), float(lam2), float(q),
                                             int(inner_iters) if lam2 > 0 else 0, power_dtype)
     hn_out = v_next = None
@@ -365,7 +426,8 @@ def _compiled_loss(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *,
         v_next = _normalize(hv.detach(), 2.0).view((J, B) + tuple(x.shape[1:])).transpose(0, 1)
     return RegularizedLoss(loss=loss, ce=ce.detach(), grad_term=gn.detach().view(J, B).sum(0).mean(),
                            hess_term=hess_term, logits=logits.detach(), j=jj, grad_norms=gn.detach().view(J, B).t(),
-                           hess_norms=hn_out, v_next=v_next, hvps=(int(inner_iters) + 1) if lam2 > 0 else 0)
+                           hess_norms=hn_out, v_next=v_next, hvps=(int(inner_iters) + 1) if lam2 > 0 else 0,
+                           v_leaf=v if backward_step else None)
 
 
 def _num_classes_layers(layers: list[nn.Module]) -> int:

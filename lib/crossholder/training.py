@@ -13,7 +13,9 @@ Every defense uses the same optimizer, schedule, batch size and number of epochs
   ``max(inner_iters, warmup_iters)`` in the first ``warmup_epochs`` epochs, when kept directions go
   stale fastest), and the training step's own product ``H v`` kept as the next power step.
   ``power_dtype="bfloat16"`` runs those power steps (direction search only) in bfloat16; the
-  training product stays float32.
+  training product stays float32. ``backward_step=True`` keeps ``H (H v)`` instead of ``H v``:
+  the gradient the backward pass computes for ``v`` anyway is one more power step for free
+  (``regularized_loss(backward_step=True)``).
   ``compiled=True`` runs the explicit second-order passes through ``torch.compile``
   (``regularized_loss(compiled=True)``; about 1.5x faster per step on this CPU, needs a C++
   compiler); it is part of a run's identity.
@@ -44,7 +46,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -92,6 +94,7 @@ class TrainConfig:
     warmup_iters: int = 0
     warmup_epochs: int = 0
     power_dtype: str = "float32"
+    backward_step: bool = False
     step: float = 0.1
     cl_variant: str = "margin"
     compiled: bool = False
@@ -141,6 +144,11 @@ class TrainConfig:
             raise ValueError(f"power_dtype={self.power_dtype!r} applies to cross_holder with mode='fast' and "
                              f"inner='power' only; got defense={self.defense!r}, mode={self.mode!r}, "
                              f"inner={self.inner!r}")
+        if not isinstance(self.backward_step, bool):
+            raise ValueError(f"backward_step={self.backward_step!r}; allowed values: True, False")
+        if self.backward_step and (self.defense != "cross_holder" or self.mode != "fast"):
+            raise ValueError(f"backward_step=True applies to cross_holder with mode='fast' only; got "
+                             f"defense={self.defense!r}, mode={self.mode!r}")
         if self.warmup_epochs and self.mode != "fast":
             raise ValueError(f"warmup_epochs={self.warmup_epochs} applies to mode='fast' only, got mode={self.mode!r}")
         for name in ("epochs", "batch_size", "at_steps"):
@@ -167,6 +175,8 @@ class TrainConfig:
                     keep |= {"warmup_iters", "warmup_epochs"}
                 if self.power_dtype != "float32":   # likewise
                     keep |= {"power_dtype"}
+                if self.backward_step:              # likewise
+                    keep |= {"backward_step"}
         elif self.defense == "adversarial":
             keep |= {"eps", "eps_unit", "at_steps"}
         if self.compiled and self.defense in ("cross_lipschitz", "cross_holder"):
@@ -262,17 +272,19 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
 
 def _step_loss(cfg: TrainConfig, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor,
                store: DirectionStore | None, gen: torch.Generator, inner_iters: int | None = None
-               ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+               ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, Callable[[], None] | None]:
     """The loss of one batch and its terms; also the clean logits (for the train accuracy).
 
     ``inner_iters``: fast mode's power steps at this epoch (:meth:`TrainConfig.iters_at`; default ``cfg.inner_iters``).
+    The fourth value (fast mode only, else ``None``) stores the next directions in ``store``; call it
+    after ``loss.backward()`` (with ``backward_step`` they are the gradient the backward pass leaves).
     """
     if inner_iters is None:
         inner_iters = cfg.inner_iters
     if cfg.defense == "none":
         logits = model(xb)
         loss = F.cross_entropy(logits, yb)
-        return loss, {"ce": loss.item()}, logits.detach()
+        return loss, {"ce": loss.item()}, logits.detach(), None
     if cfg.defense == "adversarial":
         model.eval()
         xa = pgd_last_iterate(model, xb, yb, cfg.eps_pixel, steps=cfg.at_steps, generator=gen)
@@ -280,7 +292,8 @@ def _step_loss(cfg: TrainConfig, model: nn.Module, xb: torch.Tensor, yb: torch.T
         loss = F.cross_entropy(model(xa), yb)
         with torch.no_grad():
             logits = model(xb)
-        return loss, {"ce": loss.item()}, logits
+        return loss, {"ce": loss.item()}, logits, None
+    keep = None
     if cfg.defense == "cross_lipschitz" and cfg.cl_variant == "hein":
         out = hein_cross_lipschitz(model, xb, yb, lam1=cfg.lam1)
     elif cfg.defense == "cross_lipschitz":
@@ -294,10 +307,13 @@ def _step_loss(cfg: TrainConfig, model: nn.Module, xb: torch.Tensor, yb: torch.T
         v0 = store.get(idx, gen, dtype=xb.dtype)
         out = regularized_loss(model, xb, yb, lam1=cfg.lam1, lam2=cfg.lam2, classes=cfg.classes, v0=v0,
                                inner=cfg.inner, inner_iters=max(cfg.cold_iters, inner_iters) if cold else inner_iters,
-                               step=cfg.step, generator=gen, compiled=cfg.compiled, power_dtype=cfg.power_dtype)
-        store.put(idx, out.v_next, out.j)
+                               step=cfg.step, generator=gen, compiled=cfg.compiled, power_dtype=cfg.power_dtype,
+                               backward_step=cfg.backward_step)
+
+        def keep() -> None:
+            store.put(idx, out.next_directions(), out.j)
     terms = {"ce": out.ce.item(), "grad_term": out.grad_term.item(), "hess_term": out.hess_term.item()}
-    return out.loss, terms, out.logits
+    return out.loss, terms, out.logits, keep
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, max_epochs: int | None = None,
@@ -385,11 +401,13 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
             idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             idx_d = idx.to(dev)
             xb, yb = x[idx_d], y[idx_d]
-            loss, terms, logits = _step_loss(cfg, model, xb, yb, idx, store, gen_noise, cfg.iters_at(epoch))
+            loss, terms, logits, keep = _step_loss(cfg, model, xb, yb, idx, store, gen_noise, cfg.iters_at(epoch))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {s}: {terms}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if keep is not None:
+                keep()
             opt.step()
             sched.step()
             terms["loss"] = loss.item()
