@@ -5,7 +5,11 @@ loss, backward, Adam update) of: plain cross-entropy; Cross-Lipschitz over the r
 over all classes; Cross-Hölder fast mode (warm directions, 1 power step + the training product)
 over the runner-up class and over all classes, and on the runner-up class with 0 power steps and
 with ``WARMUP_ITERS`` (the warm-up epochs of ``TrainConfig.warmup_epochs``), and (``_bf16``, compiled)
-the same with the power steps in bfloat16 (``power_dtype="bfloat16"``); Cross-Hölder faithful
+the same with the power steps in bfloat16 (``power_dtype="bfloat16"``), and (``_bstep``) with
+``backward_step=True`` (the backward pass's free power step; ``_0_bstep``: the training product and
+that step only, two products per visit like the default's one power step + the training product);
+every fast step includes reading the next directions (``RegularizedLoss.next_directions``) after
+the backward pass; Cross-Hölder faithful
 mode (Algorithm 1: fresh directions, T = 10 ascent steps of o = 0.1, all classes); PGD adversarial
 training (10 steps).
 Timings are interleaved (each round times every variant once) and the minimum over rounds is kept.
@@ -92,14 +96,17 @@ def main() -> None:
 
     def step(loss_fn):
         def run():
-            loss = loss_fn()
+            out = loss_fn()
+            loss = out.loss if isinstance(out, regularizers.RegularizedLoss) else out
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if isinstance(out, regularizers.RegularizedLoss):
+                out.next_directions()      # what training keeps (after the backward pass for backward_step)
             opt.step()
         return run
 
     def reg(c: bool, **kw):
-        return lambda: regularizers.regularized_loss(model, xb, yb, compiled=c, **kw).loss
+        return lambda: regularizers.regularized_loss(model, xb, yb, compiled=c, **kw)
 
     variants = {"plain": step(lambda: F.cross_entropy(model(xb), yb))}
     for c in ([False, True] if use_compile else [False]):
@@ -127,11 +134,17 @@ def main() -> None:
                 variants[f"cross_holder_fast_{name}_bf16{sfx}"] = step(reg(
                     c, lam1=lam1, lam2=lam2, classes=cls, v0=v0, inner="power", inner_iters=k,
                     power_dtype="bfloat16"))
+            # backward_step=True: the backward pass's gradient w.r.t. v is one more power step
+            for name, cls, v0, k in (("runner_up_0", "runner_up", v1, 0), ("all_0", "all", v9, 0),
+                                     ("runner_up", "runner_up", v1, iters)):
+                variants[f"cross_holder_fast_{name}_bstep{sfx}"] = step(reg(
+                    c, lam1=lam1, lam2=lam2, classes=cls, v0=v0, inner="power", inner_iters=k,
+                    backward_step=True))
     variants["adversarial_10_steps"] = step(lambda: F.cross_entropy(model(attacks.pgd_last_iterate(
         model, xb, yb, eps_at, steps=10, generator=g)), yb))
     faithful = step(lambda: regularizers.regularized_loss(
         model, xb, yb, lam1=lam1, lam2=lam2, classes="all", v0=None, inner="ascent", inner_iters=10, step=0.1,
-        generator=g).loss)
+        generator=g))
     times = {k: [] for k in variants}
     for fn in variants.values():
         fn()  # warm-up (and compilation)
@@ -165,6 +178,11 @@ def main() -> None:
     print(f"  with the power steps in bfloat16: runner-up {bf['runner_up'] / plain:.2f}x plain, all classes "
           f"{bf['all'] / best[f'cross_lipschitz_all{sfx}']:.2f}x all-class Cross-Lipschitz, warm-up step "
           f"({WARMUP_ITERS} power steps) {bf[f'runner_up_{WARMUP_ITERS}'] / plain:.2f}x plain")
+    bs = {k: best[f"cross_holder_fast_{k}_bstep{sfx}"] for k in ("runner_up_0", "all_0", "runner_up")}
+    print(f"  with backward_step (the backward pass's free power step): 0 power steps (2 products per visit) "
+          f"runner-up {bs['runner_up_0'] / plain:.2f}x plain (target <= 4), all classes "
+          f"{bs['all_0'] / best[f'cross_lipschitz_all{sfx}']:.2f}x all-class Cross-Lipschitz (target <= 3.5); "
+          f"{iters} power step(s) (3 products per visit) runner-up {bs['runner_up'] / plain:.2f}x plain")
 
     # fidelity from real training runs
     fid_rows = []
@@ -177,6 +195,10 @@ def main() -> None:
         # the counts TrainConfig.iters_at uses
         sched = (f"{max(hp['inner_iters'], hp['warmup_iters'])} then {hp['inner_iters']} from epoch "
                  f"{hp['warmup_epochs'] + 1}" if hp.get("warmup_epochs") else str(hp["inner_iters"]))
+        if hp.get("backward_step"):
+            sched += " + backward step"
+        if hp.get("power_dtype", "float32") != "float32":
+            sched += f" in {hp['power_dtype']}"
         if "fidelity_median" in log:
             for _, r in log.iterrows():
                 fid_rows.append({"run": csv.stem, "dataset": csv.parts[-3], "power_steps": sched,
@@ -217,6 +239,9 @@ def main() -> None:
         "cross_holder_fast_runner_up_bf16_vs_plain": round(bf["runner_up"] / plain, 3),
         "cross_holder_fast_all_bf16_vs_cross_lipschitz_all": round(bf["all"] / best[f"cross_lipschitz_all{sfx}"], 3),
         f"cross_holder_fast_runner_up_{WARMUP_ITERS}_bf16_vs_plain": round(bf[f"runner_up_{WARMUP_ITERS}"] / plain, 3),
+        "cross_holder_fast_runner_up_0_bstep_vs_plain": round(bs["runner_up_0"] / plain, 3),
+        "cross_holder_fast_all_0_bstep_vs_cross_lipschitz_all": round(bs["all_0"] / best[f"cross_lipschitz_all{sfx}"], 3),
+        "cross_holder_fast_runner_up_bstep_vs_plain": round(bs["runner_up"] / plain, 3),
         "adversarial_10_steps_vs_plain": round(best["adversarial_10_steps"] / plain, 3),
         "plain_step_ms": round(best["plain"] * 1e3, 2),
         "best_plain_step_ms": round(plain * 1e3, 2),

@@ -250,6 +250,8 @@ def fidelity_table(root: Path = ROOT) -> str:
             if hp.get("power_dtype", "float32") != "float32":
                 steps += f" in {hp['power_dtype']}"
             steps += " + the training product"
+            if hp.get("backward_step"):
+                steps += " + the backward step"
             fid = ", ".join(f"{v:.2f}" for v in lg["fidelity_median"])
             lines.append(f"| {log.stem}{' (compiled)' if hp.get('compiled') else ''} | {NAMES[ds]} | "
                          f"{hp['lam1']:g}, {hp['lam2']:g} | {steps} | {fid} | {lg['epoch_time_s'].mean() / 60:.1f} min | "
@@ -275,8 +277,12 @@ def speed_table(root: Path = ROOT) -> str:
 
     def verdict(k32: str, k16: str, target: float) -> str:
         def ok(k: str) -> str:
+            if k not in d:
+                return "never"
             vals = [d[k]] if hist is None or k not in hist else list(hist[k].dropna()) + [d[k]]
             return "always" if max(vals) <= target else ("sometimes" if min(vals) <= target else "never")
+        if k32 not in d:
+            return "not measured"
         a, b = ok(k32), (ok(k16) if k16 in d else "never")
         if a == "always":
             return f"≤ {target:g}×: met"
@@ -298,6 +304,14 @@ def speed_table(root: Path = ROOT) -> str:
              f"| all classes, 1 power step, × all-class Cross-Lipschitz | {x(al + '_vs_cross_lipschitz_all')} | "
              f"{x(al + '_bf16_vs_cross_lipschitz_all')} | "
              f"{verdict(al + '_vs_cross_lipschitz_all', al + '_bf16_vs_cross_lipschitz_all', 3.5)} |",
+             f"| runner-up class, backward step + the training product (2 products per visit, as many as the "
+             f"default), × a plain step | {x(ru + '_0_bstep_vs_plain')} | (no power step) | "
+             f"{verdict(ru + '_0_bstep_vs_plain', '-', 4)} |",
+             f"| runner-up class, 1 power step + the training product + backward step (3 products per visit), "
+             f"× a plain step | {x(ru + '_bstep_vs_plain')} | | |",
+             f"| all classes, backward step + the training product (2 products per visit), × all-class "
+             f"Cross-Lipschitz | {x(al + '_0_bstep_vs_cross_lipschitz_all')} | (no power step) | "
+             f"{verdict(al + '_0_bstep_vs_cross_lipschitz_all', '-', 3.5)} |",
              "", f"Latest run first, then the range over the runs in `step-cost-history.csv`. Faithful "
              f"Algorithm 1: {d['cross_holder_faithful_vs_plain']:.0f}× a plain step ({d['best_plain_step_ms']:.1f} ms, "
              f"{d['threads']} thread). Compiled Cross-Lipschitz: {x('cross_lipschitz_runner_up_vs_plain')} "
