@@ -83,13 +83,6 @@ def _warm_lanczos(model, x, y, v0, k: int) -> torch.Tensor:
         return flat_norm(H(r.v))
 
 
-def _warm_power_bf16(model, x, y, v0, k: int) -> torch.Tensor:
-    """The training product's ``||H v||`` after ``k - 1`` bfloat16 power steps from ``v0`` (training's code path)."""
-    out = regularizers.regularized_loss(model, x, y, lam1=1.0, lam2=1.0, classes="runner_up", v0=v0[:, None],
-                                        inner="power", inner_iters=k - 1, power_dtype="bfloat16")
-    return out.hess_norms[:, 0].detach()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
@@ -128,7 +121,7 @@ def main() -> None:
         for k in range(1, args.max_products + 1):
             add("warm_power", k, operator_norm(model, xb, yb, "runner_up", method="power", iters=k, v0=v0).norm)
             add("warm_lanczos", k, _warm_lanczos(model, xb, yb, v0, k))
-            add("warm_power_bf16", k, _warm_power_bf16(model, xb, yb, v0, k))
+            add("warm_power_bf16", k, regularizers.warm_norm(model, xb, yb, v0, k - 1, power_dtype="bfloat16"))
             add("cold_power", k, operator_norm(model, xb, yb, "runner_up", method="power", iters=k, seed=1).norm)
     df = pd.DataFrame(rows)
     out = paths.results_dir() / "mnist" / "benchmarks" / "fidelity-frontier.csv"

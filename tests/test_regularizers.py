@@ -370,3 +370,16 @@ def test_backward_step_bad_values_and_zero_gradient(tiny):
     nd = out.next_directions()
     assert torch.equal(nd[2], out.v_next[2]) and not torch.allclose(nd[0], out.v_next[0])
     assert torch.allclose(nd.flatten(1).norm(dim=1), torch.ones(6, dtype=F64))
+
+
+def test_warm_norm_is_power_iteration_then_the_training_product():
+    """warm_norm(k) = ||H v|| after k normalized power steps from v0 (float64 Hessian oracle)."""
+    m, x, y = _tiny_cnn()
+    v0 = torch.randn(5, 1, 9, 9, dtype=F64, generator=torch.Generator().manual_seed(3))
+    got = R.warm_norm(m, x, y, v0, 2)
+    logits = m(x).detach().scatter(1, y[:, None], float("-inf"))
+    for b in range(5):
+        j = int(logits[b].argmax())
+        Hm = torch.func.hessian(lambda xx: m(xx[None])[0, y[b]] - m(xx[None])[0, j])(x[b]).reshape(81, 81)
+        w = _hessian_power(m, x[b], int(y[b]), j, v0[b], 2)
+        assert got[b] == pytest.approx(float((Hm @ w).norm()), rel=1e-10)

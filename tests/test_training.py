@@ -154,9 +154,11 @@ def test_power_dtype_is_part_of_the_identity_only_when_set(monkeypatch, tmp_path
         return real(*a, **k)
 
     monkeypatch.setattr(training, "regularized_loss", spy)
+    monkeypatch.setattr(regularizers, "regularized_loss", spy)      # the fidelity probe (regularizers.warm_norm)
     monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
     res = training.train(bf, progress=False)
-    assert seen and set(seen) == {"bfloat16"}, "every step and the fidelity probe search in bfloat16"
+    assert len(seen) == 256 // bf.batch_size + 1, "every step and the fidelity probe"
+    assert set(seen) == {"bfloat16"}, "every step and the fidelity probe search in bfloat16"
     assert res.record["hyperparameters"]["power_dtype"] == "bfloat16"
     assert 0 < res.log["fidelity_median"].iloc[-1] <= 1.0 + 1e-6
 

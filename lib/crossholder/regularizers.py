@@ -58,7 +58,7 @@ from .hessian import (_dual, _normalize, explicit_backward, explicit_forward, ex
 from .hessian import flat_norm as _norm
 
 __all__ = ["RegularizedLoss", "regularized_loss", "hein_cross_lipschitz", "other_classes", "DirectionStore",
-           "compile_available", "power_dtype_of", "CLASSES", "INNER", "POWER_DTYPES"]
+           "compile_available", "power_dtype_of", "warm_norm", "CLASSES", "INNER", "POWER_DTYPES"]
 
 CLASSES = ("all", "runner_up")
 INNER = ("ascent", "power", "lanczos")
@@ -305,6 +305,19 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
     return RegularizedLoss(loss=loss, ce=ce.detach(), grad_term=grad_term.detach(), hess_term=hess_term.detach(),
                            logits=logits.detach(), j=jj, grad_norms=gn.detach().view(J, B).t(), hess_norms=hn_out,
                            v_next=v_next, hvps=hvps, v_leaf=v_leaf)
+
+
+def warm_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v0: torch.Tensor, power_steps: int, *,
+              power_dtype: str = "float32") -> torch.Tensor:
+    """``(B,)`` fast mode's ``||H v||`` for the runner-up class: ``power_steps`` power steps from ``v0``
+    ``(B, *S)`` (in ``power_dtype``), then the float32 training product, through the training code path.
+
+    What the next training step on these examples would regularize with (the fidelity probe of
+    ``training`` and ``benchmarks/bench_fidelity.py``).
+    """
+    out = regularized_loss(model, x, y, lam1=1.0, lam2=1.0, classes="runner_up", v0=v0[:, None], inner="power",
+                           inner_iters=power_steps, power_dtype=power_dtype)
+    return out.hess_norms[:, 0].detach()
 
 
 def _through(v: torch.Tensor, leaf: torch.Tensor | None) -> torch.Tensor:

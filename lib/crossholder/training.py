@@ -494,8 +494,7 @@ def _fidelity_probe(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torc
     if cfg.power_dtype == "float32":
         fast = operator_norm(model, xb, yb, "runner_up", method="power", iters=k + 1, v0=v0).norm
     else:
-        fast = regularized_loss(model, xb, yb, lam1=1.0, lam2=1.0, classes="runner_up", v0=v0[:, None],
-                                inner="power", inner_iters=k, power_dtype=cfg.power_dtype).hess_norms[:, 0]
+        fast = regularizers.warm_norm(model, xb, yb, v0, k, power_dtype=cfg.power_dtype)
     cold = operator_norm(model, xb, yb, "runner_up", method="lanczos", iters=cold_products, seed=0)
     model.train()
     ratio = fast.detach() / cold.norm.clamp_min(1e-30)
