@@ -382,4 +382,4 @@ def test_warm_norm_is_power_iteration_then_the_training_product():
         j = int(logits[b].argmax())
         Hm = torch.func.hessian(lambda xx: m(xx[None])[0, y[b]] - m(xx[None])[0, j])(x[b]).reshape(81, 81)
         w = _hessian_power(m, x[b], int(y[b]), j, v0[b], 2)
-        assert got[b] == pytest.approx(float((Hm @ w).norm()), rel=1e-10)
+        assert got[b] == pytest.approx(float((Hm @ w).norm().detach()), rel=1e-10)
