@@ -619,6 +619,13 @@ class ExplicitCache:
                              self.d1, self.d2, self.logits, self.rep * n)
 
 
+def cast_passes(cache: ExplicitCache, adj: dict[int, torch.Tensor], dtype: torch.dtype
+                ) -> tuple[ExplicitCache, dict[int, torch.Tensor]]:
+    """``cache`` and the adjoints ``adj`` in ``dtype``, detached: cast once for several :func:`explicit_hvp`
+    products in that dtype (fast mode's power steps in ``power_dtype``)."""
+    return cache.cast(dtype), {i: t.detach().to(dtype) for i, t in adj.items()}
+
+
 def _cmul(u: torch.Tensor, t: torch.Tensor, rep: int) -> torch.Tensor:
     """``u * t`` where ``u`` is ``(rep·B, ...)`` and ``t`` ``(B, ...)`` (broadcast over the ``rep`` slots)."""
     if rep == 1:
@@ -764,8 +771,8 @@ def explicit_hvp(cache: ExplicitCache, adj: dict[int, torch.Tensor], v: torch.Te
 
     ``dtype``: compute in this dtype (e.g. ``torch.bfloat16``: about 2.5x faster convolutions on a CPU
     with AVX512-BF16, 8 significant bits). ``v``, ``adj``, ``cache.d1`` / ``d2`` and the weights are
-    cast to it (pass ``cache.cast(dtype)`` and ``adj`` in ``dtype`` to cast them once for several
-    products); the result is of that dtype. For direction search only (fast mode's power steps,
+    cast to it (pass :func:`cast_passes`'s result to cast them once for several products); the
+    result is of that dtype. For direction search only (fast mode's power steps,
     ``regularizers.regularized_loss(power_dtype=...)``), never for a value that is reported or trained on.
     """
     layers = cache.layers

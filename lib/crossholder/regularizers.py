@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hessian import (_dual, _normalize, explicit_backward, explicit_forward, explicit_hvp, explicit_layers,
-                      resolve_pairs)
+from .hessian import (_dual, _normalize, cast_passes, explicit_backward, explicit_forward, explicit_hvp,
+                      explicit_layers, resolve_pairs)
 from .hessian import flat_norm as _norm
 
 __all__ = ["RegularizedLoss", "regularized_loss", "hein_cross_lipschitz", "other_classes", "DirectionStore",
@@ -111,11 +111,11 @@ class RegularizedLoss:
             raise RuntimeError("backward_step=True: call loss.backward() before next_directions() (the power "
                                "step is the gradient the backward pass leaves on v)")
         B, J = self.v_next.shape[:2]
-        g = g.detach().to(self.v_next.dtype).view((J, B) + tuple(self.v_next.shape[2:])).transpose(0, 1)
-        n = g.flatten(2).norm(dim=2)                                    # (B, J)
-        ok = (n > 0) & torch.isfinite(n)
-        unit = g / n.clamp_min(torch.finfo(g.dtype).tiny).view((B, J) + (1,) * (g.dim() - 2))
-        return torch.where(ok.view((B, J) + (1,) * (g.dim() - 2)), unit, self.v_next)
+        g = g.detach().to(self.v_next.dtype)                            # (J*B, *S), slot-major
+        n = _norm(g)
+        ok = ((n > 0) & torch.isfinite(n)).view(J, B).t()               # (B, J)
+        unit = _normalize(g, 2.0).view((J, B) + tuple(self.v_next.shape[2:])).transpose(0, 1)
+        return torch.where(ok.view((B, J) + (1,) * (unit.dim() - 2)), unit, self.v_next)
 
 
 def other_classes(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -243,7 +243,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
                 with torch.no_grad():
                     if inner == "power" and pdt is not None:
                         if not low:
-                            low.extend([cache_j.cast(pdt), {i: t.detach().to(pdt) for i, t in adj.items()}])
+                            low.extend(cast_passes(cache_j, adj, pdt))
                         return explicit_hvp(low[0], low[1], vec, dtype=pdt).to(vec.dtype)
                     return explicit_hvp(cache_j, adj, vec)
         else:
@@ -341,8 +341,8 @@ def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj
     ``jj`` ``(B, J)`` the classes, or ``None`` for the runner-up class (``J = 1``, found here from the
     logits: the largest logit other than ``y``); ``v`` ``(J*B, *S)`` unit starting directions
     (slot-major) or ``None`` (no Hessian term); if ``v`` requires a gradient (``backward_step``), the
-    backward pass leaves ``∝ H (H v) / ||H v||`` on it, whatever the power steps did. Returns ``(loss, ce, logits, jj, grad_norms (J*B,),
-    hess_norms (J*B,) or None, H v or None)``. ``power_dtype``: the power steps' dtype (``None``: x's).
+    backward pass leaves ``∝ H (H v) / ||H v||`` on it, whatever the power steps did. Returns
+    ``(loss, ce, logits, jj, grad_norms (J*B,), hess_norms (J*B,) or None, H v or None)``. ``power_dtype``: the power steps' dtype (``None``: x's).
     """
     B = x.shape[0]
     cache = explicit_forward(layers, x)
@@ -363,7 +363,7 @@ def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj
         leaf = v if v.requires_grad else None        # backward_step: the gradient w.r.t. v is wanted
         with torch.no_grad():
             if power_iters and power_dtype is not None:   # cast once for all power steps
-                cache_p, adj_p = cache_j.cast(power_dtype), {i: t.to(power_dtype) for i, t in adj.items()}
+                cache_p, adj_p = cast_passes(cache_j, adj, power_dtype)
             else:
                 cache_p, adj_p = cache_j, adj
             for _ in range(power_iters):
