@@ -234,3 +234,26 @@ def test_full_hessian_matches_torch_func(small):
     m, x, t, j, Hs = small
     for b in range(3):
         assert torch.allclose(hs.full_hessian(m, x[b], t[b], j[b], chunk=3), Hs[b], atol=1e-12)
+
+
+def test_hessian_spectrum_against_torch_func(small):
+    m, x, t, j, Hs = small
+    ev = hs.hessian_spectrum(m, x, t, j, chunk=3)
+    assert ev.shape == (6, 7)
+    ref = torch.linalg.eigvalsh(Hs)                                   # ascending, per example
+    assert torch.allclose(ev.sort(dim=1).values, ref, atol=1e-10)
+    assert bool((ev.abs()[:, :-1] >= ev.abs()[:, 1:]).all())          # largest modulus first
+    assert torch.allclose(ev[:, 0].abs(), spectral(Hs), atol=1e-10)
+
+
+def test_hessian_spectrum_runner_up_and_errors(small):
+    m, x, _, _, _ = small
+    with torch.no_grad():
+        z = m(x)
+    t = z.argmax(1)
+    j = z.topk(2, dim=1).indices[:, 1]
+    assert torch.allclose(hs.hessian_spectrum(m, x, t, "runner_up"), hs.hessian_spectrum(m, x, t, j), atol=0)
+    with pytest.raises(ValueError, match="batch dimension"):
+        hs.hessian_spectrum(m, x[0], t[:1], j[:1])
+    with pytest.raises(ValueError, match="j equals t"):
+        hs.hessian_spectrum(m, x, t, t)

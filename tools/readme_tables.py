@@ -259,6 +259,23 @@ def fidelity_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
+def spectrum_table(root: Path = ROOT) -> str:
+    """Medians of the exact top of the input-Hessian spectrum, and ||H v_k|| against |v_k^T H v_k| (bench_spectrum)."""
+    f = root / "results" / "mnist" / "hessian" / "spectrum-top.csv"
+    t = pd.read_csv(f)
+    steps = sorted(int(c.split("_")[1]) for c in t.columns if c.startswith("norm_") and c.endswith("_over_op_norm"))
+    lines = ["| MNIST model | ‖H‖₂ | \\|λ₂\\| / \\|λ₁\\| | largest \\|λ\\| of the other sign / \\|λ₁\\| | "
+             + " | ".join(f"‖Hv‖, \\|vᵀHv\\| after {k} power step{'s' if k > 1 else ''}" for k in steps) + " |",
+             "|---|---|---|---|" + "---|" * len(steps)]
+    for model, g in t.groupby("model", sort=True):
+        med = g.median(numeric_only=True)
+        cells = [f"{med[f'norm_{k}_over_op_norm']:.2f}, {med[f'rayleigh_{k}_over_op_norm']:.2f}" for k in steps]
+        lines.append(f"| {model.split('/')[1]} ({g['checkpoint'].iloc[0].split('/')[-1].removesuffix('.pt')}) | "
+                     f"{med['op_norm']:.3g} | {med['second_over_first']:.2f} | {med['opposite_sign_over_first']:.2f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def speed_table(root: Path = ROOT) -> str:
     """Step costs of compiled fast Cross-Hölder: the latest run (``step-cost.json``) and the range over
     every recorded run (``step-cost-history.csv``), both written by ``benchmarks/bench_training.py``."""
@@ -320,7 +337,7 @@ def speed_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"speed": speed_table, "all_classes": all_classes_table, "fidelity": fidelity_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
+TABLES = {"speed": speed_table, "all_classes": all_classes_table, "fidelity": fidelity_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
