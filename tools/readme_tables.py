@@ -186,29 +186,31 @@ def _curve_of(root: Path, ds: str, defense: str, run_id: str) -> pd.DataFrame | 
 
 
 def all_classes_table(root: Path = ROOT) -> str:
-    """Runner-up class against every class (the paper's form) for MNIST Cross-Lipschitz."""
+    """Runner-up class against every class (the paper's form) for the MNIST gradient regularizers."""
     reg = json.loads((root / "results" / "models.json").read_text())
-    registered = reg["mnist/cross_lipschitz"]
-    runs = [(registered["run_id"], registered)]
-    for side in sorted((root / "results" / "mnist" / "models").glob("cross_lipschitz-*.json")):
-        rec = json.loads(side.read_text())
-        if rec["hyperparameters"].get("classes") == "all":
-            runs.append((rec["run_id"], rec))
-    lines = ["| run | classes | λ1 | clean test accuracy | training wall time | worst case (per example) at "
-             + ", ".join(f"ε = {e:g}" for e in HEADLINE_EPS) + " |", "|---|---|---|---|---|---|"]
-    for rid, rec in runs:
-        hp = rec["hyperparameters"]
-        c = _curve_of(root, "mnist", "cross_lipschitz", rid)
-        if c is None:
-            acc = "not evaluated yet"
-        else:
-            pe = c[c["attack"] == "worst-per-example"]
-            acc = ", ".join(f"{100 * pe[abs(pe['eps'] - e) < 1e-9]['accuracy'].iloc[0]:.1f}" for e in HEADLINE_EPS)
-        wall = rec.get("provenance", {}).get("wall_time_s")
-        lines.append(f"| {rid}{' (registered)' if rid == registered['run_id'] else ''}"
-                     f"{', compiled' if hp.get('compiled') else ''} | {hp['classes'].replace('_', '-')} | "
-                     f"{hp['lam1']:g} | {100 * rec['clean_test_accuracy']:.2f}% | "
-                     f"{'' if not wall else f'{wall / 60:.0f} min'} | {acc} |")
+    lines = ["| run | defense | classes | λ | clean test accuracy | training wall time | worst case (per example) at "
+             + ", ".join(f"ε = {e:g}" for e in HEADLINE_EPS) + " |", "|---|---|---|---|---|---|---|"]
+    for defense in ("cross_lipschitz", "cross_holder"):
+        registered = reg[f"mnist/{defense}"]
+        runs = [(registered["run_id"], registered)]
+        for side in sorted((root / "results" / "mnist" / "models").glob(f"{defense}-*.json")):
+            rec = json.loads(side.read_text())
+            if rec["hyperparameters"].get("classes") == "all":
+                runs.append((rec["run_id"], rec))
+        for rid, rec in runs:
+            hp = rec["hyperparameters"]
+            c = _curve_of(root, "mnist", defense, rid)
+            if c is None:
+                acc = "not evaluated yet"
+            else:
+                pe = c[c["attack"] == "worst-per-example"]
+                acc = ", ".join(f"{100 * pe[abs(pe['eps'] - e) < 1e-9]['accuracy'].iloc[0]:.1f}" for e in HEADLINE_EPS)
+            wall = rec.get("provenance", {}).get("wall_time_s")
+            lam = f"{hp['lam1']:g}" if defense == "cross_lipschitz" else f"{hp['lam1']:g}, {hp['lam2']:g}"
+            lines.append(f"| {rid}{' (registered)' if rid == registered['run_id'] else ''}"
+                         f"{', compiled' if hp.get('compiled') else ''} | {DEFENSE_NAMES[defense]} | "
+                         f"{hp['classes'].replace('_', '-')} | {lam} | {100 * rec['clean_test_accuracy']:.2f}% | "
+                         f"{'' if not wall else f'{wall / 60:.0f} min'} | {acc} |")
     return "\n".join(lines)
 
 
