@@ -171,7 +171,8 @@ def selection_table(root: Path = ROOT) -> str:
                          f"{100 * r['worst_min_3']:.1f} / {100 * r['worst_min_4']:.1f} | "
                          f"{'yes' if _bool(r['admissible']) else 'no'} | {'**yes**' if _bool(r['winner']) else ''} | "
                          f"{'yes' if _bool(r['paper_pick']) else ''} |")
-        lines.append(f"| {NAMES[ds]} | ({missing} grid point{'' if missing == 1 else 's'} not scored yet) | | | | | | |")
+        if missing:
+            lines.append(f"| {NAMES[ds]} | ({missing} grid point{'' if missing == 1 else 's'} not scored yet) | | | | | | |")
     return "\n".join(lines)
 
 
