@@ -305,3 +305,35 @@ def test_evaluation_cli_says_when_rows_were_reused(monkeypatch, capsys):
     evaluation.main(["--dataset", "mnist", "--defense", "none"])
     out = capsys.readouterr().out
     assert "300 examples' rows reused from donor-examples.csv" in out and "12.5 s" in out and "0.01 s here" in out
+
+
+def test_paired_comparison_counts_and_exact_mcnemar():
+    from scipy.stats import binomtest
+
+    # fooled_at: index of the first ε that fooled the image (2 = never, on a 2-point grid); -1 = misclassified
+    a = evaluation.pd.DataFrame({"index": [0, 1, 2, 3, 4, 5], "fooled_at_ce": [2, 2, 1, 2, -1, 2],
+                                 "fooled_at_cw": [2, 1, 2, 2, -1, 2]})
+    b = evaluation.pd.DataFrame({"index": [0, 1, 2, 3, 4, 5], "fooled_at_ce": [2, 2, 2, 0, 2, 2],
+                                 "fooled_at_cw": [2, 2, 2, 2, 2, 1]})
+    r = evaluation.paired_comparison(a, b, 1)     # robust at eps[1]: fooled_at > 1 for both losses
+    # a robust: 0, 3, 5; b robust: 0, 1, 2, 4
+    assert (r["both"], r["only_a"], r["only_b"], r["neither"]) == (1, 2, 3, 0)
+    assert r["p_value"] == pytest.approx(binomtest(2, 5).pvalue, abs=1e-12)
+    r0 = evaluation.paired_comparison(a, b, 0)    # eps[0]: a robust 0,1,2,3,5; b robust 0,1,2,4,5
+    assert (r0["only_a"], r0["only_b"]) == (1, 1) and r0["p_value"] == 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(20):                            # exact two-sided McNemar = scipy's binomial test
+        n = 60
+        fa, fb = rng.integers(-1, 4, n), rng.integers(-1, 4, n)
+        A = evaluation.pd.DataFrame({"index": range(n), "fooled_at_ce": fa, "fooled_at_cw": 3})
+        B = evaluation.pd.DataFrame({"index": range(n), "fooled_at_ce": fb, "fooled_at_cw": 3})
+        r = evaluation.paired_comparison(A, B, 1)
+        d = r["only_a"] + r["only_b"]
+        assert r["p_value"] == pytest.approx(binomtest(r["only_a"], d).pvalue if d else 1.0, abs=1e-12)
+        assert r["both"] + r["only_a"] + r["only_b"] + r["neither"] == n
+    with pytest.raises(ValueError, match="same images"):
+        evaluation.paired_comparison(a, b.iloc[::-1], 1)
+    with pytest.raises(ValueError, match="lacks the columns"):
+        evaluation.paired_comparison(a.drop(columns="fooled_at_cw"), b, 1)
+    with pytest.raises(ValueError, match="k=-1"):
+        evaluation.paired_comparison(a, b, -1)

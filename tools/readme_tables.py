@@ -215,6 +215,47 @@ def all_classes_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
+def _examples_of(root: Path, ds: str, defense: str, run_id: str) -> tuple[pd.DataFrame, list[float]] | None:
+    """Per-example results and the ε grid of the curve :func:`_curve_of` finds, if computed."""
+    for side in sorted((root / "results" / ds / "robustness").glob(f"{defense}-*.json")):
+        rec = json.loads(side.read_text())
+        prm = rec.get("params", {})
+        if prm.get("model") == run_id and prm.get("n") == 300 and prm.get("steps") == 50 and prm.get("restarts") == 10:
+            eps = sorted(pd.read_csv(side.with_suffix(".csv"))["eps"].unique())
+            return pd.read_csv(side.with_name(side.stem + "-examples.csv")), [float(e) for e in eps]
+    return None
+
+
+def all_classes_paired_table(root: Path = ROOT) -> str:
+    """Paired comparisons (same 300 images, exact McNemar) of the all-class runs against the other forms."""
+    from crossholder.evaluation import paired_comparison
+
+    reg = json.loads((root / "results" / "models.json").read_text())
+    forms: dict[str, tuple[str, str]] = {}
+    for defense in ("cross_lipschitz", "cross_holder"):
+        forms[f"{DEFENSE_NAMES[defense]}, runner-up"] = (defense, reg[f"mnist/{defense}"]["run_id"])
+        for side in sorted((root / "results" / "mnist" / "models").glob(f"{defense}-*.json")):
+            rec = json.loads(side.read_text())
+            if rec["hyperparameters"].get("classes") == "all":
+                forms[f"{DEFENSE_NAMES[defense]}, all classes"] = (defense, rec["run_id"])
+    pairs = [("Cross-Hölder, all classes", "Cross-Lipschitz, all classes"),
+             ("Cross-Hölder, all classes", "Cross-Hölder, runner-up"),
+             ("Cross-Lipschitz, all classes", "Cross-Lipschitz, runner-up"),
+             ("Cross-Hölder, runner-up", "Cross-Lipschitz, all classes")]
+    lines = ["| model A | model B | ε | robust for both | only A | only B | exact McNemar p |", "|---|---|---|---|---|---|---|"]
+    for a, b in pairs:
+        if a not in forms or b not in forms:
+            continue
+        ea, eb = _examples_of(root, "mnist", *forms[a]), _examples_of(root, "mnist", *forms[b])
+        if ea is None or eb is None or ea[1] != eb[1]:
+            continue
+        for e in (5.0, 6.0):
+            r = paired_comparison(ea[0], eb[0], ea[1].index(e))
+            lines.append(f"| {a} | {b} | {e:g} | {r['both']} | {r['only_a']} | {r['only_b']} | "
+                         f"{'< 0.001' if r['p_value'] < 0.001 else format(r['p_value'], '.2f')} |")
+    return "\n".join(lines)
+
+
 STRATEGY_NAMES = {"warm_power": "kept direction, power steps",
                   "warm_power_bf16": "kept direction, power steps in bfloat16",
                   "warm_lanczos": "kept direction, Lanczos", "cold_power": "fresh direction, power steps"}
@@ -340,7 +381,7 @@ def speed_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"speed": speed_table, "all_classes": all_classes_table, "fidelity": fidelity_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
+TABLES = {"speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
 
 
 def render(readme: str, root: Path = ROOT) -> str:

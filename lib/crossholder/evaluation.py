@@ -34,7 +34,7 @@ from . import experiments as ex
 from .attacks import LOSSES, pgd
 
 __all__ = ["to_pixel", "wilson_interval", "sweep", "curve_from_sweeps", "robustness_curve", "evaluate_model",
-           "per_model_rows",
+           "per_model_rows", "paired_comparison",
            "ATTACKS", "EVAL_CODE_VERSION"]
 
 EVAL_CODE_VERSION = "1"
@@ -132,6 +132,35 @@ def curve_from_sweeps(per_example: pd.DataFrame, eps: Sequence[float], eps_pixel
             rows.append({"defense": defense, "attack": attack, "eps": e, "eps_pixel": ep, "n": n, "robust": c,
                          "accuracy": c / n if n else float("nan"), "ci_low": float(lo), "ci_high": float(hi)})
     return pd.DataFrame(rows)
+
+
+def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, k: int) -> dict[str, Any]:
+    """Two models' per-example worst case on the same images at ``eps[k]``, with an exact McNemar test.
+
+    ``a``, ``b``: per-example results of :func:`robustness_curve` / the ``-examples.csv`` files
+    (columns ``index``, ``fooled_at_ce``, ``fooled_at_cw``), on the same test images. An image is
+    robust iff neither attack fooled it at ``eps[k]`` (``fooled_at > k`` for both losses). Returns
+    the counts ``both``, ``only_a``, ``only_b``, ``neither`` and ``p_value``: the exact two-sided
+    McNemar test, ``min(1, 2 P(X <= min(only_a, only_b)))`` with ``X ~ Binomial(only_a + only_b, 1/2)``
+    (1.0 when no image is discordant). The test is paired: it uses that both models saw the
+    same images, where two Wilson intervals would not.
+    """
+    if not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k={k!r} must be an integer >= 0 (an index into the ε grid)")
+    for name, df in (("a", a), ("b", b)):
+        missing = {"index", "fooled_at_ce", "fooled_at_cw"} - set(df.columns)
+        if missing:
+            raise ValueError(f"{name} lacks the columns {sorted(missing)}; expected a per-example results frame")
+    if len(a) != len(b) or not np.array_equal(a["index"].to_numpy(), b["index"].to_numpy()):
+        raise ValueError(f"a and b are not on the same images (lengths {len(a)} and {len(b)}, or a different "
+                         "'index' order)")
+    ra = (a["fooled_at_ce"].to_numpy() > k) & (a["fooled_at_cw"].to_numpy() > k)
+    rb = (b["fooled_at_ce"].to_numpy() > k) & (b["fooled_at_cw"].to_numpy() > k)
+    only_a, only_b = int((ra & ~rb).sum()), int((~ra & rb).sum())
+    n = only_a + only_b
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
+    return {"both": int((ra & rb).sum()), "only_a": only_a, "only_b": only_b, "neither": int((~ra & ~rb).sum()),
+            "p_value": min(1.0, 2 * tail)}
 
 
 def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *,
