@@ -176,14 +176,19 @@ def selection_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def _curve_of(root: Path, ds: str, defense: str, run_id: str) -> pd.DataFrame | None:
-    """The full-grid ``cpu``-protocol curve (n = 300, 50 steps x 10 restarts) of model ``run_id``, if computed."""
+def _curve_side(root: Path, ds: str, defense: str, run_id: str) -> Path | None:
+    """The provenance file of the full-grid ``cpu``-protocol curve (n = 300, 50 steps x 10 restarts) of ``run_id``."""
     for side in sorted((root / "results" / ds / "robustness").glob(f"{defense}-*.json")):
-        rec = json.loads(side.read_text())
-        prm = rec.get("params", {})
+        prm = json.loads(side.read_text()).get("params", {})
         if prm.get("model") == run_id and prm.get("n") == 300 and prm.get("steps") == 50 and prm.get("restarts") == 10:
-            return pd.read_csv(side.with_suffix(".csv"))
+            return side
     return None
+
+
+def _curve_of(root: Path, ds: str, defense: str, run_id: str) -> pd.DataFrame | None:
+    """That curve (:func:`_curve_side`), if computed."""
+    side = _curve_side(root, ds, defense, run_id)
+    return None if side is None else pd.read_csv(side.with_suffix(".csv"))
 
 
 def all_classes_table(root: Path = ROOT) -> str:
@@ -216,14 +221,12 @@ def all_classes_table(root: Path = ROOT) -> str:
 
 
 def _examples_of(root: Path, ds: str, defense: str, run_id: str) -> tuple[pd.DataFrame, list[float]] | None:
-    """Per-example results and the ε grid of the curve :func:`_curve_of` finds, if computed."""
-    for side in sorted((root / "results" / ds / "robustness").glob(f"{defense}-*.json")):
-        rec = json.loads(side.read_text())
-        prm = rec.get("params", {})
-        if prm.get("model") == run_id and prm.get("n") == 300 and prm.get("steps") == 50 and prm.get("restarts") == 10:
-            eps = sorted(pd.read_csv(side.with_suffix(".csv"))["eps"].unique())
-            return pd.read_csv(side.with_name(side.stem + "-examples.csv")), [float(e) for e in eps]
-    return None
+    """Per-example results and the ε grid of that curve (:func:`_curve_side`), if computed."""
+    side = _curve_side(root, ds, defense, run_id)
+    if side is None:
+        return None
+    eps = sorted(pd.read_csv(side.with_suffix(".csv"))["eps"].unique())
+    return pd.read_csv(side.with_name(side.stem + "-examples.csv")), [float(e) for e in eps]
 
 
 def all_classes_paired_table(root: Path = ROOT) -> str:
