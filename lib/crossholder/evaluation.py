@@ -34,7 +34,7 @@ from . import experiments as ex
 from .attacks import LOSSES, pgd
 
 __all__ = ["to_pixel", "wilson_interval", "sweep", "curve_from_sweeps", "robustness_curve", "evaluate_model",
-           "per_model_rows", "paired_comparison",
+           "per_model_rows", "robust_both", "paired_comparison",
            "ATTACKS", "EVAL_CODE_VERSION"]
 
 EVAL_CODE_VERSION = "1"
@@ -134,6 +134,11 @@ def curve_from_sweeps(per_example: pd.DataFrame, eps: Sequence[float], eps_pixel
     return pd.DataFrame(rows)
 
 
+def robust_both(per_example: pd.DataFrame, k: int) -> np.ndarray:
+    """``(N,)`` bool: which images survive both attacks at ``eps[k]`` (the per-example worst case)."""
+    return (per_example["fooled_at_ce"].to_numpy() > k) & (per_example["fooled_at_cw"].to_numpy() > k)
+
+
 def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, k: int) -> dict[str, Any]:
     """Two models' per-example worst case on the same images at ``eps[k]``, with an exact McNemar test.
 
@@ -154,8 +159,7 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, k: int) -> dict[str, Any
     if len(a) != len(b) or not np.array_equal(a["index"].to_numpy(), b["index"].to_numpy()):
         raise ValueError(f"a and b are not on the same images (lengths {len(a)} and {len(b)}, or a different "
                          "'index' order)")
-    ra = (a["fooled_at_ce"].to_numpy() > k) & (a["fooled_at_cw"].to_numpy() > k)
-    rb = (b["fooled_at_ce"].to_numpy() > k) & (b["fooled_at_cw"].to_numpy() > k)
+    ra, rb = robust_both(a, k), robust_both(b, k)
     only_a, only_b = int((ra & ~rb).sum()), int((~ra & rb).sum())
     n = only_a + only_b
     tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
@@ -578,7 +582,7 @@ def autoattack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
         if per_example is not None and eps_grid_used is not None:
             k = [round(g, 6) for g in eps_grid_used].index(round(e, 6))
             pe = per_example.iloc[: len(x)]
-            ours = ((pe["fooled_at_ce"] > k) & (pe["fooled_at_cw"] > k)).mean()
+            ours = robust_both(pe, k).mean()
             row.update({"ours_worst_per_example": float(ours), "gap": float(ours) - acc})
         rows.append(row)
     return pd.DataFrame(rows)
