@@ -32,24 +32,26 @@ import pandas as pd
 import torch
 
 from crossholder import data, experiments, hessian, models, paths
-from crossholder.hessian import flat_norm
+from crossholder.hessian import _normalize, flat_norm
 
 STEPS = (1, 2, 4, 8)
 TOP = 6
 
 
 def _power_estimates(model, x, t, j, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """``||H v_k|| `` and ``|v_k^T H v_k|`` after ``k`` power steps from a seeded Gaussian, ``k`` in STEPS."""
-    v = torch.randn(x.shape, generator=gen, dtype=x.dtype)
-    v = v / hessian._bcast(flat_norm(v), v)
+    """``||H v_k||`` and ``|v_k^T H v_k|`` after ``k`` power steps from a seeded Gaussian, ``k`` in STEPS.
+
+    ``H v_k`` is both the estimate at step ``k`` and the product of step ``k + 1``: one product a step.
+    """
+    v = _normalize(torch.randn(x.shape, generator=gen, dtype=x.dtype), 2.0)
+    hv = hessian.hvp(model, x, t, j, v)
     out: dict[str, torch.Tensor] = {}
     for k in range(1, max(STEPS) + 1):
+        v = _normalize(hv, 2.0)
         hv = hessian.hvp(model, x, t, j, v)
-        v = hv / hessian._bcast(flat_norm(hv), hv)
         if k in STEPS:
-            hv_k = hessian.hvp(model, x, t, j, v)
-            out[f"norm_{k}"] = flat_norm(hv_k)
-            out[f"rayleigh_{k}"] = (hv_k * v).flatten(1).sum(1).abs()
+            out[f"norm_{k}"] = flat_norm(hv)
+            out[f"rayleigh_{k}"] = (hv * v).flatten(1).sum(1).abs()
     return out
 
 
