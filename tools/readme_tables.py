@@ -191,18 +191,26 @@ def _curve_of(root: Path, ds: str, defense: str, run_id: str) -> pd.DataFrame | 
     return None if side is None else pd.read_csv(side.with_suffix(".csv"))
 
 
-def all_classes_table(root: Path = ROOT) -> str:
-    """Runner-up class against every class (the paper's form) for the MNIST gradient regularizers."""
+def _class_forms(root: Path) -> dict[str, list[tuple[str, dict]]]:
+    """Per gradient regularizer: ``(run id, record)`` of the registered MNIST model first, then every all-class run."""
     reg = json.loads((root / "results" / "models.json").read_text())
-    lines = ["| run | defense | classes | λ | clean test accuracy | training wall time | worst case (per example) at "
-             + ", ".join(f"ε = {e:g}" for e in HEADLINE_EPS) + " |", "|---|---|---|---|---|---|---|"]
+    out: dict[str, list[tuple[str, dict]]] = {}
     for defense in ("cross_lipschitz", "cross_holder"):
         registered = reg[f"mnist/{defense}"]
-        runs = [(registered["run_id"], registered)]
+        out[defense] = [(registered["run_id"], registered)]
         for side in sorted((root / "results" / "mnist" / "models").glob(f"{defense}-*.json")):
             rec = json.loads(side.read_text())
             if rec["hyperparameters"].get("classes") == "all":
-                runs.append((rec["run_id"], rec))
+                out[defense].append((rec["run_id"], rec))
+    return out
+
+
+def all_classes_table(root: Path = ROOT) -> str:
+    """Runner-up class against every class (the paper's form) for the MNIST gradient regularizers."""
+    registered = _class_forms(root)
+    lines = ["| run | defense | classes | λ | clean test accuracy | training wall time | worst case (per example) at "
+             + ", ".join(f"ε = {e:g}" for e in HEADLINE_EPS) + " |", "|---|---|---|---|---|---|---|"]
+    for defense, runs in registered.items():
         for rid, rec in runs:
             hp = rec["hyperparameters"]
             c = _curve_of(root, "mnist", defense, rid)
@@ -213,7 +221,7 @@ def all_classes_table(root: Path = ROOT) -> str:
                 acc = ", ".join(f"{100 * pe[abs(pe['eps'] - e) < 1e-9]['accuracy'].iloc[0]:.1f}" for e in HEADLINE_EPS)
             wall = rec.get("provenance", {}).get("wall_time_s")
             lam = f"{hp['lam1']:g}" if defense == "cross_lipschitz" else f"{hp['lam1']:g}, {hp['lam2']:g}"
-            lines.append(f"| {rid}{' (registered)' if rid == registered['run_id'] else ''}"
+            lines.append(f"| {rid}{' (registered)' if rid == runs[0][0] else ''}"
                          f"{', compiled' if hp.get('compiled') else ''} | {DEFENSE_NAMES[defense]} | "
                          f"{hp['classes'].replace('_', '-')} | {lam} | {100 * rec['clean_test_accuracy']:.2f}% | "
                          f"{'' if not wall else f'{wall / 60:.0f} min'} | {acc} |")
@@ -233,14 +241,8 @@ def all_classes_paired_table(root: Path = ROOT) -> str:
     """Paired comparisons (same 300 images, exact McNemar) of the all-class runs against the other forms."""
     from crossholder.evaluation import paired_comparison
 
-    reg = json.loads((root / "results" / "models.json").read_text())
-    forms: dict[str, tuple[str, str]] = {}
-    for defense in ("cross_lipschitz", "cross_holder"):
-        forms[f"{DEFENSE_NAMES[defense]}, runner-up"] = (defense, reg[f"mnist/{defense}"]["run_id"])
-        for side in sorted((root / "results" / "mnist" / "models").glob(f"{defense}-*.json")):
-            rec = json.loads(side.read_text())
-            if rec["hyperparameters"].get("classes") == "all":
-                forms[f"{DEFENSE_NAMES[defense]}, all classes"] = (defense, rec["run_id"])
+    forms = {f"{DEFENSE_NAMES[d]}, {'all classes' if rec['hyperparameters']['classes'] == 'all' else 'runner-up'}":
+             (d, rid) for d, runs in _class_forms(root).items() for rid, rec in runs}
     pairs = [("Cross-Hölder, all classes", "Cross-Lipschitz, all classes"),
              ("Cross-Hölder, all classes", "Cross-Hölder, runner-up"),
              ("Cross-Lipschitz, all classes", "Cross-Lipschitz, runner-up"),
