@@ -337,3 +337,68 @@ def test_paired_comparison_counts_and_exact_mcnemar():
         evaluation.paired_comparison(a.drop(columns="fooled_at_cw"), b, 1)
     with pytest.raises(ValueError, match="k=-1"):
         evaluation.paired_comparison(a, b, -1)
+
+
+def linear_multiclass(d=100, k=10, n=48, seed=0):
+    """A 10-class linear classifier (float32, AutoAttack's dtype) on inputs inside [0.45, 0.55]^d
+    (shaped ``(n, 1, 10, d / 10)``), where
+    the box does not bind: the minimal L2 perturbation that changes the prediction is exactly
+    ``min_{j != y} (f_y - f_j) / ||w_y - w_j||``."""
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(d, k)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(k, d, generator=g) * 20)
+        lin.bias.copy_(-(lin.weight @ torch.full((d,), 0.5)))   # every boundary passes near the centre
+        x = 0.45 + 0.1 * torch.rand(n, d, generator=g)
+        z = lin(x)
+        y = z.argmax(1)
+        w = lin.weight
+        gap = z.gather(1, y[:, None]) - z                                  # (n, k) f_y - f_j >= 0
+        wn = (w[y][:, None, :] - w[None, :, :]).norm(dim=2)                # (n, k) ||w_y - w_j||
+        dist = torch.where(wn > 0, gap / wn.clamp_min(1e-12), torch.full_like(gap, math.inf)).min(1).values
+    assert float(dist.max()) < 0.05, "the box must not bind for the closed form to hold"
+    # Square attack needs image-shaped inputs (n, C, H, W)
+    return nn.Sequential(nn.Flatten(), lin).eval(), x.view(n, 1, 10, d // 10), y, dist.double()
+
+
+def test_autoattack_check_matches_the_linear_closed_form_and_reports_the_gap():
+    """AutoAttack cannot fool an example farther than ε from every boundary (soundness, checked by the
+    ε-ball test inside) and must fool every example clearly nearer (strength): its accuracy lies
+    between the exact robust accuracy at ε and at 0.98 ε. The gap column compares our per-example
+    worst case, here built from the closed form, with AutoAttack's."""
+    pytest.importorskip("pyautoattack")
+    lin, x, y, dist = linear_multiclass()
+    std = evaluation.data_mod.MEAN_STD["mnist"][1]
+    q = np.quantile(dist.numpy(), [0.3, 0.6]) / std                      # two ε (paper units) inside the spread
+    eps = [float(q[0]), float(q[1])]
+    d = dist.numpy()
+    # our sweep's per-example frame as the closed form would give it on the grid eps
+    fooled_at = np.where(d <= eps[0] * std, 0, np.where(d <= eps[1] * std, 1, 2))
+    per_example = evaluation.pd.DataFrame({"index": range(len(x)), "fooled_at_ce": fooled_at,
+                                           "fooled_at_cw": fooled_at})
+    t = evaluation.autoattack_check(lin, x, y, eps, dataset="mnist", defense="linear", per_example=per_example,
+                                    eps_grid_used=eps, seed=0)
+    assert list(t["eps"]) == eps and list(t["n"]) == [len(x)] * 2
+    assert t["eps_pixel"].tolist() == pytest.approx([e * std for e in eps])
+    for _, row in t.iterrows():
+        ep = row["eps_pixel"]
+        exact = float((d > ep).mean())
+        assert exact <= row["autoattack"] <= float((d > 0.98 * ep).mean()) + 1e-12
+        assert row["ours_worst_per_example"] == pytest.approx(exact)
+        assert row["gap"] == pytest.approx(row["ours_worst_per_example"] - row["autoattack"])
+
+
+def test_autoattack_check_rejects_points_outside_the_ball(monkeypatch):
+    pyautoattack = pytest.importorskip("pyautoattack")
+    lin, x, y, _ = linear_multiclass(n=4)
+
+    class TooFar:                       # an "attack" that steps outside the ε-ball
+        def __init__(self, model, eps, **kw):
+            self.eps = eps
+
+        def run_standard_evaluation(self, x, y, batch_size):
+            return (x + 2 * self.eps / math.sqrt(x[0].numel())).clamp(0, 1), y
+
+    monkeypatch.setattr(pyautoattack, "AutoAttack", TooFar)
+    with pytest.raises(RuntimeError, match="outside the ε-ball"):
+        evaluation.autoattack_check(lin, x, y, [0.1], dataset="mnist", defense="linear")
