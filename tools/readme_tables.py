@@ -18,7 +18,10 @@ Sections between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers ar
 * ``speed``: ``results/mnist/benchmarks/step-cost.json`` and ``step-cost-history.csv``
   (``benchmarks/bench_training.py``);
 * ``fidelity``: ``results/mnist/benchmarks/fidelity-frontier.csv`` (``benchmarks/bench_fidelity.py``) and
-  the ``fidelity_median`` column of every fast Cross-Hölder training log with its sidecar.
+  the ``fidelity_median`` column of every fast Cross-Hölder training log with its sidecar;
+* ``fidelity_robustness``: every MNIST fast Cross-Hölder runner-up run
+  (its lowest epoch fidelity, weight distance to the registered run and, if evaluated, its curve
+  paired with the registered run's).
 
 ``tests/test_notebooks.py`` runs the check, so the README cannot drift from the CSVs.
 """
@@ -266,6 +269,72 @@ STRATEGY_NAMES = {"warm_power": "kept direction, power steps",
                   "warm_lanczos": "kept direction, Lanczos", "cold_power": "fresh direction, power steps"}
 
 
+def _schedule(hp: dict) -> str:
+    """A fast Cross-Hölder run's products per visit, in words (from its hyperparameters)."""
+    steps = f"{hp['inner_iters']}"
+    if hp.get("warmup_epochs"):
+        steps = (f"{max(hp['inner_iters'], hp['warmup_iters'])} in epochs 1–{hp['warmup_epochs']}, then "
+                 f"{hp['inner_iters']};")
+    if hp.get("power_dtype", "float32") != "float32":
+        steps += f" in {hp['power_dtype']}"
+    steps += " + the training product"
+    if hp.get("backward_step"):
+        steps += " + the backward step"
+    return steps
+
+
+def _flat_weights(root: Path, checkpoint: str):
+    """All parameters of a committed checkpoint as one flat float64 tensor."""
+    import torch
+
+    from crossholder import models
+
+    return torch.cat([p.detach().double().flatten() for p in models.load(root / checkpoint).parameters()])
+
+
+def fidelity_robustness_table(root: Path = ROOT) -> str:
+    """Does fidelity change the trained model? Every MNIST fast Cross-Hölder runner-up run: its seed,
+    schedule, λ, lowest epoch fidelity, how far its weights lie from the registered run's and, where its
+    curve exists, its robustness paired (exact McNemar) against the registered run. Closest first."""
+    from crossholder.evaluation import paired_comparison
+
+    reg = json.loads((root / "results" / "models.json").read_text())["mnist/cross_holder"]
+    base = _examples_of(root, "mnist", "cross_holder", reg["run_id"])
+    theta_reg = _flat_weights(root, reg["checkpoint"])
+    rows = []
+    for side in sorted((root / "results" / "mnist" / "models").glob("cross_holder-*.json")):
+        rec = json.loads(side.read_text())
+        hp, rid = rec["hyperparameters"], rec["run_id"]
+        log = root / "results" / "mnist" / "training" / f"cross_holder-{rid}.csv"
+        if hp.get("classes") != "runner_up" or hp.get("mode") != "fast" or not log.exists():
+            continue
+        dist = float((_flat_weights(root, rec["checkpoint"]) - theta_reg).norm() / theta_reg.norm())
+        c, ex = _curve_of(root, "mnist", "cross_holder", rid), _examples_of(root, "mnist", "cross_holder", rid)
+        acc, paired = "not evaluated", ""
+        if c is not None:
+            pe = c[c["attack"] == "worst-per-example"]
+            acc = ", ".join(f"{100 * pe[abs(pe['eps'] - e) < 1e-9]['accuracy'].iloc[0]:.1f}" for e in HEADLINE_EPS)
+            if rid == reg["run_id"]:
+                paired = "(the registered run)"
+            elif base is not None and ex[1] == base[1]:
+                cells = []
+                for e in (5.0, 6.0):
+                    r = paired_comparison(ex[0], base[0], ex[1].index(e))
+                    p = "< 0.001" if r["p_value"] < 0.001 else format(r["p_value"], ".2f")
+                    cells.append(f"{r['only_a']}, {r['only_b']} ({p})")
+                paired = "; ".join(cells)
+        fid = float(pd.read_csv(log)["fidelity_median"].min())
+        rows.append((dist, f"| {rid}{' (registered)' if rid == reg['run_id'] else ''}"
+                           f"{', compiled' if hp.get('compiled') else ''} | {hp['seed']} | {hp['lam1']:g}, {hp['lam2']:g} | "
+                           f"{_schedule(hp)} | {fid:.2f} | {dist:.3f} | {100 * rec['clean_test_accuracy']:.2f}% | "
+                           f"{acc} | {paired} |"))
+    lines = ["| run | seed | λ1, λ2 | power steps per visit | lowest epoch fidelity | ‖θ − θ_registered‖ / ‖θ_registered‖ | "
+             "clean test accuracy | worst case (per example) at " + ", ".join(f"ε = {e:g}" for e in HEADLINE_EPS)
+             + " | against the registered run at ε = 5; 6: images robust only for this run, only for the registered "
+             "(exact McNemar p) |", "|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(lines + [r for _, r in sorted(rows, key=lambda t: t[0])])
+
+
 def fidelity_table(root: Path = ROOT) -> str:
     """Fidelity against products per visit (the frontier) and epoch by epoch in the training runs."""
     f = root / "results" / "mnist" / "benchmarks" / "fidelity-frontier.csv"
@@ -292,15 +361,7 @@ def fidelity_table(root: Path = ROOT) -> str:
                 continue
             rec = json.loads(side.read_text())
             hp = rec["hyperparameters"]
-            steps = f"{hp['inner_iters']}"
-            if hp.get("warmup_epochs"):
-                steps = (f"{max(hp['inner_iters'], hp['warmup_iters'])} in epochs 1–{hp['warmup_epochs']}, then "
-                         f"{hp['inner_iters']};")
-            if hp.get("power_dtype", "float32") != "float32":
-                steps += f" in {hp['power_dtype']}"
-            steps += " + the training product"
-            if hp.get("backward_step"):
-                steps += " + the backward step"
+            steps = _schedule(hp)
             fid = ", ".join(f"{v:.2f}" for v in lg["fidelity_median"])
             lines.append(f"| {log.stem}{' (compiled)' if hp.get('compiled') else ''} | {NAMES[ds]} | "
                          f"{hp['lam1']:g}, {hp['lam2']:g} | {steps} | {fid} | {lg['epoch_time_s'].mean() / 60:.1f} min | "
@@ -386,7 +447,7 @@ def speed_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
+TABLES = {"speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "fidelity_robustness": fidelity_robustness_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
