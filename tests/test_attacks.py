@@ -340,10 +340,9 @@ def test_paired_comparison_counts_and_exact_mcnemar():
 
 
 def linear_multiclass(d=100, k=10, n=48, seed=0):
-    """A 10-class linear classifier (float32, AutoAttack's dtype) on inputs inside [0.45, 0.55]^d
-    (shaped ``(n, 1, 10, d / 10)``), where
-    the box does not bind: the minimal L2 perturbation that changes the prediction is exactly
-    ``min_{j != y} (f_y - f_j) / ||w_y - w_j||``."""
+    """A 10-class linear classifier (float32, AutoAttack's dtype) on inputs inside [0.45, 0.55]^d, shaped
+    ``(n, 1, 10, d / 10)``, where the box does not bind: the minimal L2 perturbation that changes the
+    prediction is exactly ``min_{j != y} (f_y - f_j) / ||w_y - w_j||``."""
     g = torch.Generator().manual_seed(seed)
     lin = nn.Linear(d, k)
     with torch.no_grad():

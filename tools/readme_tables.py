@@ -188,6 +188,17 @@ def _curve_side(root: Path, ds: str, defense: str, run_id: str) -> Path | None:
     return None
 
 
+def _headline(curve: pd.DataFrame) -> str:
+    """The per-example worst-case accuracies (%) of a curve at :data:`HEADLINE_EPS`, comma-separated."""
+    pe = curve[curve["attack"] == "worst-per-example"]
+    return ", ".join(f"{100 * pe[abs(pe['eps'] - e) < 1e-9]['accuracy'].iloc[0]:.1f}" for e in HEADLINE_EPS)
+
+
+def _p(p_value: float) -> str:
+    """A p-value as the tables print it."""
+    return "< 0.001" if p_value < 0.001 else format(p_value, ".2f")
+
+
 def _curve_of(root: Path, ds: str, defense: str, run_id: str) -> pd.DataFrame | None:
     """That curve (:func:`_curve_side`), if computed."""
     side = _curve_side(root, ds, defense, run_id)
@@ -217,11 +228,7 @@ def all_classes_table(root: Path = ROOT) -> str:
         for rid, rec in runs:
             hp = rec["hyperparameters"]
             c = _curve_of(root, "mnist", defense, rid)
-            if c is None:
-                acc = "not evaluated yet"
-            else:
-                pe = c[c["attack"] == "worst-per-example"]
-                acc = ", ".join(f"{100 * pe[abs(pe['eps'] - e) < 1e-9]['accuracy'].iloc[0]:.1f}" for e in HEADLINE_EPS)
+            acc = "not evaluated yet" if c is None else _headline(c)
             wall = rec.get("provenance", {}).get("wall_time_s")
             lam = f"{hp['lam1']:g}" if defense == "cross_lipschitz" else f"{hp['lam1']:g}, {hp['lam2']:g}"
             lines.append(f"| {rid}{' (registered)' if rid == runs[0][0] else ''}"
@@ -260,7 +267,7 @@ def all_classes_paired_table(root: Path = ROOT) -> str:
         for e in (5.0, 6.0):
             r = paired_comparison(ea[0], eb[0], ea[1].index(e))
             lines.append(f"| {a} | {b} | {e:g} | {r['both']} | {r['only_a']} | {r['only_b']} | "
-                         f"{'< 0.001' if r['p_value'] < 0.001 else format(r['p_value'], '.2f')} |")
+                         f"{_p(r['p_value'])} |")
     return "\n".join(lines)
 
 
@@ -309,20 +316,16 @@ def fidelity_robustness_table(root: Path = ROOT) -> str:
         if hp.get("classes") != "runner_up" or hp.get("mode") != "fast" or not log.exists():
             continue
         dist = float((_flat_weights(root, rec["checkpoint"]) - theta_reg).norm() / theta_reg.norm())
-        c, ex = _curve_of(root, "mnist", "cross_holder", rid), _examples_of(root, "mnist", "cross_holder", rid)
+        c = _curve_of(root, "mnist", "cross_holder", rid)
         acc, paired = "not evaluated", ""
         if c is not None:
-            pe = c[c["attack"] == "worst-per-example"]
-            acc = ", ".join(f"{100 * pe[abs(pe['eps'] - e) < 1e-9]['accuracy'].iloc[0]:.1f}" for e in HEADLINE_EPS)
+            acc = _headline(c)
+            ex = _examples_of(root, "mnist", "cross_holder", rid)
             if rid == reg["run_id"]:
                 paired = "(the registered run)"
             elif base is not None and ex[1] == base[1]:
-                cells = []
-                for e in (5.0, 6.0):
-                    r = paired_comparison(ex[0], base[0], ex[1].index(e))
-                    p = "< 0.001" if r["p_value"] < 0.001 else format(r["p_value"], ".2f")
-                    cells.append(f"{r['only_a']}, {r['only_b']} ({p})")
-                paired = "; ".join(cells)
+                pairs = [paired_comparison(ex[0], base[0], ex[1].index(e)) for e in (5.0, 6.0)]
+                paired = "; ".join(f"{r['only_a']}, {r['only_b']} ({_p(r['p_value'])})" for r in pairs)
         fid = float(pd.read_csv(log)["fidelity_median"].min())
         rows.append((dist, f"| {rid}{' (registered)' if rid == reg['run_id'] else ''}"
                            f"{', compiled' if hp.get('compiled') else ''} | {hp['seed']} | {hp['lam1']:g}, {hp['lam2']:g} | "
