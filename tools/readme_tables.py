@@ -238,13 +238,16 @@ def all_classes_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
+def _examples_beside(side: Path, curve: pd.DataFrame) -> tuple[pd.DataFrame, list[float]]:
+    """The per-example results written beside a curve's provenance file ``side``, and the curve's ε grid."""
+    return (pd.read_csv(side.with_name(side.stem + "-examples.csv")),
+            [float(e) for e in sorted(curve["eps"].unique())])
+
+
 def _examples_of(root: Path, ds: str, defense: str, run_id: str) -> tuple[pd.DataFrame, list[float]] | None:
     """Per-example results and the ε grid of that curve (:func:`_curve_side`), if computed."""
     side = _curve_side(root, ds, defense, run_id)
-    if side is None:
-        return None
-    eps = sorted(pd.read_csv(side.with_suffix(".csv"))["eps"].unique())
-    return pd.read_csv(side.with_name(side.stem + "-examples.csv")), [float(e) for e in eps]
+    return None if side is None else _examples_beside(side, pd.read_csv(side.with_suffix(".csv")))
 
 
 def all_classes_paired_table(root: Path = ROOT) -> str:
@@ -316,11 +319,12 @@ def fidelity_robustness_table(root: Path = ROOT) -> str:
         if hp.get("classes") != "runner_up" or hp.get("mode") != "fast" or not log.exists():
             continue
         dist = float((_flat_weights(root, rec["checkpoint"]) - theta_reg).norm() / theta_reg.norm())
-        c = _curve_of(root, "mnist", "cross_holder", rid)
+        curve_side = _curve_side(root, "mnist", "cross_holder", rid)
         acc, paired = "not evaluated", ""
-        if c is not None:
+        if curve_side is not None:
+            c = pd.read_csv(curve_side.with_suffix(".csv"))
             acc = _headline(c)
-            ex = _examples_of(root, "mnist", "cross_holder", rid)
+            ex = _examples_beside(curve_side, c)
             if rid == reg["run_id"]:
                 paired = "(the registered run)"
             elif base is not None and ex[1] == base[1]:
