@@ -36,7 +36,7 @@ def bare_loop(model, x, y, eps, steps):
         (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y, reduction="sum"), xa)
         with torch.no_grad():
             gn = g.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, 1, 1, 1)
-            xa = attacks._project(xa + alpha * g / gn, x, eps, 2.0)
+            xa = attacks.project(xa + alpha * g / gn, x, eps, 2.0)
     return xa
 
 

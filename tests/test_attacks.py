@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -169,7 +170,7 @@ def test_sweep_is_monotone_and_a_subset_of_from_scratch(linear_case):
 def test_curve_frame_and_worst_cases():
     per = evaluation.pd.DataFrame({"fooled_at_ce": [0, 2, 3, 3, -1], "fooled_at_cw": [1, 1, 3, 2, -1]})
     curve = evaluation.curve_from_sweeps(per, [0.0, 1.0, 2.0], [0.0, 0.3, 0.6], defense="d")
-    assert set(curve["attack"]) == set(evaluation.ATTACKS)
+    assert set(curve["attack"]) == set(evaluation.PAPER_ATTACKS), "no strong attack rows without their columns"
     at1 = curve[curve["eps"] == 1.0].set_index("attack")["robust"]
     assert at1["pgd-ce"] == 3 and at1["pgd-cw"] == 2 and at1["worst-min"] == 2 and at1["worst-per-example"] == 2
     at2 = curve[curve["eps"] == 2.0].set_index("attack")["robust"]
@@ -194,6 +195,7 @@ def test_eps_units():
         evaluation.robustness_curve(linear_model(), torch.rand(2, 20, dtype=F64), torch.tensor([0, 1]), [2.0, 1.0])
 
 
+@pytest.mark.filterwarnings("ignore:APGD-T is not run")
 def test_evaluate_model_reuses_whole_chunks_of_a_larger_run(linear_case, tmp_path, monkeypatch):
     lin, x, y, _ = linear_case
     kw = dict(dataset="mnist", defense="lin", eps_list=[0.0, 0.2, 0.4], steps=5, restarts=2, seed=1,
@@ -256,7 +258,8 @@ def test_evaluate_registered_run_id_is_the_curve_notebook_04_later_reads(tmp_pat
     def boom(*a, **k):
         raise AssertionError("must come from the cache")
 
-    monkeypatch.setattr(evaluation, "robustness_curve", boom)
+    monkeypatch.setattr(evaluation, "sweep", boom)          # what evaluate_model computes with
+    monkeypatch.setattr(evaluation, "strong_sweep", boom)
     again, _, _ = evaluation.evaluate_registered("mnist", "none", profile="smoke", progress=False)
     assert again.equals(curve)
     with pytest.raises(FileNotFoundError, match="run_id='0000000000'"):
@@ -401,3 +404,140 @@ def test_autoattack_check_rejects_points_outside_the_ball(monkeypatch):
     monkeypatch.setattr(pyautoattack, "AutoAttack", TooFar)
     with pytest.raises(RuntimeError, match="outside the ε-ball"):
         evaluation.autoattack_check(lin, x, y, [0.1], dataset="mnist", defense="linear")
+
+
+# ---------------------------------------------------------------- the strongest protocol (pyautoattack adapters)
+@pytest.fixture(scope="module")
+def multiclass():
+    pytest.importorskip("pyautoattack")
+    return linear_multiclass()
+
+
+def test_apgd_never_below_the_closed_form_and_apgd_t_always_just_above(multiclass):
+    """On a 10-class linear classifier (exact minimal L2 distance d per image): neither APGD loss fools an
+    image at 0.99 d (soundness); APGD-T, which aims at each other class in turn, fools every image at
+    1.05 d (strength). APGD-CE is not required to: cross-entropy does not aim at the nearest boundary."""
+    lin, x, y, d = multiclass
+    x, y, d = x[:16], y[:16], d[:16]
+    for loss in attacks.APGD_LOSSES:
+        lo = [bool(attacks.apgd(lin, x[i:i + 1], y[i:i + 1], float(d[i]) * 0.99, loss=loss, n_iter=50).success[0])
+              for i in range(len(x))]
+        assert not any(lo), loss
+    hi = [attacks.apgd(lin, x[i:i + 1], y[i:i + 1], float(d[i]) * 1.05, loss="dlr-t") for i in range(len(x))]
+    assert all(bool(r.success[0]) for r in hi)
+    assert all(float(d[i]) <= float(r.norm[0]) <= float(d[i]) * 1.05 * (1 + 1e-5) for i, r in enumerate(hi))
+
+
+def test_fab_finds_the_closed_form_distance(multiclass):
+    lin, x, y, d = multiclass
+    r = attacks.fab(lin, x, y)
+    assert bool(r.success.all())
+    ratio = r.norm.double() / d
+    assert float(ratio.min()) >= 1.0 - 1e-6 and float(ratio.max()) <= 1.05
+    assert r.grad_evals == len(x) * 100 * 10, "FAB differentiates all 10 logits at each of its 100 iterations"
+
+
+def test_library_witnesses_are_verified_and_outside_points_discarded(multiclass, monkeypatch):
+    """A library point just outside the ball (float32 rounding) is pulled back inside and re-verified; one
+    clearly outside raises; a correctly classified point is never a witness."""
+    lin, x, y, d = multiclass
+    eps = float(d.max()) * 2
+
+    def far(m, xs, ys):                     # everything 3 eps away along the gradient of the nearest boundary
+        return (xs + 3 * eps * torch.nn.functional.normalize(torch.randn_like(xs).flatten(1), dim=1).view_as(xs)
+                ).clamp(0, 1)
+
+    with pytest.raises(attacks.AttackVerificationError, match="outside the eps="):
+        attacks._library_attack(lin, x, y, eps, far, active=None, verify=True, seed=0)
+
+    def rounding(m, xs, ys):                # on the boundary's far side, 1e-4 outside the ball: pulled back in
+        w = lin[1].weight
+        z = lin(xs)
+        j = z.scatter(1, ys[:, None], -math.inf).argmax(1)
+        u = torch.nn.functional.normalize(w[j] - w[ys], dim=1).view_as(xs)
+        return (xs + eps * (1 + 1e-4) * u).clamp(0, 1)
+
+    r = attacks._library_attack(lin, x, y, eps, rounding, active=None, verify=True, seed=0)
+    assert bool(r.success.all()) and float(r.norm.max()) <= eps
+    r = attacks._library_attack(lin, x, y, eps, lambda m, xs, ys: xs.clone(), active=None, verify=True, seed=0)
+    assert not bool(r.success.any())
+
+
+def test_apgd_seeded_repeats_exactly_and_restores_the_global_random_state(multiclass):
+    lin, x, y, d = multiclass
+    eps = float(np.quantile(d.numpy(), 0.5))
+    state = torch.get_rng_state()
+    a = attacks.apgd(lin, x, y, eps, loss="ce", seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = attacks.apgd(lin, x, y, eps, loss="ce", seed=3)
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.success, b.success)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, x, y: attacks.apgd(m, x, y, -0.1), "eps=-0.1"),
+    (lambda m, x, y: attacks.apgd(m, x, y, 0.1, loss="dlr"), "loss='dlr'; allowed values: 'ce', 'dlr-t'"),
+    (lambda m, x, y: attacks.apgd(m, x, y, 0.1, loss="dlr-t", targets=10), "targets=10 must be <= K - 1 = 9"),
+    (lambda m, x, y: attacks.apgd(m, x, y, 0.1, n_iter=0), "n_iter=0"),
+    (lambda m, x, y: attacks.fab(m, x, y, n_iter=1.5), "n_iter=1.5"),
+    (lambda m, x, y: attacks.square(m, x, y, -1.0), "eps=-1.0"),
+    (lambda m, x, y: evaluation.sweep(m, x, y, [0.0, 0.1], attack="fgsm"), "attack='fgsm'; allowed values"),
+    (lambda m, x, y: evaluation.robust_at(evaluation.pd.DataFrame({"fooled_at_ce": [1]}), 0, "apgd"),
+     "attack='apgd'; allowed values"),
+])
+def test_strong_attacks_bad_arguments(multiclass, call, match):
+    lin, x, y, _ = multiclass
+    with pytest.raises(ValueError, match=re.escape(match)):
+        call(lin, x[:2], y[:2])
+
+
+def test_fooled_at_from_norm():
+    eps = [0.0, 0.1, 0.2, 0.3]
+    got = evaluation.fooled_at_from_norm(np.array([0.0, 0.05, 0.1, 0.1 * (1 + 5e-6), 0.1001, 0.3, 0.31, math.inf]), eps)
+    assert got.tolist() == [-1, 1, 1, 1, 2, 3, 4, 4]
+
+
+def test_strongest_is_robust_only_where_every_attack_is(multiclass):
+    """strong_sweep on the linear 10-class model: the strongest robust set at each ε is the intersection
+    of every attack's (the paper's PGD included), and every image with d > ε is robust (soundness)."""
+    lin, x, y, d = multiclass
+    grid = [0.0] + [float(q) for q in np.quantile(d.numpy(), [0.2, 0.4, 0.6, 0.8])]
+    pgd_out = {loss: evaluation.sweep(lin, x, y, grid, loss=loss, steps=10, restarts=1) for loss in attacks.LOSSES}
+    prior = np.minimum(pgd_out["ce"]["min_norm"], pgd_out["cw"]["min_norm"])
+    out = evaluation.strong_sweep(lin, x, y, grid, prior_norm=prior)
+    per = evaluation.pd.DataFrame({"index": range(len(x)), "fooled_at_ce": pgd_out["ce"]["fooled_at"],
+                                   "fooled_at_cw": pgd_out["cw"]["fooled_at"],
+                                   **{f"fooled_at_{k}": v["fooled_at"] for k, v in out.items()}})
+    for k, e in enumerate(grid):
+        strongest = evaluation.robust_at(per, k, "strongest")
+        every = np.ones(len(x), bool)
+        for attack in ("pgd-ce", "pgd-cw", "apgd-ce", "apgd-t", "fab"):
+            every &= evaluation.robust_at(per, k, attack)
+        assert (strongest == every).all()
+        assert strongest[d.numpy() > e * (1 + 1e-5)].all() if e > 0 else strongest.all()
+        # the minimum-norm attack alone settles every image at 1.05 d
+    assert (out["fab"]["min_norm"] <= d.numpy() * 1.05).all()
+    assert out["apgd_t"]["grad_evals"] > 0 and out["apgd_ce"]["grad_evals"] > 0
+
+
+@pytest.mark.filterwarnings("ignore:APGD-T is not run")
+def test_evaluate_model_strongest_rows_and_legacy_protocol(linear_case, tmp_path, monkeypatch):
+    """The default protocol adds APGD-CE, APGD-T, FAB and strongest rows (never above any attack's);
+    ``paper-v1`` keeps the code-version-1 run identity and its step rule."""
+    pytest.importorskip("pyautoattack")
+    lin, x, y, _ = linear_case
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("CROSSHOLDER_SCRATCH", str(tmp_path / "scratch"))
+    kw = dict(dataset="mnist", defense="lin", eps_list=[0.0, 0.3, 0.6], steps=5, restarts=1, seed=0,
+              profile="smoke", model_id="m", chunk=8, progress=False)
+    curve, per, side = evaluation.evaluate_model(lin, x[:16], y[:16], **kw)
+    assert set(curve["attack"]) == set(evaluation.ATTACKS)
+    acc = curve.pivot_table(index="eps", columns="attack", values="robust")
+    for attack in evaluation.ATTACKS:
+        assert (acc["strongest"] <= acc[attack]).all(), attack
+    assert side["code"] == evaluation.EVAL_CODE_VERSION and side["params"]["step_fraction"] == 0.25
+    assert set(side["grad_evals_by_attack"]) == {"pgd-ce", "pgd-cw", "apgd-ce", "apgd-t", "fab"}
+    legacy, _, side1 = evaluation.evaluate_model(lin, x[:16], y[:16], protocol="paper-v1", **kw)
+    assert set(legacy["attack"]) == set(evaluation.PAPER_ATTACKS) and side1["code"] == "1"
+    assert "protocol" not in side1["params"], "the legacy run identity is the version-1 one"
+    with pytest.raises(ValueError, match="protocol='fast'; allowed values"):
+        evaluation.evaluate_model(lin, x[:16], y[:16], protocol="fast", **kw)

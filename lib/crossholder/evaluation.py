@@ -11,9 +11,26 @@ smallest successful perturbation norm is tracked and the curve is monotone by co
 is not monotone in ε, so the sweep's robust set at ε is a *subset* of what attacking that ε from
 scratch leaves robust: the sweep is at least as strong.
 
-Attacks reported (:func:`curve_from_sweeps`): ``pgd-ce``, ``pgd-cw``, ``worst-min`` (the paper's
-worst case: the minimum of the two accuracies) and ``worst-per-example`` (robust only if the
-example survives both attacks: the honest number, never above ``worst-min``).
+Attacks reported (:func:`curve_from_sweeps`):
+
+* the paper's protocol: ``pgd-ce``, ``pgd-cw`` (50 steps × 10 restarts, step ``eps / 4``: the
+  paper gives none, ``results/step-size.csv`` measures it), ``worst-min`` (the paper's worst case:
+  the minimum of the two accuracies) and ``worst-per-example`` (robust only if the example
+  survives both attacks, never above ``worst-min``);
+* beyond the paper (protocol ``"strongest"``, :func:`strong_sweep`; attacks from PyPI
+  ``pyautoattack``): ``apgd-ce`` (APGD-CE, the same ascending sweep), ``fab`` (the minimum-norm
+  attack FAB: one run, each image's smallest adversarial distance found settles every ε at or
+  above it), ``apgd-t`` (APGD-T, 9 targets, run at each image's *frontier*, see below), and
+  ``strongest``: an image is robust at ε only if **no** attack found a verified witness of norm
+  ``<= ε``. Claims are judged on ``strongest``.
+
+The frontier (APGD-T): after the other attacks, an image's unsettled grid points are the ε below
+its smallest witness norm. APGD-T attacks it at the largest of them; a witness of norm ``r``
+settles every ε ``>= r`` and the image is attacked again at the largest ε still below ``r``; a
+failure ends the image's search (the attack at the larger radius failed, and the smaller ball is
+inside the larger). The cost is one or two APGD-T runs per image instead of one per grid point
+(measured: ``benchmarks/bench_attacks.py``); its agreement with AutoAttack run from scratch at
+every ε is checked by :func:`autoattack_agreement`.
 """
 
 from __future__ import annotations
@@ -21,6 +38,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,14 +49,28 @@ from torch import nn
 
 from . import data as data_mod
 from . import experiments as ex
+from . import attacks as attacks_mod
 from .attacks import LOSSES, pgd
 
-__all__ = ["to_pixel", "wilson_interval", "sweep", "curve_from_sweeps", "robustness_curve", "evaluate_model",
-           "per_model_rows", "robust_both", "paired_comparison",
-           "ATTACKS", "EVAL_CODE_VERSION"]
+__all__ = ["to_pixel", "wilson_interval", "sweep", "strong_sweep", "curve_from_sweeps", "robustness_curve",
+           "evaluate_model", "per_model_rows", "robust_both", "robust_at", "paired_comparison", "fooled_at_from_norm",
+           "ATTACKS", "PAPER_ATTACKS", "STRONG_ATTACKS", "PROTOCOLS", "EVAL_CODE_VERSION", "STRONG"]
 
-EVAL_CODE_VERSION = "1"
-ATTACKS = ("pgd-ce", "pgd-cw", "worst-min", "worst-per-example")
+#: Code version of the ``strongest`` protocol's curves (2: PGD step eps / 4, APGD-CE, FAB, APGD-T).
+EVAL_CODE_VERSION = "2"
+PAPER_ATTACKS = ("pgd-ce", "pgd-cw", "worst-min", "worst-per-example")
+STRONG_ATTACKS = ("apgd-ce", "apgd-t", "fab", "strongest")
+ATTACKS = PAPER_ATTACKS + STRONG_ATTACKS
+#: ``"strongest"``: the paper's PGD at step eps / 4 plus APGD-CE, FAB and APGD-T (code version 2).
+#: ``"paper-v1"``: the paper's PGD alone at Madry et al.'s step 2.5 eps / steps (code version 1):
+#: the protocol of the committed curves up to version 1, kept only so that they stay readable
+#: (and comparable) until the ``strongest`` curves replace them; it overstates robustness.
+PROTOCOLS = {"strongest": {"code": EVAL_CODE_VERSION, "step_fraction": attacks_mod.DEFAULT_STEP_FRACTION},
+             "paper-v1": {"code": "1", "step_fraction": None}}
+#: The library attacks' schedules (AutoAttack's standard ones): APGD 100 iterations, 1 restart;
+#: APGD-T against the 9 most likely other classes (all K - 1 where K < 10); FAB 100 iterations
+#: from the clean point.
+STRONG = {"apgd_iter": 100, "apgd_targets": 9, "fab_iter": 100}
 EPS_UNITS = ("paper", "pixel")
 
 
@@ -73,21 +105,49 @@ def _check_eps_list(eps_list: Sequence[float]) -> list[float]:
     return eps
 
 
+SWEEP_ATTACKS = ("pgd", "apgd")
+
+
+def _channels_last(model: nn.Module, x: torch.Tensor, on: bool) -> tuple[nn.Module, torch.Tensor]:
+    if on and x.dim() == 4:
+        # mkldnn's NHWC convolutions: about 2x the image-steps per second (benchmarks/bench_attacks.py)
+        return copy.deepcopy(model).to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    return model, x
+
+
+def _targets(model: nn.Module, x: torch.Tensor) -> int:
+    """APGD-T's number of target classes: :data:`STRONG`'s 9, or K - 1 for a model with fewer classes."""
+    with torch.no_grad():
+        return min(STRONG["apgd_targets"], model(x[:1]).shape[-1] - 1)
+
+
 def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Sequence[float], *, loss: str = "ce",
-          norm: float = 2, steps: int = 50, restarts: int = 10, seed: int = 0,
+          norm: float = 2, steps: int = 50, restarts: int = 10, seed: int = 0, attack: str = "pgd",
+          step_fraction: float | None = attacks_mod.DEFAULT_STEP_FRACTION,
           channels_last: bool = True) -> dict[str, np.ndarray | int]:
     """One attack over increasing ε (pixel units), attacking at each ε only the examples not yet fooled.
+
+    ``attack="pgd"``: :func:`crossholder.attacks.pgd` (``loss`` ``"ce"``/``"cw"``, ``steps``,
+    ``restarts``, step ``step_fraction * eps``; ``None``: Madry et al.'s ``2.5 * eps / steps``, the
+    legacy ``paper-v1`` protocol). ``attack="apgd"``: :func:`crossholder.attacks.apgd` (``loss``
+    ``"ce"``/``"dlr-t"``; AutoAttack's schedule, :data:`STRONG`; ``steps``/``restarts`` unused).
 
     Returns ``min_norm`` ``(N,)`` (smallest successful perturbation found; 0 for clean errors, inf if
     never fooled), ``fooled_at`` ``(N,)`` (index of the first ε at which the example was fooled, -1
     if clean-misclassified, ``len(eps)`` if never) and ``grad_evals`` (per-example gradient evaluations).
+
+    Raises:
+        ValueError: ``attack`` not in ``SWEEP_ATTACKS``, a bad ε list or a bad attack argument.
     """
     eps = _check_eps_list(eps_pixel)
+    if attack not in SWEEP_ATTACKS:
+        raise ValueError(f"attack={attack!r}; allowed values: {', '.join(map(repr, SWEEP_ATTACKS))}")
+    if step_fraction is not None and not (math.isfinite(step_fraction) and step_fraction > 0):
+        raise ValueError(f"step_fraction={step_fraction!r} must be a finite number > 0 (or None for 2.5 / steps)")
+    if attack == "apgd" and float(norm) != 2.0:
+        raise ValueError(f"norm={norm!r}: the APGD sweep is L2 only (norm=2)")
     N = len(x)
-    if channels_last and x.dim() == 4:
-        # mkldnn's NHWC convolutions: about 2x the image-steps per second (benchmarks/bench_attacks.py)
-        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    model, x = _channels_last(model, x, channels_last)
     min_norm = torch.full((N,), math.inf, dtype=torch.float64)
     fooled_at = torch.full((N,), len(eps), dtype=torch.int64)
     with torch.no_grad():
@@ -99,7 +159,13 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Sequenc
         active = fooled_at == len(eps)
         if not bool(active.any()) or e == 0:
             continue
-        r = pgd(model, x, y, e, norm=norm, loss=loss, steps=steps, restarts=restarts, seed=seed, active=active)
+        if attack == "pgd":
+            step = 2.5 * e / steps if step_fraction is None else step_fraction * e
+            r = pgd(model, x, y, e, norm=norm, loss=loss, steps=steps, restarts=restarts, seed=seed, active=active,
+                    step_size=step)
+        else:
+            r = attacks_mod.apgd(model, x, y, e, loss=loss, n_iter=STRONG["apgd_iter"],
+                                 targets=_targets(model, x), seed=seed, active=active)
         grad_evals += r.grad_evals
         new = r.success.cpu() & active
         min_norm[new] = r.norm.cpu()[new].double()
@@ -107,9 +173,47 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Sequenc
     return {"min_norm": min_norm.numpy(), "fooled_at": fooled_at.numpy(), "grad_evals": grad_evals}
 
 
+def fooled_at_from_norm(min_norm: np.ndarray, eps_pixel: Sequence[float]) -> np.ndarray:
+    """``(N,)`` index of the first grid ε (pixel units) at or above each witness norm ``(N,)``.
+
+    -1 for a zero norm (a clean error), ``len(eps_pixel)`` for ``inf`` (no witness) or a norm above
+    the grid. A witness counts at ε when its norm is ``<= ε (1 + 1e-5)`` (the verification tolerance).
+    """
+    norms = np.asarray(min_norm, dtype=float)
+    grid = np.asarray(eps_pixel, dtype=float) * (1 + attacks_mod.VERIFY_RTOL)
+    k = np.searchsorted(grid, norms, side="left")              # first grid value >= norm
+    k = np.where(norms == 0, -1, k)
+    return k.astype(np.int64)
+
+
+#: per-example column suffix of each single attack (``min_norm_<s>``, ``fooled_at_<s>``)
+_COLUMNS = {"pgd-ce": "ce", "pgd-cw": "cw", "apgd-ce": "apgd_ce", "apgd-t": "apgd_t", "fab": "fab",
+            "strongest": "strongest"}
+
+
+def robust_at(per_example: pd.DataFrame, k: int, attack: str = "worst-per-example") -> np.ndarray:
+    """``(N,)`` bool: which images count as robust at ``eps[k]`` under ``attack`` (a name in :data:`ATTACKS`
+    other than ``worst-min``, which is not a per-example quantity).
+
+    Raises:
+        ValueError: an unknown ``attack``, or ``per_example`` without its columns.
+    """
+    if attack == "worst-per-example":
+        return robust_at(per_example, k, "pgd-ce") & robust_at(per_example, k, "pgd-cw")
+    if attack not in _COLUMNS:
+        allowed = [a for a in ATTACKS if a != "worst-min"]
+        raise ValueError(f"attack={attack!r}; allowed values: {', '.join(map(repr, allowed))}")
+    col = f"fooled_at_{_COLUMNS[attack]}"
+    if col not in per_example:
+        raise ValueError(f"the per-example frame has no column {col!r} (attack {attack!r} was not run)")
+    return per_example[col].to_numpy() > k
+
+
 def curve_from_sweeps(per_example: pd.DataFrame, eps: Sequence[float], eps_pixel: Sequence[float], *,
                       defense: str = "") -> pd.DataFrame:
-    """Tidy curve from per-example results (columns ``fooled_at_ce``, ``fooled_at_cw``).
+    """Tidy curve from per-example results (columns ``fooled_at_ce``, ``fooled_at_cw`` and, where the
+    ``strongest`` protocol ran, ``fooled_at_apgd_ce``, ``fooled_at_apgd_t``, ``fooled_at_fab``,
+    ``fooled_at_strongest``).
 
     An example is robust at ``eps[k]`` under an attack iff ``fooled_at > k``.
     """
@@ -127,6 +231,9 @@ def curve_from_sweeps(per_example: pd.DataFrame, eps: Sequence[float], eps_pixel
                       "worst-per-example": int((ce & cw).sum())}
         else:
             counts = {a: int(r.sum()) for a, r in robust.items()}
+        for attack in STRONG_ATTACKS:
+            if f"fooled_at_{_COLUMNS[attack]}" in per_example:
+                counts[attack] = int(robust_at(per_example, k, attack).sum())
         for attack, c in counts.items():
             lo, hi = wilson_interval(c, n)
             rows.append({"defense": defense, "attack": attack, "eps": e, "eps_pixel": ep, "n": n, "robust": c,
@@ -136,15 +243,16 @@ def curve_from_sweeps(per_example: pd.DataFrame, eps: Sequence[float], eps_pixel
 
 def robust_both(per_example: pd.DataFrame, k: int) -> np.ndarray:
     """``(N,)`` bool: which images survive both attacks at ``eps[k]`` (the per-example worst case)."""
-    return (per_example["fooled_at_ce"].to_numpy() > k) & (per_example["fooled_at_cw"].to_numpy() > k)
+    return robust_at(per_example, k, "worst-per-example")
 
 
-def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, k: int) -> dict[str, Any]:
-    """Two models' per-example worst case on the same images at ``eps[k]``, with an exact McNemar test.
+def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, k: int, attack: str = "worst-per-example") -> dict[str, Any]:
+    """Two models' robustness under ``attack`` on the same images at ``eps[k]``, with an exact McNemar test.
 
     ``a``, ``b``: per-example results of :func:`robustness_curve` / the ``-examples.csv`` files
-    (columns ``index``, ``fooled_at_ce``, ``fooled_at_cw``), on the same test images. An image is
-    robust iff neither attack fooled it at ``eps[k]`` (``fooled_at > k`` for both losses). Returns
+    (columns ``index`` and the attack's ``fooled_at_*``), on the same test images. ``attack``:
+    ``"worst-per-example"`` (robust iff neither PGD attack fooled it at ``eps[k]``), ``"strongest"``
+    or a single attack (:func:`robust_at`). Returns
     the counts ``both``, ``only_a``, ``only_b``, ``neither`` and ``p_value``: the exact two-sided
     McNemar test, ``min(1, 2 P(X <= min(only_a, only_b)))`` with ``X ~ Binomial(only_a + only_b, 1/2)``
     (1.0 when no image is discordant). The test is paired: it uses that both models saw the
@@ -152,19 +260,90 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, k: int) -> dict[str, Any
     """
     if not isinstance(k, (int, np.integer)) or k < 0:
         raise ValueError(f"k={k!r} must be an integer >= 0 (an index into the ε grid)")
+    cols = {"index"} | ({"fooled_at_ce", "fooled_at_cw"} if attack == "worst-per-example"
+                        else {f"fooled_at_{_COLUMNS.get(attack, attack)}"})
     for name, df in (("a", a), ("b", b)):
-        missing = {"index", "fooled_at_ce", "fooled_at_cw"} - set(df.columns)
+        missing = cols - set(df.columns)
         if missing:
             raise ValueError(f"{name} lacks the columns {sorted(missing)}; expected a per-example results frame")
     if len(a) != len(b) or not np.array_equal(a["index"].to_numpy(), b["index"].to_numpy()):
         raise ValueError(f"a and b are not on the same images (lengths {len(a)} and {len(b)}, or a different "
                          "'index' order)")
-    ra, rb = robust_both(a, k), robust_both(b, k)
+    ra, rb = robust_at(a, k, attack), robust_at(b, k, attack)
     only_a, only_b = int((ra & ~rb).sum()), int((~ra & rb).sum())
     n = only_a + only_b
     tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
     return {"both": int((ra & rb).sum()), "only_a": only_a, "only_b": only_b, "neither": int((~ra & ~rb).sum()),
             "p_value": min(1.0, 2 * tail)}
+
+
+def strong_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Sequence[float], *,
+                 prior_norm: np.ndarray | None = None, seed: int = 0, channels_last: bool = True,
+                 progress: bool = False) -> dict[str, Any]:
+    """The attacks beyond the paper's PGD on one batch, over the ε grid ``eps_pixel`` (pixel units).
+
+    1. APGD-CE: the ascending sweep of :func:`sweep` (each ε attacks only what APGD-CE has not fooled).
+    2. FAB: one run; its witness norm settles every ε at or above it.
+    3. APGD-T at each image's frontier (module docstring): the largest grid ε below the smallest
+       witness norm of every attack so far (``prior_norm`` ``(N,)``, e.g. the paper's PGD, pixel
+       units; ``inf`` where none), then below each new witness, until APGD-T fails there.
+
+    Args:
+        model: logits model in eval mode; x ``(N, *S)`` in [0, 1]; y int64 ``(N,)``.
+        eps_pixel: increasing radii (pixel units).
+        prior_norm: ``(N,)`` smallest verified witness norms found by other attacks (pixel units).
+        seed: every attack's seed.
+
+    Returns:
+        ``{"apgd_ce": ..., "fab": ..., "apgd_t": ...}``, each ``{"min_norm": (N,), "fooled_at": (N,),
+        "grad_evals": int}`` (``fooled_at`` from the witness norms, :func:`fooled_at_from_norm`), and
+        ``"strongest"``: ``{"min_norm", "fooled_at"}`` over these attacks and ``prior_norm``.
+    """
+    eps = _check_eps_list(eps_pixel)
+    N = len(x)
+    prior = np.full(N, math.inf) if prior_norm is None else np.asarray(prior_norm, dtype=float)
+    if prior.shape != (N,):
+        raise ValueError(f"prior_norm has shape {prior.shape}; expected ({N},)")
+    model, x = _channels_last(model, x, channels_last)
+    out: dict[str, Any] = {}
+    ce = sweep(model, x, y, eps, attack="apgd", loss="ce", seed=seed, channels_last=False)
+    out["apgd_ce"] = {"min_norm": ce["min_norm"], "fooled_at": fooled_at_from_norm(ce["min_norm"], eps),
+                      "grad_evals": int(ce["grad_evals"])}
+    f = attacks_mod.fab(model, x, y, n_iter=STRONG["fab_iter"], seed=seed)
+    fab_norm = f.norm.detach().cpu().double().numpy()
+    out["fab"] = {"min_norm": fab_norm, "fooled_at": fooled_at_from_norm(fab_norm, eps), "grad_evals": f.grad_evals}
+    # APGD-T at the frontier
+    best = np.minimum.reduce([prior, ce["min_norm"], fab_norm])
+    t_norm = np.where(best == 0, 0.0, math.inf)
+    grid = np.asarray(eps) * (1 + attacks_mod.VERIFY_RTOL)
+    open_ = best > 0
+    t_evals = 0
+    with torch.no_grad():
+        n_classes = model(x[:1]).shape[-1]
+    if n_classes < 4:
+        warnings.warn(f"APGD-T is not run: its DLR loss needs at least 4 classes, the model has {n_classes}",
+                      stacklevel=2)
+        open_[:] = False
+    while True:
+        # the largest grid ε (> 0) still below each open image's smallest witness norm
+        k = np.searchsorted(grid, best, side="left") - 1
+        open_ &= (k >= 0) & (np.asarray(eps)[np.clip(k, 0, None)] > 0)
+        if not open_.any():
+            break
+        for kk in sorted(set(k[open_].tolist())):
+            act = torch.from_numpy(open_ & (k == kk))
+            r = attacks_mod.apgd(model, x, y, eps[kk], loss="dlr-t", n_iter=STRONG["apgd_iter"],
+                                 targets=_targets(model, x), seed=seed, active=act.to(x.device))
+            t_evals += r.grad_evals
+            won = (r.success.cpu() & act).numpy()
+            n = r.norm.detach().cpu().double().numpy()
+            t_norm[won] = np.minimum(t_norm[won], n[won])
+            best[won] = np.minimum(best[won], n[won])
+            open_[act.numpy() & ~won] = False               # failed at its frontier: done
+    out["apgd_t"] = {"min_norm": t_norm, "fooled_at": fooled_at_from_norm(t_norm, eps), "grad_evals": t_evals}
+    strongest = np.minimum.reduce([prior, ce["min_norm"], fab_norm, t_norm])
+    out["strongest"] = {"min_norm": strongest, "fooled_at": fooled_at_from_norm(strongest, eps)}
+    return out
 
 
 def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *,
@@ -212,8 +391,12 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dataset: str, defense: str,
                    eps_list: Sequence[float], steps: int, restarts: int, seed: int, profile: str,
                    model_id: str, chunk: int = 100, progress: bool = True,
-                   reuse_larger_runs: bool = False, device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Cached, resumable :func:`robustness_curve` for one model.
+                   reuse_larger_runs: bool = False, device: str = "cpu",
+                   protocol: str = "strongest") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Cached, resumable robustness curves of one model: the paper's PGD and, with
+    ``protocol="strongest"`` (the default), APGD-CE, FAB, APGD-T and the ``strongest`` curve
+    (:func:`strong_sweep`). ``protocol="paper-v1"`` reproduces the legacy code-version-1 curves
+    (PGD alone, step ``2.5 eps / steps``) only to keep the committed ones readable (:data:`PROTOCOLS`).
 
     Per-example results land chunk by chunk in ``results/<dataset>/robustness/<defense>-<id>-examples.csv``
     (atomic writes; a killed run resumes at the first missing chunk), then the curve in
@@ -229,11 +412,16 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     ``device`` (``"cpu"``, ``"cuda"``) is where the attacks run; it is recorded, not part of the
     identity (random starts are drawn on the CPU either way).
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r}; allowed values: {', '.join(map(repr, PROTOCOLS))}")
     dev = ex.check_device(device)
     ex.tune_allocator()
+    code, step_fraction = PROTOCOLS[protocol]["code"], PROTOCOLS[protocol]["step_fraction"]
     params = {"dataset": dataset, "defense": defense, "model": model_id, "eps": list(eps_list), "steps": steps,
               "restarts": restarts, "n": len(x), "eps_unit": "paper", "losses": list(LOSSES)}
-    rid = ex.run_id({**params, "seed": seed, "profile": profile, "code": EVAL_CODE_VERSION})
+    if protocol == "strongest":
+        params.update({"protocol": protocol, "step_fraction": step_fraction, "strong": dict(STRONG)})
+    rid = ex.run_id({**params, "seed": seed, "profile": profile, "code": code})
     base = ex.paths.results_dir() / dataset / "robustness" / f"{defense}-{rid}"
     curve_csv, per_csv, side = Path(f"{base}.csv"), Path(f"{base}-examples.csv"), Path(f"{base}.json")
     eps = _check_eps_list(eps_list)
@@ -243,9 +431,10 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     partial = ex.paths.scratch_dir() / f"eval-{dataset}-{defense}-{rid}.csv"
     done = pd.read_csv(partial) if partial.exists() else pd.DataFrame()
     state = ex.read_json(partial.with_suffix(".json"), {"wall_time_s": 0.0, "grad_evals": 0})
+    by_attack = dict(state.get("grad_evals_by_attack", {}))
     reused: dict[str, Any] = {}
     if reuse_larger_runs and done.empty:
-        done, reused = _donor_rows(base.parent, defense, params, seed, len(x), chunk, y)
+        done, reused = _donor_rows(base.parent, defense, params, seed, len(x), chunk, y, code)
     from tqdm.auto import tqdm
 
     model = copy.deepcopy(model).to(dev).eval()
@@ -256,19 +445,33 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
         xb, yb = x[s:s + chunk].to(dev), y[s:s + chunk].to(dev)
         part = pd.DataFrame({"index": np.arange(s, s + len(xb)), "label": yb.cpu().numpy()})
         for loss in LOSSES:
-            out = sweep(model, xb, yb, eps_pixel, loss=loss, steps=steps, restarts=restarts, seed=seed)
+            out = sweep(model, xb, yb, eps_pixel, loss=loss, steps=steps, restarts=restarts, seed=seed,
+                        step_fraction=step_fraction)
             part[f"min_norm_{loss}"] = out["min_norm"]
             part[f"fooled_at_{loss}"] = out["fooled_at"]
             grad_evals += int(out["grad_evals"])
+            by_attack[f"pgd-{loss}"] = by_attack.get(f"pgd-{loss}", 0) + int(out["grad_evals"])
+        if protocol == "strongest":
+            prior = np.minimum(part["min_norm_ce"].to_numpy(), part["min_norm_cw"].to_numpy())
+            strong = strong_sweep(model, xb, yb, eps_pixel, prior_norm=prior, seed=seed)
+            for key, res in strong.items():
+                part[f"min_norm_{key}"] = res["min_norm"]
+                part[f"fooled_at_{key}"] = res["fooled_at"]
+                if "grad_evals" in res:
+                    grad_evals += int(res["grad_evals"])
+                    name = {"apgd_ce": "apgd-ce", "apgd_t": "apgd-t"}.get(key, key)
+                    by_attack[name] = by_attack.get(name, 0) + int(res["grad_evals"])
         done = pd.concat([done, part], ignore_index=True)
         ex.atomic_write_text(partial, done.to_csv(index=False))
         ex.atomic_write_json(partial.with_suffix(".json"),
-                             {"wall_time_s": state["wall_time_s"] + time.perf_counter() - t0, "grad_evals": grad_evals})
+                             {"wall_time_s": state["wall_time_s"] + time.perf_counter() - t0, "grad_evals": grad_evals,
+                              "grad_evals_by_attack": by_attack})
     per = done.sort_values("index").reset_index(drop=True)
     curve = curve_from_sweeps(per, eps, eps_pixel, defense=defense)
     wall = float(state["wall_time_s"]) + time.perf_counter() - t0
+    extra = {"grad_evals_by_attack": by_attack} if protocol == "strongest" else {}
     record = ex.provenance(params=params, seed=seed, profile=profile, wall_time_s=wall, run_id=rid, device=str(dev),
-                           grad_evals=grad_evals, chunk=chunk, code=EVAL_CODE_VERSION,
+                           grad_evals=grad_evals, chunk=chunk, code=code, **extra,
                            **({"reused_from": reused} if reused else {}), naive_grad_evals=len(x) * len(LOSSES) * steps * restarts *
                            sum(1 for e in eps if e > 0),
                            files=[ex.paths.relative_to_root(curve_csv), ex.paths.relative_to_root(per_csv)])
@@ -282,7 +485,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
 
 
 def _donor_rows(folder: Path, defense: str, params: dict, seed: int, n: int, chunk: int,
-                y: torch.Tensor) -> tuple[pd.DataFrame, dict[str, Any]]:
+                y: torch.Tensor, code: str = EVAL_CODE_VERSION) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Whole chunks ``[s, s + chunk)`` with ``s + chunk <= n`` from a finished run on more examples."""
     want = {k: v for k, v in ex._canonical(params).items() if k != "n"}
     for side_path in sorted(folder.glob(f"{defense}-*.json")):
@@ -290,7 +493,7 @@ def _donor_rows(folder: Path, defense: str, params: dict, seed: int, n: int, chu
         p = dict(side.get("params", {}))
         donor_n = p.pop("n", None)
         if (p != want or side.get("seed") != seed or donor_n is None or donor_n < n
-                or side.get("chunk", 100) != chunk or side.get("code", "1") != EVAL_CODE_VERSION):
+                or side.get("chunk", 100) != chunk or side.get("code", "1") != code):
             continue
         per_csv = side_path.with_name(side_path.stem + "-examples.csv")
         if not per_csv.exists():
@@ -440,19 +643,23 @@ def per_model_rows(kind: str, dataset: str, models: dict[str, str], params: dict
 
 
 def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dataset: str, defense: str,
-                  eps: float = 3.0, steps: int = 50, restarts: int = 10, seed: int = 0) -> pd.DataFrame:
+                  eps: float = 3.0, steps: int = 50, restarts: int = 10, seed: int = 0,
+                  step_fraction: float | None = attacks_mod.DEFAULT_STEP_FRACTION) -> pd.DataFrame:
     """Carlini et al. (2019)'s checks of an evaluation, on the examples ``x`` at ``eps`` (paper units).
 
     Rows: accuracy at a huge ε (should be ~0); more steps and more restarts (should not raise the
     robust accuracy); logits × 10 (PGD-CW unchanged, PGD-CE may weaken); a black-box random-noise
     attack with as many queries as the white-box gradient steps (should not beat it).
+    ``step_fraction``: PGD's step as a fraction of ε (``None``: the legacy ``2.5 eps / steps``).
     """
     model.eval()
     ep = to_pixel(eps, dataset)
     n = len(x)
 
     def acc(m, e, loss, st, rs):
-        return float((~pgd(m, x, y, e, loss=loss, steps=st, restarts=rs, seed=seed).success).float().mean())
+        step = 2.5 * e / st if step_fraction is None else step_fraction * e
+        return float((~pgd(m, x, y, e, loss=loss, steps=st, restarts=rs, seed=seed,
+                           step_size=step).success).float().mean())
 
     rows = []
     base = {loss: acc(model, ep, loss, steps, restarts) for loss in LOSSES}
@@ -496,7 +703,8 @@ def eps_grid(profile: str, eps_max: float = 6.0, eps_step: float = 0.5) -> list[
 
 def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", seed: int = 0, n_examples: int = 0,
                         steps: int = 0, restarts: int = 0, eps_max: float = 6.0, eps_step: float = 0.5,
-                        progress: bool = True, device: str = "cpu", run_id: str | None = None):
+                        progress: bool = True, device: str = "cpu", run_id: str | None = None,
+                        protocol: str = "strongest"):
     """:func:`evaluate_model` for the model registered as ``"<dataset>/<defense>"``, with the profile's protocol.
 
     The same cache identity as notebook 04 with the same arguments, so a background run started
@@ -507,7 +715,9 @@ def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", see
     from . import training
 
     prof = ex.PROFILES[ex.check_profile(profile)]
-    n = n_examples or prof["eval_n"]
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r}; allowed values: {', '.join(map(repr, PROTOCOLS))}")
+    n = n_examples or prof["eval_n_v1" if protocol == "paper-v1" else "eval_n"]
     x, y = data_mod.tensors(dataset, "test")
     if n is not None:
         x, y = x[:n], y[:n]
@@ -518,7 +728,7 @@ def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", see
     return evaluate_model(model, x, y, dataset=dataset, defense=defense, eps_list=eps_grid(profile, eps_max, eps_step),
                           steps=steps or prof["eval_steps"], restarts=restarts or prof["eval_restarts"], seed=seed,
                           profile=profile, model_id=rec["run_id"], progress=progress,
-                          reuse_larger_runs=True, device=device)  # x is the test set's first n examples
+                          reuse_larger_runs=True, device=device, protocol=protocol)  # x: the test set's first n
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -533,12 +743,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("--run-id", default=None, help="evaluate this finished training run instead of the registered one")
+    ap.add_argument("--protocol", default="strongest", choices=list(PROTOCOLS))
+    ap.add_argument("--n", type=int, default=0, help="test images (the first n); 0: the profile's choice")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     curve, _, side = evaluate_registered(args.dataset, args.defense, profile=args.profile, seed=args.seed,
-                                         device=args.device, run_id=args.run_id)
-    print(curve[curve["attack"] == "worst-per-example"][["eps", "accuracy"]].to_string(index=False))
+                                         device=args.device, run_id=args.run_id, protocol=args.protocol,
+                                         n_examples=args.n)
+    print(curve.pivot_table(index="eps", columns="attack", values="accuracy").round(3).to_string())
     reused = side.get("reused_from")
     how = (f"{reused['examples']} examples' rows reused from {reused['file']} (their share of its wall time: "
            f"{reused['wall_time_s_share']} s), " if reused else "")

@@ -68,7 +68,10 @@ FINAL: dict[str, dict[str, dict[str, Any]]] = {
         "cross_holder": {"lam1": 0.1, "lam2": 0.5, "compiled": True},
     },
 }
-PAPER_ATTACK = {"steps": 50, "restarts": 10, "losses": ("ce", "cw")}
+#: The paper's evaluation attack. It gives no step size: ours is eps / 4 (``attacks.DEFAULT_STEP_FRACTION``),
+#: the strongest of eps / 20 (Madry et al.'s 2.5 eps / steps), eps / 10, eps / 4 and eps / 2 at this
+#: budget on the six robust models (``tools/step_size_study.py`` -> ``results/step-size.csv``).
+PAPER_ATTACK = {"steps": 50, "restarts": 10, "losses": ("ce", "cw"), "step_fraction": 0.25}
 
 # ---------------------------------------------------------------- where the paper is silent
 #: Our choices, the same for every defense (the paper gives none of them), with the reason.
@@ -98,13 +101,15 @@ TRAINING_CHOICES: dict[str, Any] = {
 #: Cross-Hölder) equally: the runner-up class at ``cpu`` (compute), every class at ``paper``.
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"epochs": 1, "n_train": 512, "n_val": 256, "classes": "runner_up",
-              "eval_n": 32, "eval_steps": 5, "eval_restarts": 1, "eval_eps": [0.0, 1.0, 2.0, 3.0],
+              "eval_n": 32, "eval_n_v1": 32, "eval_steps": 5, "eval_restarts": 1, "eval_eps": [0.0, 1.0, 2.0, 3.0],
               "hessian_n": 64},
+    # eval_n: the first 1,000 test images (Wilson half-width <= 3.1 points) for the strongest
+    # protocol; eval_n_v1: the 300 of the legacy paper-v1 curves (evaluation.PROTOCOLS)
     "cpu": {"epochs": 10, "n_train": None, "n_val": None, "classes": "runner_up",
-            "eval_n": 300, "eval_steps": 50, "eval_restarts": 10,
+            "eval_n": 1000, "eval_n_v1": 300, "eval_steps": 50, "eval_restarts": 10,
             "eval_eps": [x / 2 for x in range(0, 13)], "hessian_n": None},
     "paper": {"epochs": 10, "n_train": None, "n_val": None, "classes": "all",
-              "eval_n": None, "eval_steps": 50, "eval_restarts": 10,
+              "eval_n": None, "eval_n_v1": None, "eval_steps": 50, "eval_restarts": 10,
               "eval_eps": [x / 2 for x in range(0, 13)], "hessian_n": None},
 }
 
