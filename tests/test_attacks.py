@@ -541,3 +541,61 @@ def test_evaluate_model_strongest_rows_and_legacy_protocol(linear_case, tmp_path
     assert "protocol" not in side1["params"], "the legacy run identity is the version-1 one"
     with pytest.raises(ValueError, match="protocol='fast'; allowed values"):
         evaluation.evaluate_model(lin, x[:16], y[:16], protocol="fast", **kw)
+
+
+def test_autoattack_agreement_counts_what_we_call_robust_and_autoattack_fools():
+    """Against the closed form: calling every image robust, AutoAttack must fool at least the images
+    clearly inside the ball (d < 0.98 ε) and at most those inside it (d <= ε); calling exactly the
+    images with d > ε robust, it fools none of them."""
+    pytest.importorskip("pyautoattack")
+    lin, x, y, d = linear_multiclass(n=16)
+    std = evaluation.data_mod.MEAN_STD["mnist"][1]
+    e = float(np.quantile(d.numpy(), 0.5)) / std
+    grid = [0.0, e]
+    all_robust = evaluation.pd.DataFrame({"fooled_at_strongest": [2] * len(x)})
+    t = evaluation.autoattack_agreement(lin, x, y, all_robust, grid, [e], dataset="mnist", defense="lin")
+    ep = e * std
+    dn = d.numpy()
+    assert t.loc[0, "robust"] == len(x) and t.loc[0, "n"] == len(x)
+    assert int((dn < 0.98 * ep).sum()) <= t.loc[0, "missed"] <= int((dn <= ep).sum())
+    assert t.loc[0, "missed_share"] == pytest.approx(t.loc[0, "missed"] / len(x))
+    exact = evaluation.pd.DataFrame({"fooled_at_strongest": np.where(dn <= ep, 1, 2)})
+    t = evaluation.autoattack_agreement(lin, x, y, exact, grid, [e], dataset="mnist", defense="lin")
+    assert t.loc[0, "robust"] == int((dn > ep).sum()) and t.loc[0, "missed"] == 0
+    with pytest.raises(ValueError, match="not on the grid"):
+        evaluation.autoattack_agreement(lin, x, y, exact, grid, [e / 2], dataset="mnist", defense="lin")
+
+
+def _strong_frame(**cols):
+    base = {f"fooled_at_{c}": [3, 3, 3, 3] for c in ("ce", "cw", "apgd_ce", "apgd_t", "fab", "strongest")}
+    base.update({f"fooled_at_{k}": v for k, v in cols.items()})
+    return evaluation.pd.DataFrame({"index": range(4), **base})
+
+
+def test_masking_table_counts_each_attack_and_what_it_adds():
+    # image 0: both PGD fool; image 1: only FAB; image 2: only APGD-T; image 3: robust to all
+    per = _strong_frame(ce=[0, 3, 3, 3], cw=[1, 3, 3, 3], fab=[1, 1, 3, 3], apgd_t=[3, 3, 1, 3],
+                        strongest=[0, 1, 1, 3])
+    t = evaluation.masking_table(per, 1, defense="d").set_index("attack")
+    assert t.loc["pgd-ce", "fooled"] == 1 and t.loc["pgd-ce", "beyond_pgd"] == 0
+    assert t.loc["fab", "fooled"] == 2 and t.loc["fab", "beyond_pgd"] == 1
+    assert t.loc["apgd-t", "fooled"] == 1 and t.loc["apgd-t", "beyond_pgd"] == 1
+    assert t.loc["strongest", "fooled"] == 3 and t.loc["strongest", "beyond_pgd"] == 2
+    assert (t["beyond_strongest"] == 0).all()
+    sq = evaluation.masking_table(per, 1, square_fooled=np.array([True, False, False])).set_index("attack")
+    assert sq.loc["square", "n"] == 3 and sq.loc["square", "fooled"] == 1 and sq.loc["square", "beyond_strongest"] == 0
+    sq = evaluation.masking_table(per, 2, square_fooled=np.array([False, False, False, True])).set_index("attack")
+    assert sq.loc["square", "beyond_strongest"] == 1, "Square fooling a strongest-robust image is what masking looks like"
+
+
+def test_paired_table_under_both_attacks():
+    a = _strong_frame(ce=[3, 3, 3, 0], strongest=[3, 3, 1, 0])
+    b = _strong_frame(ce=[3, 0, 0, 0], strongest=[3, 0, 0, 0])
+    t = evaluation.paired_table({"cross_holder": a, "cross_lipschitz": b}, [0.0, 1.0, 2.0], dataset="mnist",
+                                eps_points=[2.0])
+    assert list(t["attack"]) == ["worst-per-example", "strongest"] and list(t["b"]) == ["cross_lipschitz"] * 2
+    w, s = t.iloc[0], t.iloc[1]
+    assert (w["a_robust"], w["b_robust"], w["only_a"], w["only_b"]) == (3, 1, 2, 0)
+    assert (s["a_robust"], s["b_robust"], s["only_a"], s["only_b"]) == (2, 1, 1, 0) and s["p_value"] == 1.0
+    with pytest.raises(ValueError, match="attack='apgd'; allowed values"):
+        evaluation.paired_comparison(a, b, 1, "apgd")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
 import papermill as pm
 import pytest
 
@@ -62,6 +63,18 @@ def test_smoke_run(nb, smoke_env):
     if nb.stem in MAKES_FIGURES:
         assert any((smoke_env / "figures").glob("*.png")) and any((smoke_env / "figures").glob("*.pdf"))
     assert not any((ROOT / "results").rglob(f"*{smoke_env.name}*"))
+
+
+def test_smoke_run_of_the_strongest_protocol(smoke_env):
+    """Notebook 04 with protocol="strongest" (APGD, FAB, the AutoAttack agreement, the masking table)."""
+    nb = ROOT / "notebooks" / "04_robustness.ipynb"
+    pm.execute_notebook(str(nb), str(smoke_env / nb.name), parameters={"profile": "smoke", "protocol": "strongest"},
+                        kernel_name="crossholder", cwd=str(smoke_env), progress_bar=False)
+    rob = smoke_env / "results" / "mnist" / "robustness"
+    assert any(rob.glob("agreement-*.csv")) and any(rob.glob("masking-*.csv"))
+    assert (smoke_env / "results" / "mnist" / "paired.csv").exists()
+    curves = pd.read_csv(smoke_env / "results" / "mnist" / "robustness.csv")
+    assert {"strongest", "apgd-ce", "apgd-t", "fab"} <= set(curves["attack"])
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)

@@ -54,6 +54,7 @@ from .attacks import LOSSES, pgd
 
 __all__ = ["to_pixel", "wilson_interval", "sweep", "strong_sweep", "curve_from_sweeps", "robustness_curve",
            "evaluate_model", "per_model_rows", "robust_both", "robust_at", "paired_comparison", "fooled_at_from_norm",
+           "autoattack_agreement", "masking_table", "paired_table", "PAIRS", "PAIRED_EPS",
            "ATTACKS", "PAPER_ATTACKS", "STRONG_ATTACKS", "PROTOCOLS", "EVAL_CODE_VERSION", "STRONG"]
 
 #: Code version of the ``strongest`` protocol's curves (2: PGD step eps / 4, APGD-CE, FAB, APGD-T).
@@ -260,6 +261,9 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, k: int, attack: str = "w
     """
     if not isinstance(k, (int, np.integer)) or k < 0:
         raise ValueError(f"k={k!r} must be an integer >= 0 (an index into the ε grid)")
+    if attack != "worst-per-example" and attack not in _COLUMNS:
+        allowed = ["worst-per-example", *_COLUMNS]
+        raise ValueError(f"attack={attack!r}; allowed values: {', '.join(map(repr, allowed))}")
     cols = {"index"} | ({"fooled_at_ce", "fooled_at_cw"} if attack == "worst-per-example"
                         else {f"fooled_at_{_COLUMNS.get(attack, attack)}"})
     for name, df in (("a", a), ("b", b)):
@@ -543,7 +547,8 @@ def claims_table(curves: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """The paper's claims for ``dataset`` checked on ``curves`` (from :func:`robustness_curve`).
 
     "worst" claims are checked twice: with the paper's worst case (``worst-min``) and with the
-    honest per-example worst case (``worst-per-example``). A claim whose ε range is not in the
+    honest per-example worst case (``worst-per-example``). Where ``curves`` hold ``strongest`` rows,
+    every claim is also judged on them (the same statement, with every attack we run). A claim whose ε range is not in the
     curves is reported as "not evaluated". ``beyond_ci`` says whether the verdict also holds with
     the 95% Wilson intervals instead of the point estimates (for "order": the better defense's lower
     bound above the worse one's upper bound at half of the range or more, or, for a claim found
@@ -551,8 +556,10 @@ def claims_table(curves: pd.DataFrame, dataset: str) -> pd.DataFrame:
     claim the upper bound < 0.7, for every defense named).
     """
     rows = []
+    strong = "strongest" in set(curves["attack"])
     for cid, text, attack, better, worse, (lo, hi), kind in CLAIMS[data_mod.check_dataset(dataset)]:
-        for att in (("worst-min", "worst-per-example") if attack == "worst" else (attack,)):
+        judged = ("worst-min", "worst-per-example") if attack == "worst" else (attack,)
+        for att in judged + (("strongest",) if strong else ()):
             sub = curves[(curves["attack"] == att) & (curves["eps"] >= lo - 1e-9) & (curves["eps"] <= hi + 1e-9)]
             acc = sub.pivot_table(index="eps", columns="defense", values="accuracy")
             needed = list(better) + ([worse] if worse else [])
@@ -798,4 +805,122 @@ def autoattack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
             ours = robust_both(pe, k).mean()
             row.update({"ours_worst_per_example": float(ours), "gap": float(ours) - acc})
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def autoattack_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per_example: pd.DataFrame,
+                         eps_grid_used: Sequence[float], eps_list: Sequence[float], *, dataset: str, defense: str,
+                         seed: int = 0, attack: str = "strongest", progress: bool = False) -> pd.DataFrame:
+    """AutoAttack from scratch against our ``attack`` curve, per example: how many images it fools that we call robust.
+
+    AutoAttack's standard L2 version (APGD-CE, APGD-T, FAB-T, Square; PyPI ``pyautoattack``, seeded) at
+    each ε of ``eps_list`` (paper units; each must be on ``eps_grid_used``) on the images of ``x``
+    ``(n, *S)`` that ``attack`` (:func:`robust_at`) calls robust at that ε; ``per_example`` holds our
+    results for the same first ``n`` images. AutoAttack's outcome on an image does not depend on the
+    others, so attacking only those images gives the same count as attacking all ``n`` and is cheaper.
+    Every AutoAttack point is checked (ε-ball with 1e-4 relative slack for its float32 projection,
+    [0, 1] box, misclassified on a fresh forward pass).
+
+    Returns one row per ε: ``defense, eps, eps_pixel, n, robust`` (ours), ``missed`` (of those,
+    fooled by AutoAttack), ``missed_share`` (``missed / n``), ``seconds``.
+
+    Raises:
+        ValueError: an ε not on the grid. RuntimeError: an AutoAttack point outside the ball or box.
+    """
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError as err:  # pragma: no cover - optional extra
+        raise ImportError("AutoAttack needs the optional extra: pip install -e '.[autoattack]'") from err
+    model.eval()
+    grid = [round(g, 6) for g in eps_grid_used]
+    pe = per_example.iloc[: len(x)]
+    rows = []
+    from tqdm.auto import tqdm
+
+    for e in tqdm(list(eps_list), desc=f"{defense} AutoAttack", disable=not progress, leave=False):
+        if round(e, 6) not in grid:
+            raise ValueError(f"eps={e!r} is not on the grid eps_grid_used={list(eps_grid_used)!r}")
+        k = grid.index(round(e, 6))
+        ep = to_pixel(e, dataset)
+        robust = torch.from_numpy(robust_at(pe, k, attack))
+        idx = robust.nonzero().squeeze(1)
+        t0 = time.perf_counter()
+        missed = 0
+        if idx.numel():
+            xs, ys = x[idx.to(x.device)], y[idx.to(x.device)]
+            aa = AutoAttack(model, norm="L2", eps=ep, version="standard", seed=seed, device=str(x.device))
+            aa.verbose = False
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                x_adv, _ = aa.run_standard_evaluation(xs, ys, batch_size=len(xs))
+            delta = (x_adv - xs).flatten(1).norm(dim=1)
+            if bool((delta > ep * (1 + 1e-4)).any()) or bool((x_adv < 0).any()) or bool((x_adv > 1).any()):
+                raise RuntimeError("AutoAttack returned points outside the ε-ball or the [0, 1] box")
+            with torch.no_grad():
+                missed = int((model(x_adv).argmax(1) != ys).sum())
+        rows.append({"defense": defense, "eps": e, "eps_pixel": ep, "n": len(x), "robust": int(idx.numel()),
+                     "missed": missed, "missed_share": missed / len(x),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+    return pd.DataFrame(rows)
+
+
+def masking_table(per_example: pd.DataFrame, k: int, *, defense: str = "",
+                  square_fooled: np.ndarray | None = None) -> pd.DataFrame:
+    """What each attack alone fools at ``eps[k]``, and what it adds over the paper's PGD (either loss).
+
+    ``per_example``: a ``strongest``-protocol per-example frame. One row per attack (``pgd-ce``,
+    ``pgd-cw``, ``apgd-ce``, ``fab``, ``apgd-t``, ``strongest`` and, with ``square_fooled``, the
+    black-box ``square``): ``fooled`` (images it fooled, clean errors included), ``beyond_pgd``
+    (fooled by it and by neither PGD attack), ``beyond_strongest`` (fooled by it, robust under
+    ``strongest``: nonzero only for Square, which is not part of it). APGD-T runs only where the
+    others had not settled an image (the frontier), so its ``fooled`` counts only those.
+    ``square_fooled`` ``(m,)`` bool: Square's outcome on the first ``m`` images; then every row is
+    counted on those ``m`` images, so the rows compare on the same images.
+    """
+    pe = per_example if square_fooled is None else per_example.iloc[: len(square_fooled)]
+    pgd_robust = robust_at(pe, k, "worst-per-example")
+    strong_robust = robust_at(pe, k, "strongest")
+    fooled_by = {a: ~robust_at(pe, k, a) for a in ("pgd-ce", "pgd-cw", "apgd-ce", "fab", "apgd-t", "strongest")}
+    if square_fooled is not None:
+        fooled_by["square"] = np.asarray(square_fooled, dtype=bool)
+    rows = [{"defense": defense, "attack": a, "eps_index": k, "n": len(pe), "fooled": int(f.sum()),
+             "beyond_pgd": int((f & pgd_robust).sum()), "beyond_strongest": int((f & strong_robust).sum())}
+            for a, f in fooled_by.items()]
+    return pd.DataFrame(rows)
+
+
+#: The paired comparisons of the README's verdicts: (better, worse) defenses, at ε in paper units.
+PAIRS = (("cross_holder", "cross_lipschitz"), ("cross_holder", "adversarial"))
+PAIRED_EPS = (4.0, 5.0, 6.0)
+
+
+def paired_table(per_examples: dict[str, pd.DataFrame], eps_grid_used: Sequence[float], *, dataset: str,
+                 attacks: Sequence[str] = ("worst-per-example", "strongest"), pairs=PAIRS,
+                 eps_points: Sequence[float] = PAIRED_EPS) -> pd.DataFrame:
+    """Exact McNemar tests (:func:`paired_comparison`) of defense pairs on the same images, per attack and ε.
+
+    ``per_examples`` maps each defense to its per-example frame (same images, same grid
+    ``eps_grid_used``, paper units). Rows: ``dataset, a, b, attack, eps, n, a_robust, b_robust,
+    only_a, only_b, p_value``; pairs or attacks whose frames are missing are skipped.
+    """
+    grid = [round(g, 6) for g in eps_grid_used]
+    rows = []
+    for a, b in pairs:
+        if a not in per_examples or b not in per_examples:
+            continue
+        for attack in attacks:
+            for e in eps_points:
+                if round(e, 6) not in grid:
+                    raise ValueError(f"eps={e!r} is not on the grid {list(eps_grid_used)!r}")
+                k = grid.index(round(e, 6))
+                try:
+                    c = paired_comparison(per_examples[a], per_examples[b], k, attack)
+                except ValueError:
+                    if attack == "strongest":
+                        continue              # a legacy (paper-v1) frame has no strongest columns
+                    raise
+                rows.append({"dataset": dataset, "a": a, "b": b, "attack": attack, "eps": e,
+                             "n": len(per_examples[a]), "a_robust": c["both"] + c["only_a"],
+                             "b_robust": c["both"] + c["only_b"], "only_a": c["only_a"], "only_b": c["only_b"],
+                             "p_value": c["p_value"]})
     return pd.DataFrame(rows)

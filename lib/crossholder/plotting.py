@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 
 from . import paths  # noqa: E402
 
-__all__ = ["save", "fig3a", "fig3b", "hessian_convergence", "direction_images", "robustness_panel",
+__all__ = ["save", "fig3a", "fig3b", "hessian_convergence", "direction_images", "robustness_panel", "strongest_figure",
            "DEFENSE_LABELS", "DEFENSE_COLORS"]
 
 DEFENSE_LABELS = {"none": "Undefended", "cross_lipschitz": "Cross-Lipschitz", "cross_holder": "Cross-Hölder",
@@ -116,10 +116,12 @@ def direction_images(images: pd.DataFrame, name: str = "extra_top_curvature_dire
 
 
 def robustness_panel(curves: pd.DataFrame, attack: str, *, dataset: str, std: float, name: str, title: str,
-                     ax=None):
+                     ax=None, overlay: str | None = None, overlay_label: str = ""):
     """Adversarial accuracy against ε (paper units) for one attack, one line per defense, with 95% bands.
 
-    A second x-axis on top shows ε in pixel units (``ε_pixel = ε · std``).
+    ``overlay``: a second attack drawn dashed per defense, without band (e.g. APGD-CE over PGD-CE);
+    ``overlay_label`` names it in the legend. A second x-axis on top shows ε in pixel units
+    (``ε_pixel = ε · std``).
     """
     own = ax is None
     if own:
@@ -127,11 +129,17 @@ def robustness_panel(curves: pd.DataFrame, attack: str, *, dataset: str, std: fl
     else:
         fig = ax.figure
     sub = curves[curves["attack"] == attack]
+    over = curves[curves["attack"] == overlay] if overlay else sub.iloc[:0]
     for defense in [d for d in DEFENSE_LABELS if d in set(sub["defense"])]:
         g = sub[sub["defense"] == defense].sort_values("eps")
         c = DEFENSE_COLORS[defense]
         ax.plot(g["eps"], g["accuracy"], "o-", ms=3, color=c, label=DEFENSE_LABELS[defense])
         ax.fill_between(g["eps"], g["ci_low"], g["ci_high"], color=c, alpha=0.18, lw=0)
+        o = over[over["defense"] == defense].sort_values("eps")
+        if len(o):
+            ax.plot(o["eps"], o["accuracy"], "--", lw=1.2, color=c)
+    if len(over):
+        ax.plot([], [], "--", color="0.3", lw=1.2, label=overlay_label or overlay)
     ax.set_xlabel(r"$\varepsilon$ (paper units: L2 on standardized inputs)")
     ax.set_ylabel("adversarial accuracy")
     ax.set_ylim(-0.02, 1.02)
@@ -174,6 +182,41 @@ def worst_case_figure(curves: pd.DataFrame, *, dataset: str, std: float, name: s
     robustness_panel(curves, "worst-per-example", dataset=dataset, std=std, name=name, ax=axes[1],
                      title="per-example worst case: robust to both attacks")
     fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    save(fig, name)
+    return fig
+
+
+def strongest_figure(curves: pd.DataFrame, *, dataset: str, std: float, name: str, title: str):
+    """Figures 1, 2, 4c, 5c: per defense the ``strongest`` curve (solid, 95% Wilson band) and the paper's
+    worst case ``worst-min`` (dashed): the gap between them is robustness the paper's attack missed.
+
+    Falls back to :func:`worst_case_figure` for curves without ``strongest`` rows (legacy protocol).
+    """
+    if "strongest" not in set(curves["attack"]):
+        return worst_case_figure(curves, dataset=dataset, std=std, name=name, title=title)
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    strong, paper = curves[curves["attack"] == "strongest"], curves[curves["attack"] == "worst-min"]
+    handles = []
+    for defense in [d for d in DEFENSE_LABELS if d in set(strong["defense"])]:
+        c = DEFENSE_COLORS[defense]
+        g = strong[strong["defense"] == defense].sort_values("eps")
+        ax.plot(g["eps"], g["accuracy"], "o-", ms=3, color=c)
+        ax.fill_between(g["eps"], g["ci_low"], g["ci_high"], color=c, alpha=0.18, lw=0)
+        p = paper[paper["defense"] == defense].sort_values("eps")
+        ax.plot(p["eps"], p["accuracy"], "--", lw=1.2, color=c)
+        handles.append(Line2D([], [], color=c, lw=6, alpha=0.6, label=DEFENSE_LABELS[defense]))
+    handles += [Line2D([], [], color="0.2", marker="o", ms=3, label="strongest: no attack we run finds a witness"),
+                Line2D([], [], color="0.2", ls="--", label="paper's worst case: min(PGD-CE, PGD-CW)")]
+    ax.legend(handles=handles, fontsize=7, loc="lower left")
+    ax.set_xlabel(r"$\varepsilon$ (paper units: L2 on standardized inputs)")
+    ax.set_ylabel("adversarial accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    top = ax.secondary_xaxis("top", functions=(lambda e: e * std, lambda p: p / std))
+    top.set_xlabel(r"$\varepsilon$ (pixels of [0, 1] images)", fontsize=8)
     fig.tight_layout()
     save(fig, name)
     return fig
