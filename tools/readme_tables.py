@@ -10,6 +10,7 @@ Sections between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers ar
 * ``robustness``: ``results/<dataset>/robustness.csv`` (per-example worst case and the paper's
   worst case at a few ε);
 * ``claims``: ``results/<dataset>/claims.csv`` (notebook 04's verdicts);
+* ``step_size``: ``results/step-size.csv`` (``tools/step_size_study.py``: PGD's step, measured);
 * ``autoattack``: ``results/<dataset>/robustness/autoattack-*.csv`` of the models in ``robustness.json``;
 * ``selection``: ``results/<dataset>/selection/grid-cpu.csv`` (notebook 03's grid points scored so far);
 * ``all_classes``: the MNIST Cross-Lipschitz runs trained on every class (the paper's form) next to the
@@ -454,7 +455,26 @@ def speed_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "fidelity_robustness": fidelity_robustness_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
+def step_size_table(root: Path = ROOT) -> str:
+    """PGD's robust accuracy against its step (``results/step-size.csv``, ``tools/step_size_study.py``)."""
+    f = root / "results" / "step-size.csv"
+    if not f.exists():
+        return "(not measured yet)"
+    df = pd.read_csv(f)
+    fr = sorted(df["fraction"].unique())
+    head = " | ".join(f"ε/{1 / x:g}" + (" (Madry: 2.5 ε / 50)" if abs(x - 0.05) < 1e-9 else "") for x in fr)
+    lines = [f"| data set | defense | ε | n | {head} |", "|---|---|---|---|" + "---|" * len(fr)]
+    for (ds, d, e, att), g in df.groupby(["dataset", "defense", "eps", "attack"], sort=False):
+        if att != "worst-per-example":
+            continue
+        acc = g.set_index("fraction")["accuracy"]
+        best = acc.min()
+        cells = " | ".join((f"**{100 * acc[x]:.1f}**" if acc[x] == best else f"{100 * acc[x]:.1f}") for x in fr)
+        lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[d]} | {e:g} | {int(g['n'].iloc[0])} | {cells} |")
+    return "\n".join(lines)
+
+
+TABLES = {"step_size": step_size_table, "speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "fidelity_robustness": fidelity_robustness_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
 
 
 def render(readme: str, root: Path = ROOT) -> str:

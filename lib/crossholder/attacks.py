@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["AttackResult", "AttackVerificationError", "pgd", "apgd", "fab", "square", "attack_loss",
-           "perturbation_norm", "project", "LOSSES", "APGD_LOSSES", "NORMS", "check_model", "DEFAULT_STEP_FRACTION"]
+           "perturbation_norm", "project", "LOSSES", "APGD_LOSSES", "NORMS", "check_model", "DEFAULT_STEP_FRACTION",
+           "CountingModel"]
 
 LOSSES = ("ce", "cw")
 APGD_LOSSES = ("ce", "dlr-t")
@@ -331,9 +332,11 @@ def pgd_last_iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
 
 
 # ---------------------------------------------------------------- adapters of pyautoattack's attacks
-class _Counted(nn.Module):
-    """``model`` that counts the rows it sees: with an input that requires grad (a gradient
-    evaluation) or without (a forward pass). The library attacks' cost, measured, not estimated."""
+class CountingModel(nn.Module):
+    """``model`` that counts what a library attack spends on it: ``grad_rows``, one per example and
+    backward pass through the output (FAB's K backward passes per forward count K times), and
+    ``forward_rows``, one per example of a forward pass without gradient. Inputs are cast to
+    ``dtype`` (the model's), outputs to float32 (the libraries' dtype)."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
@@ -394,7 +397,7 @@ def _library_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
         best_norm = torch.where(success, torch.zeros(B, dtype=x.dtype, device=x.device),
                                 torch.full((B,), math.inf, dtype=x.dtype, device=x.device))
         todo = ~success if active is None else (~success & active.to(x.device))
-        counted = _Counted(model, x.dtype)
+        counted = CountingModel(model, x.dtype)
         idx = todo.nonzero().squeeze(1)
         if eps > 0 and idx.numel():
             devices = [x.device] if x.device.type == "cuda" else []
