@@ -599,3 +599,51 @@ def test_paired_table_under_both_attacks():
     assert (s["a_robust"], s["b_robust"], s["only_a"], s["only_b"]) == (2, 1, 1, 0) and s["p_value"] == 1.0
     with pytest.raises(ValueError, match="attack='apgd'; allowed values"):
         evaluation.paired_comparison(a, b, 1, "apgd")
+
+
+def _bn_cnn():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.SiLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    m.eval()
+    m[1].train()                       # one submodule left in training mode
+    return m
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x, y: attacks.pgd(m, x, y, 0.5, steps=2, restarts=1),
+    lambda m, x, y: attacks.apgd(m, x, y, 0.5, n_iter=2),
+    lambda m, x, y: attacks.fab(m, x, y, n_iter=2),
+    lambda m, x, y: evaluation.sweep(m, x, y, [0.0, 0.5], steps=2, restarts=1, channels_last=False),
+    lambda m, x, y: evaluation.strong_sweep(m, x, y, [0.0, 0.5], channels_last=False),
+    lambda m, x, y: evaluation.random_noise_attack(m, x, y, 0.5, queries=2),
+], ids=["pgd", "apgd", "fab", "sweep", "strong_sweep", "random_noise"])
+def test_a_submodule_in_training_mode_is_refused_before_any_forward_pass(call):
+    """Issue 18, item 4: the guard looks at every submodule and runs first; the buffers stay bit-identical."""
+    m = _bn_cnn()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x, y = torch.rand(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    with pytest.raises(RuntimeError, match=r"submodules in training mode \(1\)"):
+        call(m, x, y)
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a refused call must not move any buffer"
+
+
+def test_one_hot_logits_are_not_taken_for_probabilities():
+    """Issue 18, item 6: exactly one-hot rows (any scale) are valid logits; a real softmax is still refused."""
+    class OneHot(nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x):
+            return self.scale * nn.functional.one_hot(x.flatten(1)[:, :10].argmax(1), 10).float()
+
+    x = torch.rand(4, 1, 28, 28)
+    for scale in (1.0, 10.0):
+        assert attacks.check_model(OneHot(scale).eval(), x).shape == (4, 10)
+    soft = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Softmax(dim=1)).eval()
+    with pytest.raises(ValueError, match="look like \\(log-\\)probabilities"):
+        attacks.check_model(soft, x)
+    logsoft = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.LogSoftmax(dim=1)).eval()
+    with pytest.raises(ValueError, match="look like \\(log-\\)probabilities"):
+        attacks.check_model(logsoft, x)

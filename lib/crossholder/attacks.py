@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["AttackResult", "AttackVerificationError", "pgd", "apgd", "fab", "square", "attack_loss",
-           "perturbation_norm", "project", "LOSSES", "APGD_LOSSES", "NORMS", "check_model", "DEFAULT_STEP_FRACTION",
+           "perturbation_norm", "project", "LOSSES", "APGD_LOSSES", "NORMS", "check_model", "check_eval_mode",
+           "DEFAULT_STEP_FRACTION",
            "CountingModel"]
 
 LOSSES = ("ce", "cw")
@@ -110,21 +111,42 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tenso
     raise ValueError(f"loss={loss!r}; allowed values: {', '.join(map(repr, LOSSES))}")
 
 
+def check_eval_mode(model: nn.Module) -> None:
+    """Refuse a model any of whose submodules is in training mode, before any forward pass.
+
+    A submodule left in training mode (``model.eval(); model[1].train()``) would let dropout or
+    batch-norm statistics change between the attack and its verification, and every forward pass
+    would move the running statistics. Raises :class:`RuntimeError` naming the submodules.
+    """
+    training = [name or type(m).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        shown = ", ".join(training[:5]) + (f" and {len(training) - 5} more" if len(training) > 5 else "")
+        raise RuntimeError(f"the model has submodules in training mode ({shown}); call model.eval() before "
+                           "attacking it (dropout or batch-norm statistics would make the attack and its "
+                           "verification disagree, and each forward pass would move the running statistics)")
+
+
 def check_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Guards: eval mode and logits (not probabilities). Returns the clean logits ``(B, K)``."""
-    if model.training:
-        raise RuntimeError("the model is in training mode; call model.eval() before attacking it "
-                           "(dropout or batch-norm statistics would make the attack and its verification disagree)")
+    """Guards: every submodule in eval mode (:func:`check_eval_mode`, before any forward pass) and
+    logits, not probabilities. Returns the clean logits ``(B, K)``."""
+    check_eval_mode(model)
     with torch.no_grad():
         z = model(x)
     if z.dim() != 2:
         raise ValueError(f"the model must return logits of shape (B, K); got {tuple(z.shape)}")
     if z.shape[0] > 1 or z.shape[1] > 2:
-        probs_like = bool(((z >= 0) & (z <= 1)).all()) and torch.allclose(z.sum(1), torch.ones_like(z[:, 0]), atol=1e-4)
-        logprobs_like = bool((z <= 0).all()) and torch.allclose(z.exp().sum(1), torch.ones_like(z[:, 0]), atol=1e-4)
+        # exactly one-hot rows (0s and one 1) are valid logits too (a hard margin of 1): the check fires
+        # only when some output lies strictly inside (0, 1), as a softmax's do
+        inside = bool(((z > 1e-6) & (z < 1 - 1e-6)).any())
+        probs_like = inside and bool(((z >= 0) & (z <= 1)).all()) and \
+            torch.allclose(z.sum(1), torch.ones_like(z[:, 0]), atol=1e-4)
+        p = z.exp()
+        logprobs_like = bool((z <= 0).all()) and bool(((p > 1e-6) & (p < 1 - 1e-6)).any()) and \
+            torch.allclose(p.sum(1), torch.ones_like(z[:, 0]), atol=1e-4)
         if probs_like or logprobs_like:
-            raise ValueError("the model's outputs look like (log-)probabilities (rows sum to 1); attacks need "
-                             "logits: remove the final softmax")
+            raise ValueError("the model's outputs look like (log-)probabilities (every row sums to 1); attacks "
+                             "need logits: remove the final softmax / log-softmax (if these really are logits, "
+                             "adding any constant to them changes no prediction and passes this check)")
     return z
 
 
@@ -462,6 +484,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, loss
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name}={v!r} must be an integer >= 1")
     paa = _pyautoattack()
+    check_eval_mode(model)                       # before the forward pass that counts the classes
     with torch.no_grad():
         k = model(x[:1]).shape[-1]
     if loss == "dlr-t" and k < 4:

@@ -147,6 +147,7 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Sequenc
         raise ValueError(f"step_fraction={step_fraction!r} must be a finite number > 0 (or None for 2.5 / steps)")
     if attack == "apgd" and float(norm) != 2.0:
         raise ValueError(f"norm={norm!r}: the APGD sweep is L2 only (norm=2)")
+    attacks_mod.check_eval_mode(model)       # before the clean forward pass below
     N = len(x)
     model, x = _channels_last(model, x, channels_last)
     min_norm = torch.full((N,), math.inf, dtype=torch.float64)
@@ -308,6 +309,7 @@ def strong_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: 
     prior = np.full(N, math.inf) if prior_norm is None else np.asarray(prior_norm, dtype=float)
     if prior.shape != (N,):
         raise ValueError(f"prior_norm has shape {prior.shape}; expected ({N},)")
+    attacks_mod.check_eval_mode(model)
     model, x = _channels_last(model, x, channels_last)
     out: dict[str, Any] = {}
     ce = sweep(model, x, y, eps, attack="apgd", loss="ce", seed=seed, channels_last=False)
@@ -608,6 +610,7 @@ def random_noise_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     """
     from .attacks import _start_noise
 
+    attacks_mod.check_eval_mode(model)
     with torch.no_grad():
         robust = model(x).argmax(1) == y
         for q in range(queries):
@@ -659,7 +662,7 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dataset
     attack with as many queries as the white-box gradient steps (should not beat it).
     ``step_fraction``: PGD's step as a fraction of ε (``None``: the legacy ``2.5 eps / steps``).
     """
-    model.eval()
+    attacks_mod.check_eval_mode(model)
     ep = to_pixel(eps, dataset)
     n = len(x)
 
@@ -786,7 +789,7 @@ def autoattack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
     except ImportError as err:  # pragma: no cover - optional extra
         raise ImportError("AutoAttack needs the optional extra: pip install -e '.[autoattack]' "
                           "(PyPI package pyautoattack)") from err
-    model.eval()
+    attacks_mod.check_eval_mode(model)
     rows = []
     for e in eps_list:
         ep = to_pixel(e, dataset)
@@ -831,7 +834,7 @@ def autoattack_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per
         from pyautoattack import AutoAttack
     except ImportError as err:  # pragma: no cover - optional extra
         raise ImportError("AutoAttack needs the optional extra: pip install -e '.[autoattack]'") from err
-    model.eval()
+    attacks_mod.check_eval_mode(model)
     grid = [round(g, 6) for g in eps_grid_used]
     pe = per_example.iloc[: len(x)]
     rows = []
