@@ -459,6 +459,16 @@ def test_library_witnesses_are_verified_and_outside_points_discarded(multiclass,
 
     r = attacks._library_attack(lin, x, y, eps, rounding, active=None, verify=True, seed=0)
     assert bool(r.success.all()) and float(r.norm.max()) <= eps
+
+    def just_past(m, xs, ys):               # 5e-5 outside a ball whose radius is exactly each image's distance
+        w = lin[1].weight
+        z = lin(xs)
+        j = z.scatter(1, ys[:, None], -math.inf).argmax(1)
+        u = torch.nn.functional.normalize(w[j] - w[ys], dim=1).view_as(xs)
+        return (xs + float(d[0]) * (1 + 5e-5) * u).clamp(0, 1)
+
+    r = attacks._library_attack(lin, x[:1], y[:1], float(d[0]), just_past, active=None, verify=True, seed=0)
+    assert not bool(r.success.any()), "pulled back inside the ball it is correctly classified: discarded"
     r = attacks._library_attack(lin, x, y, eps, lambda m, xs, ys: xs.clone(), active=None, verify=True, seed=0)
     assert not bool(r.success.any())
 
@@ -536,9 +546,21 @@ def test_evaluate_model_strongest_rows_and_legacy_protocol(linear_case, tmp_path
         assert (acc["strongest"] <= acc[attack]).all(), attack
     assert side["code"] == evaluation.EVAL_CODE_VERSION and side["params"]["step_fraction"] == 0.25
     assert set(side["grad_evals_by_attack"]) == {"pgd-ce", "pgd-cw", "apgd-ce", "apgd-t", "fab"}
+    steps_seen = []
+    real_pgd = evaluation.pgd
+
+    def spy(model, x, y, eps, **k):
+        steps_seen.append(k["step_size"] / eps)
+        return real_pgd(model, x, y, eps, **k)
+
+    monkeypatch.setattr(evaluation, "pgd", spy)
     legacy, _, side1 = evaluation.evaluate_model(lin, x[:16], y[:16], protocol="paper-v1", **kw)
     assert set(legacy["attack"]) == set(evaluation.PAPER_ATTACKS) and side1["code"] == "1"
-    assert "protocol" not in side1["params"], "the legacy run identity is the version-1 one"
+    v1_params = {"dataset": "mnist", "defense": "lin", "model": "m", "eps": kw["eps_list"], "steps": 5,
+                 "restarts": 1, "n": 16, "eps_unit": "paper", "losses": ["ce", "cw"]}
+    assert side1["run_id"] == evaluation.ex.run_id({**v1_params, "seed": 0, "profile": "smoke", "code": "1"}), \
+        "the legacy run identity is the version-1 one"
+    assert steps_seen and all(f == pytest.approx(2.5 / 5) for f in steps_seen), "legacy step: 2.5 eps / steps"
     with pytest.raises(ValueError, match="protocol='fast'; allowed values"):
         evaluation.evaluate_model(lin, x[:16], y[:16], protocol="fast", **kw)
 
@@ -647,3 +669,71 @@ def test_one_hot_logits_are_not_taken_for_probabilities():
     logsoft = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.LogSoftmax(dim=1)).eval()
     with pytest.raises(ValueError, match="look like \\(log-\\)probabilities"):
         attacks.check_model(logsoft, x)
+
+
+def test_strong_checks_are_the_tables_notebook_04_reuses(tmp_path, monkeypatch):
+    """A background run's one-model agreement and masking tables are found by notebook 04's per_model_rows."""
+    pytest.importorskip("pyautoattack")
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
+    lin, x, y, d = linear_multiclass(n=8)
+    std = evaluation.data_mod.MEAN_STD["mnist"][1]
+    grid = [0.0, float(np.median(d.numpy())) / std, 2 * float(d.max()) / std]
+    per = _strong_frame(strongest=[2] * 4).iloc[:0]
+    per = evaluation.pd.DataFrame({"fooled_at_strongest": np.where(d.numpy() <= grid[1] * std, 1, 2)})
+    agree, mask = evaluation.strong_checks(lin, x, y, per.assign(**{c: per["fooled_at_strongest"] for c in (
+        "fooled_at_ce", "fooled_at_cw", "fooled_at_apgd_ce", "fooled_at_apgd_t", "fooled_at_fab")}),
+        dataset="mnist", defense="lin", model_id="m0", eps_list=grid, seed=0, profile="cpu",
+        autoattack_eps=[grid[1]], masking_eps=grid[1])
+    assert agree.loc[0, "missed"] == 0 and set(mask["attack"]) >= {"square", "strongest"}
+
+    def boom(defense):
+        raise AssertionError("must be reused")
+
+    for kind, params, table in (("agreement", {"n": 8, "eps": [grid[1]], "grid": grid}, agree),
+                                ("masking", {"n": 8, "eps": grid[1], "grid": grid}, mask)):
+        got = evaluation.per_model_rows(kind, "mnist", {"lin": "m0"}, params, boom, seed=0, profile="cpu",
+                                        code_version=evaluation.EVAL_CODE_VERSION)
+        evaluation.pd.testing.assert_frame_equal(got.reset_index(drop=True), table.reset_index(drop=True))
+
+
+def test_apgd_t_runs_at_the_frontier_and_again_below_each_new_witness(monkeypatch):
+    """strong_sweep's APGD-T schedule, with the attacks replaced by fakes: an image is attacked at the
+    largest grid ε strictly below its smallest witness norm, again below each witness APGD-T finds, and
+    never again after a failure; clean errors and images settled at the smallest ε are never attacked."""
+    eps = [0.0, 1.0, 2.0, 3.0, 4.0]
+    n = 5
+    x, y = torch.rand(n, 4), torch.zeros(n, dtype=torch.int64)
+    model = nn.Sequential(nn.Linear(4, 10)).eval()
+    calls = []
+    # image 0: prior witness at 3.5 -> attacked at 3 (APGD-T finds 2.5) -> at 2 (fails)
+    # image 1: no witness anywhere -> attacked at 4 only (fails)
+    # image 2: prior witness at 0.5 -> nothing below it on the grid (eps 0 is never attacked)
+    # image 3: clean error (norm 0) -> never attacked
+    # image 4: prior witness exactly at 2 (within tolerance) -> attacked at 1 (fails)
+    prior = np.array([3.5, math.inf, 0.5, 0.0, 2.0 * (1 + 5e-6)])
+    t_found = {(0, 3.0): 2.5}
+
+    def fake_apgd(model, x, y, e, loss, active, **k):
+        act = active.cpu().numpy()
+        calls.append((e, tuple(np.flatnonzero(act))))
+        succ = torch.zeros(n, dtype=torch.bool)
+        norm = torch.full((n,), math.inf)
+        for i in np.flatnonzero(act):
+            if (i, e) in t_found:
+                succ[i], norm[i] = True, t_found[(i, e)]
+        return attacks.AttackResult(x_adv=x, success=succ, norm=norm, grad_evals=int(act.sum()), forward_evals=0)
+
+    def nothing_sweep(*a, **k):
+        return {"min_norm": np.full(n, math.inf), "fooled_at": np.full(n, len(eps)), "grad_evals": 0}
+
+    def nothing_fab(model, x, y, **k):
+        return attacks.AttackResult(x_adv=x, success=torch.zeros(n, dtype=torch.bool),
+                                    norm=torch.full((n,), math.inf), grad_evals=0, forward_evals=0)
+
+    monkeypatch.setattr(evaluation.attacks_mod, "apgd", fake_apgd)
+    monkeypatch.setattr(evaluation.attacks_mod, "fab", nothing_fab)
+    monkeypatch.setattr(evaluation, "sweep", nothing_sweep)
+    out = evaluation.strong_sweep(model, x, y, eps, prior_norm=prior)
+    assert sorted(calls) == sorted([(3.0, (0,)), (4.0, (1,)), (1.0, (4,)), (2.0, (0,))])
+    assert out["apgd_t"]["min_norm"][0] == 2.5 and out["apgd_t"]["fooled_at"][0] == 3
+    assert out["strongest"]["fooled_at"].tolist() == [3, 5, 1, -1, 2]

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["AttackResult", "AttackVerificationError", "pgd", "apgd", "fab", "square", "attack_loss",
-           "perturbation_norm", "project", "LOSSES", "APGD_LOSSES", "NORMS", "check_model", "check_eval_mode",
+           "perturbation_norm", "project", "LOSSES", "APGD_LOSSES", "NORMS", "check_model", "check_eval_mode", "own_random_state",
            "DEFAULT_STEP_FRACTION",
            "CountingModel"]
 
@@ -397,6 +397,15 @@ def _check_eps_tensor(eps, name: str = "eps") -> None:
         raise ValueError(f"{name}={eps!r} must be a finite number >= 0 (pixel units of [0, 1] images)")
 
 
+@contextmanager
+def own_random_state(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Restore torch's global random state (CPU and every initialized CUDA device) on exit: the
+    libraries seed the global generators themselves, which must not leak into the caller's stream."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
 def _library_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, run, *,
                     active: torch.Tensor | None, verify: bool, seed: int) -> AttackResult:
     """Shared bookkeeping of the adapters: guards, clean errors, the active set, seeding, witnesses.
@@ -422,8 +431,7 @@ def _library_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
         counted = CountingModel(model, x.dtype)
         idx = todo.nonzero().squeeze(1)
         if eps > 0 and idx.numel():
-            devices = [x.device] if x.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
+            with own_random_state(x.device):
                 torch.manual_seed(seed)
                 xa = run(counted, x[idx].float(), y[idx]).detach().to(x.dtype)
             # the library projects in float32, where x + delta rounds delta by about 1e-5 of its norm
@@ -440,7 +448,9 @@ def _library_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
                 n = perturbation_norm(xa - x[idx], 2.0)
             with torch.no_grad():
                 fooled = model(xa).argmax(1) != y[idx]
-            ok = fooled & (n <= eps * (1 + VERIFY_RTOL)) & (xa >= 0).flatten(1).all(1) & (xa <= 1).flatten(1).all(1)
+            # n > 0: the library hands back the clean point where it failed; never a witness
+            ok = fooled & (n > 0) & (n <= eps * (1 + VERIFY_RTOL)) & (xa >= 0).flatten(1).all(1) & \
+                (xa <= 1).flatten(1).all(1)
             if bool(ok.any()):
                 _record(x_adv, best_norm, success, idx[ok], xa[ok], x, 2.0)
         result = AttackResult(x_adv=x_adv, success=success, norm=best_norm, grad_evals=counted.grad_rows,

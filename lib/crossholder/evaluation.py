@@ -54,7 +54,7 @@ from .attacks import LOSSES, pgd
 
 __all__ = ["to_pixel", "wilson_interval", "sweep", "strong_sweep", "curve_from_sweeps", "robustness_curve",
            "evaluate_model", "per_model_rows", "robust_both", "robust_at", "paired_comparison", "fooled_at_from_norm",
-           "autoattack_agreement", "masking_table", "paired_table", "PAIRS", "PAIRED_EPS",
+           "autoattack_agreement", "masking_table", "paired_table", "strong_checks", "PAIRS", "PAIRED_EPS",
            "ATTACKS", "PAPER_ATTACKS", "STRONG_ATTACKS", "PROTOCOLS", "EVAL_CODE_VERSION", "STRONG"]
 
 #: Code version of the ``strongest`` protocol's curves (2: PGD step eps / 4, APGD-CE, FAB, APGD-T).
@@ -182,7 +182,8 @@ def fooled_at_from_norm(min_norm: np.ndarray, eps_pixel: Sequence[float]) -> np.
     the grid. A witness counts at ε when its norm is ``<= ε (1 + 1e-5)`` (the verification tolerance).
     """
     norms = np.asarray(min_norm, dtype=float)
-    grid = np.asarray(eps_pixel, dtype=float) * (1 + attacks_mod.VERIFY_RTOL)
+    # (1 + 1e-6): the verification compares float32 norms with a float32-rounded threshold
+    grid = np.asarray(eps_pixel, dtype=float) * (1 + attacks_mod.VERIFY_RTOL) * (1 + 1e-6)
     k = np.searchsorted(grid, norms, side="left")              # first grid value >= norm
     k = np.where(norms == 0, -1, k)
     return k.astype(np.int64)
@@ -217,7 +218,10 @@ def curve_from_sweeps(per_example: pd.DataFrame, eps: Sequence[float], eps_pixel
     ``strongest`` protocol ran, ``fooled_at_apgd_ce``, ``fooled_at_apgd_t``, ``fooled_at_fab``,
     ``fooled_at_strongest``).
 
-    An example is robust at ``eps[k]`` under an attack iff ``fooled_at > k``.
+    An example is robust at ``eps[k]`` under an attack iff ``fooled_at > k``. The ``apgd-t`` rows
+    count only what APGD-T found at each image's frontier (:func:`strong_sweep`): they are not a
+    standalone APGD-T curve. AutoAttack's and Square's witnesses (:func:`autoattack_agreement`,
+    :func:`masking_table`) are checks of ``strongest`` and are not folded into it.
     """
     n = len(per_example)
     rows = []
@@ -321,7 +325,7 @@ def strong_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: 
     # APGD-T at the frontier
     best = np.minimum.reduce([prior, ce["min_norm"], fab_norm])
     t_norm = np.where(best == 0, 0.0, math.inf)
-    grid = np.asarray(eps) * (1 + attacks_mod.VERIFY_RTOL)
+    grid = np.asarray(eps) * (1 + attacks_mod.VERIFY_RTOL) * (1 + 1e-6)     # as in fooled_at_from_norm
     open_ = best > 0
     t_evals = 0
     with torch.no_grad():
@@ -355,7 +359,8 @@ def strong_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: 
 def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *,
                      losses: Sequence[str] = ("ce", "cw"), steps: int = 50, restarts: int = 10,
                      eps_unit: str = "paper", dataset: str = "mnist", defense: str = "", seed: int = 0,
-                     batch_size: int = 500, return_per_example: bool = False, progress: bool = True):
+                     batch_size: int = 500, return_per_example: bool = False, progress: bool = True,
+                     step_fraction: float | None = attacks_mod.DEFAULT_STEP_FRACTION):
     """Adversarial accuracy against ε for each attack, with 95% Wilson intervals.
 
     Args:
@@ -365,6 +370,8 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
         steps, restarts: per attack and ε (the paper: 50 and 10).
         dataset: for the unit conversion; defense: a label copied into the ``defense`` column.
         batch_size: examples attacked together.
+        step_fraction: PGD's step as a fraction of ε (``None``: Madry et al.'s ``2.5 eps / steps``,
+            which the hyperparameter selection keeps).
         return_per_example: also return the per-example frame (``index``, ``label``, and per loss
             ``min_norm_<loss>`` in pixel units and ``fooled_at_<loss>``).
 
@@ -385,7 +392,7 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
         for s in tqdm(range(0, len(x), batch_size), desc=f"{defense or 'model'} pgd-{loss}", disable=not progress,
                       leave=False):
             out = sweep(model, x[s:s + batch_size], y[s:s + batch_size], eps_pixel, loss=loss, steps=steps,
-                        restarts=restarts, seed=seed)
+                        restarts=restarts, seed=seed, step_fraction=step_fraction)
             mins.append(out["min_norm"])
             foos.append(out["fooled_at"])
         per[f"min_norm_{loss}"] = np.concatenate(mins)
@@ -755,21 +762,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run-id", default=None, help="evaluate this finished training run instead of the registered one")
     ap.add_argument("--protocol", default="strongest", choices=list(PROTOCOLS))
     ap.add_argument("--n", type=int, default=0, help="test images (the first n); 0: the profile's choice")
+    ap.add_argument("--checks", type=int, default=0, metavar="N",
+                    help="then the AutoAttack agreement and the masking table on the first N images (strongest "
+                         "protocol; notebook 04 uses 200 at the cpu profile); 0: skip")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    curve, _, side = evaluate_registered(args.dataset, args.defense, profile=args.profile, seed=args.seed,
-                                         device=args.device, run_id=args.run_id, protocol=args.protocol,
-                                         n_examples=args.n)
+    curve, per, side = evaluate_registered(args.dataset, args.defense, profile=args.profile, seed=args.seed,
+                                           device=args.device, run_id=args.run_id, protocol=args.protocol,
+                                           n_examples=args.n)
     print(curve.pivot_table(index="eps", columns="attack", values="accuracy").round(3).to_string())
+    if args.checks:
+        if args.protocol != "strongest":
+            raise SystemExit("--checks needs --protocol strongest")
+        from . import training
+
+        model, rec = (training.load_registered(args.dataset, args.defense) if args.run_id is None
+                      else training.load_run(args.dataset, args.defense, args.run_id))
+        x, y = data_mod.tensors(args.dataset, "test")
+        agree, mask = strong_checks(model, x[:args.checks], y[:args.checks], per, dataset=args.dataset,
+                                    defense=args.defense, model_id=rec["run_id"], eps_list=side["params"]["eps"],
+                                    seed=args.seed, profile=args.profile, device=args.device)
+        print(agree.to_string(index=False))
+        print(mask.to_string(index=False))
     reused = side.get("reused_from")
     how = (f"{reused['examples']} examples' rows reused from {reused['file']} (their share of its wall time: "
            f"{reused['wall_time_s_share']} s), " if reused else "")
     print(f"[{args.dataset}/{args.defense}] done: {how}{side['wall_time_s']} s here; {side['files']}")
 
-
-if __name__ == "__main__":
-    main()
 
 
 # ---------------------------------------------------------------- independent check: AutoAttack
@@ -853,7 +873,7 @@ def autoattack_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per
             xs, ys = x[idx.to(x.device)], y[idx.to(x.device)]
             aa = AutoAttack(model, norm="L2", eps=ep, version="standard", seed=seed, device=str(x.device))
             aa.verbose = False
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), attacks_mod.own_random_state(x.device):
                 warnings.simplefilter("ignore")
                 x_adv, _ = aa.run_standard_evaluation(xs, ys, batch_size=len(xs))
             delta = (x_adv - xs).flatten(1).norm(dim=1)
@@ -927,3 +947,37 @@ def paired_table(per_examples: dict[str, pd.DataFrame], eps_grid_used: Sequence[
                              "b_robust": c["both"] + c["only_b"], "only_a": c["only_a"], "only_b": c["only_b"],
                              "p_value": c["p_value"]})
     return pd.DataFrame(rows)
+
+
+def strong_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per_example: pd.DataFrame, *, dataset: str,
+                  defense: str, model_id: str, eps_list: Sequence[float], seed: int, profile: str,
+                  autoattack_eps: Sequence[float] = (2.0, 3.0, 4.0, 5.0, 6.0), masking_eps: float = 5.0,
+                  device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The AutoAttack agreement (:func:`autoattack_agreement`) and the masking table with Square
+    (:func:`masking_table`) of one model on ``x`` (its first ``n`` test images), cached as one-model
+    tables ``results/<dataset>/robustness/{agreement,masking}-<id>.csv`` with the parameters notebook
+    04 uses, so the notebook reuses them (:func:`per_model_rows`). For background runs
+    (``python -m crossholder.evaluation ... --checks``).
+    """
+    code = PROTOCOLS["strongest"]["code"]
+    ids = {defense: model_id}
+    aa_params = {"n": len(x), "eps": list(autoattack_eps), "grid": list(eps_list)}
+    agree, _, _ = ex.cached_table(
+        f"{dataset}/robustness/agreement", {"models": ids, **aa_params},
+        lambda: autoattack_agreement(model, x, y, per_example, eps_list, autoattack_eps, dataset=dataset,
+                                     defense=defense, seed=seed, progress=True),
+        seed=seed, profile=profile, code_version=code, device=device)
+    k = [round(e, 6) for e in eps_list].index(round(masking_eps, 6))
+    mask_params = {"n": len(x), "eps": masking_eps, "grid": list(eps_list)}
+
+    def _mask():
+        sq = attacks_mod.square(model, x, y, to_pixel(masking_eps, dataset), seed=seed)
+        return masking_table(per_example, k, defense=defense, square_fooled=sq.success.cpu().numpy())
+
+    mask, _, _ = ex.cached_table(f"{dataset}/robustness/masking", {"models": ids, **mask_params}, _mask,
+                                 seed=seed, profile=profile, code_version=code, device=device)
+    return agree, mask
+
+
+if __name__ == "__main__":
+    main()

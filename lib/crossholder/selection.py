@@ -145,9 +145,12 @@ def _score(dataset: str, defense: str, hp: dict[str, Any], profile: str, seed: i
     xv, yv = xv.to(dev), yv.to(dev)
     clean = training.accuracy(model, xv, yv)
     n = sel["n_attack"] or len(xv)
+    # the selection score keeps Madry et al.'s step 2.5 eps / steps (step_fraction=None): the grids were
+    # scored with it, and their cached points must stay reproducible (SELECTION_CODE_VERSION 1); it is a
+    # criterion for choosing hyperparameters, not a robustness claim
     curve = evaluation.robustness_curve(model, xv[:n], yv[:n], [0.0, *SELECTION_EPS], steps=sel["steps"],
                                         restarts=sel["restarts"], dataset=dataset, defense=defense, seed=seed,
-                                        progress=False)
+                                        progress=False, step_fraction=None)
     acc = curve.pivot_table(index="eps", columns="attack", values="accuracy")
     row: dict[str, Any] = {"defense": defense, **{k: float(v) for k, v in hp.items()}, "run_id": cfg.run_id,
                            "epochs": sel["epochs"], "clean_val_acc": clean, "n_attacked": n}
