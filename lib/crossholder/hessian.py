@@ -9,8 +9,11 @@ forward-mode over reverse-mode with ``torch.func`` (``backend="func"``).
 
 Everything is batched over examples: ``x`` is ``(B, *S)`` with ``S`` e.g. ``(1, 28, 28)``;
 example ``b`` has its own pair ``(t[b], j[b])`` and its own vector ``v[b]``. Norms are taken
-per example over the flattened ``S`` dimensions. Examples must not interact in the model (no
-batch norm in training mode), which holds for every model of this package.
+per example over the flattened ``S`` dimensions. Every entry point goes through
+:func:`crossholder.guards.curvature`: batch-norm layers compute with their running statistics
+(so examples never interact and the running statistics never move), and a model with no
+second-order nonlinearity (linear or piecewise linear, e.g. ReLU) gets one warning: its input
+Hessian is zero almost everywhere, and every product and norm here is then exactly 0.
 
 Units: ``x`` in the model's input space (pixels in [0, 1] for the paper CNN), so ``H`` has
 units of logit per pixel².
@@ -43,6 +46,8 @@ from typing import Callable, Literal, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import guards
 
 __all__ = [
     "OperatorNormResult",
@@ -132,7 +137,8 @@ def _pair_margin(logits: torch.Tensor, t: torch.Tensor, j: torch.Tensor) -> torc
 
 def margins(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec) -> torch.Tensor:
     """Margins ``f_t(x) - f_j(x)``, ``(B,)``. ``j`` an int64 ``(B,)`` tensor or ``"runner_up"``."""
-    logits = model(x)
+    with guards.frozen_batch_stats(model):
+        logits = model(x)
     t, jj = resolve_pairs(logits, t, j)
     return _pair_margin(logits, t, jj)
 
@@ -146,7 +152,8 @@ def margin_and_grad(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec
     """
     _check_dtypes(model, x)
     xr = x if (x.requires_grad and create_graph) else x.detach().requires_grad_(True)
-    logits = model(xr)
+    with guards.frozen_batch_stats(model):
+        logits = model(xr)
     t, jj = resolve_pairs(logits, t, j)
     m = _pair_margin(logits, t, jj)
     (g,) = torch.autograd.grad(m.sum(), xr, create_graph=create_graph)
@@ -171,6 +178,10 @@ class HVPOperator:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}; allowed values: {', '.join(map(repr, BACKENDS))}")
         _check_dtypes(model, x)
+        with guards.curvature(model):
+            self._setup(model, x, t, j, backend)
+
+    def _setup(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, backend: str) -> None:
         layers = explicit_layers(model) if backend == "explicit" else None
         if backend == "explicit" and layers is None:
             backend = "reverse"
@@ -203,10 +214,9 @@ class HVPOperator:
             with torch.no_grad():
                 return explicit_hvp(self._cache, self._adj, v)
         if self.backend == "reverse":
-            with torch.enable_grad():
-                (hv,) = torch.autograd.grad(self._g, self.x, grad_outputs=v, retain_graph=True)
-            return hv
-        return _hvp_func(self.model, self.x.detach(), self.t, self.j, v)
+            return _second_grad(self._g, self.x, v, retain_graph=True)
+        with guards.frozen_batch_stats(self.model):
+            return _hvp_func(self.model, self.x.detach(), self.t, self.j, v)
 
     def release(self) -> None:
         """Free the retained graph and caches."""
@@ -236,6 +246,12 @@ def hvp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, v: torch.T
         raise ValueError(f"v has shape {tuple(v.shape)}, expected {tuple(x.shape)} (same as x)")
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}; allowed values: {', '.join(map(repr, BACKENDS))}")
+    with guards.curvature(model):
+        return _hvp(model, x, t, j, v, create_graph, backend)
+
+
+def _hvp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, v: torch.Tensor, create_graph: bool,
+         backend: str) -> torch.Tensor:
     layers = explicit_layers(model) if backend == "explicit" else None
     if layers is not None:
         _check_dtypes(model, x)
@@ -259,8 +275,19 @@ def hvp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, v: torch.T
         logits = model(xr)
         tt, jj = resolve_pairs(logits, t, j)
         (g,) = torch.autograd.grad(_pair_margin(logits, tt, jj).sum(), xr, create_graph=True)
-        (hv,) = torch.autograd.grad(g, xr, grad_outputs=v.to(g.dtype), create_graph=create_graph)
-    return hv
+        return _second_grad(g, xr, v.to(g.dtype), create_graph=create_graph)
+
+
+def _second_grad(g: torch.Tensor, x: torch.Tensor, v: torch.Tensor, *, retain_graph: bool | None = None,
+                 create_graph: bool = False) -> torch.Tensor:
+    """``d<g, v>/dx`` ``(B, *S)``; zeros where ``g`` does not depend on ``x`` (a model without a second-order
+    nonlinearity, e.g. linear or piecewise linear: its input Hessian is zero, not an error)."""
+    if not g.requires_grad:
+        return torch.zeros_like(x)
+    with torch.enable_grad():
+        (hv,) = torch.autograd.grad(g, x, grad_outputs=v, retain_graph=retain_graph, create_graph=create_graph,
+                                    allow_unused=True)
+    return torch.zeros_like(x) if hv is None else hv
 
 
 # ---------------------------------------------------------------- operator norms
@@ -800,8 +827,8 @@ def explicit_hvp(cache: ExplicitCache, adj: dict[int, torch.Tensor], v: torch.Te
             u = curv if u is None else _cmul(u, d1[i], cache.rep) + curv
         elif u is not None:
             u = _affine_T(layer, u, cache.in_shapes[i], fold, dtype)
-    if u is None:
-        return torch.zeros_like(hdot)
+    if u is None:                                    # no SiLU: the input Hessian is zero
+        return torch.zeros_like(cast(v))
     return u
 
 
@@ -900,7 +927,7 @@ def hessian_spectrum(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpe
     """
     if x.dim() < 2:
         raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, *S) with a batch dimension")
-    with torch.no_grad():
+    with torch.no_grad(), guards.frozen_batch_stats(model):
         logits = model(x)
     t, jj = resolve_pairs(logits, t, j)
     out = []

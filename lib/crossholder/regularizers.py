@@ -53,9 +53,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hessian import (_dual, _normalize, cast_passes, explicit_backward, explicit_forward, explicit_hvp,
+from .hessian import (_dual, _normalize, _second_grad, cast_passes, explicit_backward, explicit_forward, explicit_hvp,
                       explicit_layers, resolve_pairs)
 from .hessian import flat_norm as _norm
+from . import guards
 
 __all__ = ["RegularizedLoss", "regularized_loss", "hein_cross_lipschitz", "other_classes", "DirectionStore",
            "compile_available", "power_dtype_of", "warm_norm", "CLASSES", "INNER", "POWER_DTYPES"]
@@ -200,6 +201,27 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
             return RegularizedLoss(loss=ce, ce=ce.detach(), grad_term=zero, hess_term=zero, logits=logits.detach(),
                                    j=jj, grad_norms=torch.zeros(jj.shape, dtype=x.dtype), hess_norms=None,
                                    v_next=None, hvps=0)
+        if lam2 > 0:
+            guards.warn_if_zero_curvature(model)
+        # batch statistics (guards module): the cross-entropy's forward pass trains them once, as the
+        # user's model asks; every curvature term below uses the running statistics
+        train_bn = any(m.training for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        logits_train = model(x) if train_bn else None
+        with guards.frozen_batch_stats(model):
+            return _regularized_loss(model, x, y, lam1=lam1, lam2=lam2, p=p, q=q, classes=classes, v0=v0,
+                                     inner=inner, inner_iters=inner_iters, step=step, generator=generator,
+                                     compiled=compiled, pdt=pdt, power_dtype=power_dtype,
+                                     backward_step=backward_step, logits_train=logits_train)
+
+
+def _regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1: float, lam2: float, p: float,
+                      q: float, classes: str, v0: torch.Tensor | None, inner: str, inner_iters: int, step: float,
+                      generator: torch.Generator | None, compiled: bool, pdt, power_dtype: str, backward_step: bool,
+                      logits_train: torch.Tensor | None) -> RegularizedLoss:
+    """:func:`regularized_loss` for ``lam1 > 0``, inside the batch-statistics guard. ``logits_train``: the
+    training-mode logits the cross-entropy uses when the model has batch-norm layers in training mode."""
+    B = x.shape[0]
+    with torch.enable_grad():
         J = 1 if classes == "runner_up" else _num_classes(model) - 1   # K read off the last nn.Linear
         layers = explicit_layers(model)
         if pdt is not None and (layers is None or inner != "power"):
@@ -222,7 +244,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
             z = model(x_rep)
         K = z.shape[1]
         logits = z[:B]
-        ce = F.cross_entropy(logits, y)
+        ce = F.cross_entropy(logits if logits_train is None else logits_train, y)
         if classes == "all":
             jj = other_classes(y, K)                                  # (B, J)
         else:
@@ -250,11 +272,11 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
             m = z.gather(1, y_rep[:, None]).squeeze(1) - z.gather(1, j_rep[:, None]).squeeze(1)
             (g,) = torch.autograd.grad(m.sum(), x_rep, create_graph=True)
 
-            def hv_graph(vec: torch.Tensor) -> torch.Tensor:
-                return torch.autograd.grad(g, x_rep, grad_outputs=vec, create_graph=True)[0]
+            def hv_graph(vec: torch.Tensor) -> torch.Tensor:      # zeros for a model with a zero input Hessian
+                return _second_grad(g, x_rep, vec, create_graph=True)
 
             def hv_of(vec: torch.Tensor) -> torch.Tensor:
-                return torch.autograd.grad(g, x_rep, grad_outputs=vec, retain_graph=True)[0]
+                return _second_grad(g, x_rep, vec, retain_graph=True)
         rep_shape = (J * B,) + tuple(x.shape[1:])
         gn = _norm(g, q)                                              # (J*B,)
         grad_term = gn.view(J, B).sum(0).mean()
