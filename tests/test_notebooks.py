@@ -86,6 +86,20 @@ def test_bad_parameter_fails_clearly(nb, smoke_env):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_unknown_or_mistyped_parameter_fails_before_any_work(nb, smoke_env):
+    """Issue 18, item 5: papermill only warns on an unknown -p name; the notebook itself must fail, naming it
+    and listing its parameters, before it computes or writes anything; a value of the wrong type likewise."""
+    for params, message in (({"sed": 3}, "unknown parameter 'sed'; this notebook's parameters: "),
+                            ({"seed": "three"}, "parameter seed='three' is a str; expected int")):
+        with pytest.raises(pm.PapermillExecutionError) as err:
+            pm.execute_notebook(str(nb), str(smoke_env / nb.name), parameters={"profile": "smoke", **params},
+                                kernel_name="crossholder", cwd=str(smoke_env), progress_bar=False)
+        assert message in str(err.value)
+        assert not (smoke_env / "results").exists() or not any((smoke_env / "results").rglob("*.*")), \
+            "nothing may be computed or written"
+
+
 def test_readme_tables_match_committed_results():
     """README.md's result tables are generated from results/ (tools/readme_tables.py), never typed."""
     import importlib.util

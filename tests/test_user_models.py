@@ -99,7 +99,7 @@ def _bn_mlp():
     return m
 
 
-@pytest.mark.parametrize("backend", hessian.BACKENDS)
+@pytest.mark.parametrize("backend", ["auto", "reverse", "func"])
 def test_batch_norm_in_training_mode_gives_per_example_curvature_and_leaves_the_buffers(backend):
     m = _bn_mlp()
     x = torch.randn(16, 20)
@@ -245,3 +245,17 @@ def test_resnet18_with_silu_and_batch_norm():
     assert torch.allclose(hv, fd, rtol=1e-4, atol=1e-6 * float(fd.abs().max()))
     r = hessian.operator_norm(net, x, t, j, method="power", iters=2, backend="reverse")
     assert r.norm.shape == (2,) and bool((r.norm > 0).all())
+
+
+def test_the_default_backend_picks_itself_and_explicit_is_an_override():
+    torch.manual_seed(0)
+    paper_like = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.SiLU(), nn.Linear(8, 10)).double().eval()
+    other = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Softplus(), nn.Linear(8, 10)).double().eval()
+    x = torch.rand(2, 1, 3, 4, dtype=F64)
+    t, j = torch.tensor([0, 1]), torch.tensor([1, 2])
+    assert hessian.HVPOperator(paper_like, x, t, j).backend == "explicit"
+    assert hessian.HVPOperator(other, x, t, j).backend == "reverse"
+    with pytest.raises(ValueError, match="backend='explicit' supports nn.Sequential chains"):
+        hessian.hvp(other, x, t, j, torch.randn_like(x), backend="explicit")
+    with pytest.raises(ValueError, match="backend='fast'; allowed values: 'auto', 'explicit', 'reverse', 'func'"):
+        hessian.operator_norm(other, x, t, j, backend="fast")

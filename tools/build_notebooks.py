@@ -26,6 +26,14 @@ def code(text: str, tags: list[str] | None = None):
     return c
 
 
+#: The cell after every tagged parameters cell: an unknown or mistyped parameter fails before any work
+#: (papermill only warns on an unknown -p name).
+CHECK_PARAMETERS = """
+from crossholder import notebooks
+
+notebooks.check_parameters(globals())  # an unknown or mistyped parameter fails here, before any work
+"""
+
 NOTEBOOKS: dict[str, list] = {}
 
 NOTEBOOKS["01_hessian_norm_estimation"] = [
@@ -59,6 +67,7 @@ lanczos_iters: int = 20  # Lanczos products of the extra estimate per example (0
 exact_n: int = 0  # examples with a full float64 Hessian (0: 2 at smoke, 16 at cpu, 32 at paper)
 n_images: int = 8  # digits shown beside their top-curvature direction
 """, tags=["parameters"]),
+    code(CHECK_PARAMETERS),
     code("""
 import pandas as pd
 import torch
@@ -191,6 +200,7 @@ mode: str = "fast"  # Cross-Hölder: "fast" (ours) or "faithful" (Algorithm 1 as
 classes: str = ""  # "all" or "runner_up" for both gradient regularizers; "": the profile's choice
 compiled: int = -1  # gradient regularizers: 1 torch.compile'd explicit passes, 0 eager; -1: the final model's choice
 """, tags=["parameters"]),
+    code(CHECK_PARAMETERS),
     md("""
 The final model's choice (`crossholder.experiments.FINAL`, `cpu` profile): the paper's pick,
 unless our run of its selection (notebook 03) found that pick inadmissible; then the grid's winner.
@@ -261,6 +271,7 @@ seed: int = 0  # seed of every training run and attack
 dataset: str = "mnist"  # "mnist" or "fashion_mnist"
 grid: bool = True  # True: score every missing point (hours at "cpu"); False: table only the points already scored
 """, tags=["parameters"]),
+    code(CHECK_PARAMETERS),
     code("""
 import pandas as pd
 
@@ -397,6 +408,7 @@ eps_step: float = 0.5  # ε grid step, paper units
 sanity_n: int = 0  # examples for the sanity checks; 0: 16 at smoke, 100 otherwise
 autoattack_n: int = 0  # examples for the AutoAttack check; 0: 8 at smoke, 200 at cpu (paper-v1: 50), 500 at paper
 """, tags=["parameters"]),
+    code(CHECK_PARAMETERS),
     code("""
 import pandas as pd
 

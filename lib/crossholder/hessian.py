@@ -67,7 +67,8 @@ __all__ = [
 
 CODE_VERSION = "1"  # bump when a change alters the numbers of cached results
 METHODS = ("ascent", "power", "lanczos")
-BACKENDS = ("explicit", "reverse", "func")
+#: ``"auto"`` (default): ``"explicit"`` where :func:`explicit_layers` supports the model, else ``"reverse"``.
+BACKENDS = ("auto", "explicit", "reverse", "func")
 JSpec = Union[torch.Tensor, Literal["runner_up"]]
 
 
@@ -163,18 +164,20 @@ def margin_and_grad(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec
 class HVPOperator:
     """``v -> H v`` for a fixed batch, reusing the work of the first pass for every product.
 
-    Backends: ``"explicit"`` (default; hand-written tangent passes for chains of Standardize /
-    Conv2d / Linear / SiLU / Flatten: one product costs about one forward+backward), falling back
-    to ``"reverse"`` for other models (one backward pass through the retained graph of
-    ``grad f^(j)(x)``: reverse-over-reverse), or ``"func"`` (``torch.func`` forward-over-reverse,
-    recomputed for every product). ``count`` records the number of products.
+    Backends: ``"auto"`` (default) picks ``"explicit"`` where it applies, else ``"reverse"``;
+    ``"explicit"``: hand-written tangent passes for ``nn.Sequential`` chains of the paper's
+    Standardize, Conv2d (groups 1, zero padding), Linear, SiLU and Flatten (one product costs about
+    one forward+backward; any other model raises); ``"reverse"``: one backward pass through the
+    retained graph of ``grad f^(j)(x)`` (reverse-over-reverse, any twice-differentiable model);
+    ``"func"``: ``torch.func`` forward-over-reverse, recomputed for every product. ``count``
+    records the number of products.
 
     Attributes: ``x`` ``(B, *S)`` (detached), ``t``, ``j`` ``(B,)``, ``margin`` ``(B,)``,
     ``grad`` ``(B, *S)`` (detached), ``backend`` (the one actually used).
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec,
-                 *, backend: str = "explicit") -> None:
+                 *, backend: str = "auto") -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}; allowed values: {', '.join(map(repr, BACKENDS))}")
         _check_dtypes(model, x)
@@ -182,9 +185,7 @@ class HVPOperator:
             self._setup(model, x, t, j, backend)
 
     def _setup(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, backend: str) -> None:
-        layers = explicit_layers(model) if backend == "explicit" else None
-        if backend == "explicit" and layers is None:
-            backend = "reverse"
+        backend, layers = _pick_backend(model, backend)
         self.model, self.backend, self.count = model, backend, 0
         self.x = x.detach().requires_grad_(backend != "explicit")
         if backend == "explicit":
@@ -235,7 +236,7 @@ def _hvp_func(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: torch.Tenso
 
 
 def hvp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, v: torch.Tensor, *,
-        create_graph: bool = False, backend: str = "explicit") -> torch.Tensor:
+        create_graph: bool = False, backend: str = "auto") -> torch.Tensor:
     """Exact Hessian-vector products ``H_{f^(j)}(x_b) v_b`` for every example: ``(B, *S)``.
 
     ``create_graph=True`` keeps the result differentiable w.r.t. the model's parameters (and
@@ -250,9 +251,25 @@ def hvp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, v: torch.T
         return _hvp(model, x, t, j, v, create_graph, backend)
 
 
+def _pick_backend(model: nn.Module, backend: str) -> tuple[str, list[nn.Module] | None]:
+    """The backend to use and, for ``"explicit"``, the model's layers (:data:`BACKENDS`)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}; allowed values: {', '.join(map(repr, BACKENDS))}")
+    if backend not in ("auto", "explicit"):
+        return backend, None
+    layers = explicit_layers(model)
+    if layers is None:
+        if backend == "explicit":
+            raise ValueError("backend='explicit' supports nn.Sequential chains of Standardize, Conv2d (groups 1, "
+                             "zero padding), Linear, SiLU and Flatten; this model has other modules: use "
+                             "backend='auto' (the default) or 'reverse'")
+        return "reverse", None
+    return "explicit", layers
+
+
 def _hvp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, v: torch.Tensor, create_graph: bool,
          backend: str) -> torch.Tensor:
-    layers = explicit_layers(model) if backend == "explicit" else None
+    backend, layers = _pick_backend(model, backend)
     if layers is not None:
         _check_dtypes(model, x)
         with torch.enable_grad() if create_graph else torch.no_grad():
@@ -352,7 +369,7 @@ def _start(x: torch.Tensor, v0: torch.Tensor | None, generator: torch.Generator 
 def operator_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec = "runner_up", *,
                   p: float = 2.0, q: float = 2.0, iters: int = 10, step: float = 0.1,
                   method: str = "ascent", v0: torch.Tensor | None = None, seed: int | None = 0,
-                  restarts: int = 1, backend: str = "explicit") -> OperatorNormResult:
+                  restarts: int = 1, backend: str = "auto") -> OperatorNormResult:
     """Estimate ``||H_{f^(j)}(x_b)||_{p->q}`` for every example of the batch.
 
     Args:
@@ -368,8 +385,9 @@ def operator_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec =
         seed: seed of the starting vectors when ``v0`` is None (``None``: torch's global RNG).
         restarts: independent starts per example (batched); the best is kept. The first start is
             ``v0`` when given. ``hvps`` counts the products of one start.
-        backend: how Hessian-vector products are computed (:class:`HVPOperator`): ``"explicit"``
-            (default), ``"reverse"`` or ``"func"``.
+        backend: how Hessian-vector products are computed (:class:`HVPOperator`): ``"auto"``
+            (default: ``"explicit"`` where it applies, else ``"reverse"``), ``"explicit"``,
+            ``"reverse"`` or ``"func"``.
 
     Returns:
         :class:`OperatorNormResult` with ``norm`` ``(B,)`` and ``v`` ``(B, *S)``.
@@ -528,7 +546,7 @@ def _lanczos(H: HVPOperator, v: torch.Tensor, iters: int, gen: torch.Generator |
 
 
 def hg_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec = "runner_up", *,
-            backend: str = "explicit") -> torch.Tensor:
+            backend: str = "auto") -> torch.Tensor:
     """The paper's ``|Hg|``: ``||H ĝ||_2`` with ``ĝ = grad f^(j)(x) / ||grad f^(j)(x)||_2``, ``(B,)``.
 
     Moosavi-Dezfooli et al. (2019) use it as a proxy of ``||H||_2``; it is a lower bound

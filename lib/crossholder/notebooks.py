@@ -1,4 +1,8 @@
-"""Notebook housekeeping: strip run-specific metadata before committing executed notebooks.
+"""Notebook housekeeping: strict parameters, and stripping run-specific metadata before committing.
+
+:func:`check_parameters` is the first call after every notebook's tagged ``parameters`` cell:
+papermill only *warns* on an unknown ``-p`` name and runs on with the defaults, so a typo
+(``-p sed 3`` for ``seed``) would silently train, evaluate and register the wrong thing.
 
 ``python -m crossholder.notebooks strip NB.ipynb [...]`` removes papermill's timing metadata
 (start/end times, durations), execution timestamps and the papermill environment block, so a
@@ -10,11 +14,50 @@ from __future__ import annotations
 import json
 import os
 import sys
+import types
 from pathlib import Path
+from typing import Any
 
 from .paths import temp_beside
 
-__all__ = ["strip", "is_executed"]
+__all__ = ["strip", "is_executed", "check_parameters"]
+
+#: names IPython puts in a notebook's namespace
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+def check_parameters(namespace: dict[str, Any]) -> None:
+    """Fail on a parameter the notebook does not declare, or of the wrong type, before any work.
+
+    ``namespace``: the notebook's ``globals()`` right after its tagged ``parameters`` cell (and the
+    cell papermill injects after it). The declared parameters are the annotated assignments of
+    the ``parameters`` cell (``seed: int = 0``), which land in ``__annotations__``; any other
+    variable in the namespace is a value papermill injected under an unknown name. ``float``
+    parameters accept integers (``-p eps 5``); ``int`` and ``float`` never accept booleans.
+
+    Raises:
+        ValueError: an unknown name (the message lists the notebook's parameters).
+        TypeError: a value of the wrong type (the message names the parameter and the type).
+    """
+    declared = dict(namespace.get("__annotations__", {}))
+    if not declared:
+        raise RuntimeError("no declared parameters: the tagged parameters cell must annotate each one "
+                           "(name: type = value)")
+    unknown = sorted(k for k, v in namespace.items()
+                     if not k.startswith("_") and k not in declared and k not in _IPYTHON_NAMES
+                     and not isinstance(v, types.ModuleType) and not callable(v))
+    if unknown:
+        raise ValueError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                         f"this notebook's parameters: {', '.join(sorted(declared))}")
+    for name, typ in declared.items():
+        if not isinstance(typ, type) or name not in namespace:
+            continue
+        v = namespace[name]
+        ok = isinstance(v, typ) or (typ is float and isinstance(v, int))
+        if typ in (int, float) and isinstance(v, bool):
+            ok = False
+        if not ok:
+            raise TypeError(f"parameter {name}={v!r} is a {type(v).__name__}; expected {typ.__name__}")
 
 _CELL_KEYS = ("execution", "papermill")
 _NB_PAPERMILL_KEYS = ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables",
