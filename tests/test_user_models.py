@@ -259,3 +259,66 @@ def test_the_default_backend_picks_itself_and_explicit_is_an_override():
         hessian.hvp(other, x, t, j, torch.randn_like(x), backend="explicit")
     with pytest.raises(ValueError, match="backend='fast'; allowed values: 'auto', 'explicit', 'reverse', 'func'"):
         hessian.operator_norm(other, x, t, j, backend="fast")
+
+
+def test_guard_review_cases():
+    """Restarts, a batch-norm subclass with its own forward, InstanceNorm's running statistics, nesting."""
+    m = _bn_mlp()
+    x = torch.randn(8, 20)
+    t, j = torch.zeros(8, dtype=torch.int64), torch.ones(8, dtype=torch.int64)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    hessian.operator_norm(m, x, t, "runner_up", method="power", iters=3, restarts=2)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+    class BNAct(nn.BatchNorm1d):                      # batch norm fused with an activation (timm-like)
+        def forward(self, x):
+            return torch.tanh(super().forward(x))
+
+    fused = nn.Sequential(nn.Linear(20, 8), BNAct(8), nn.Linear(8, 3)).train()
+    with pytest.raises(ValueError, match="BNAct at '1' is a batch-norm subclass with a forward of its own"):
+        hessian.operator_norm(fused, x, t, j, method="power")
+
+    inorm = nn.Sequential(nn.Conv2d(1, 2, 3), nn.InstanceNorm2d(2, track_running_stats=True), nn.SiLU(),
+                          nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).train()
+    xi = torch.rand(4, 1, 6, 6)
+    buf = {k: v.clone() for k, v in inorm.state_dict().items()}
+    hessian.operator_norm(inorm, xi, t[:4], j[:4], method="power", iters=2, backend="reverse")
+    assert all(torch.equal(buf[k], v) for k, v in inorm.state_dict().items())
+
+    with guards.frozen_batch_stats(m), guards.frozen_batch_stats(m):
+        pass
+    assert "forward" not in m[1].__dict__, "the layer's own forward is back after nested blocks"
+
+
+@pytest.mark.filterwarnings("ignore::crossholder.guards.ZeroCurvatureWarning")
+def test_backward_step_and_logits_on_edge_models():
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Linear(784, 10)).eval()
+    x, y = torch.rand(4, 784), torch.tensor([0, 1, 2, 3])
+    out = regularizers.regularized_loss(lin, x, y, lam1=0.1, lam2=1.0, classes="runner_up", inner="power",
+                                        backward_step=True)
+    out.loss.backward()
+    assert out.next_directions().shape == (4, 1, 784), "a zero Hessian still gives (zero) next directions"
+    m = _bn_mlp()
+    xb, yb = torch.randn(16, 20), torch.randint(0, 5, (16,))
+    out = regularizers.regularized_loss(m, xb, yb, lam1=0.1, lam2=1.0, classes="runner_up", inner="power")
+    assert float(nn.functional.cross_entropy(out.logits, yb)) == pytest.approx(float(out.ce), rel=1e-6), \
+        "the returned logits are the ones the cross-entropy used"
+
+
+def test_check_parameters_reads_what_papermill_injected_and_converts_floats():
+    from crossholder import notebooks
+
+    decl = {"profile": str, "seed": int, "eps": float}
+    ns = {"__annotations__": decl, "profile": "smoke", "seed": 0, "eps": 5,
+          "In": ["", "profile: str = 'cpu'", "# Parameters\nprofile = \"smoke\"\neps = 5\n", ""]}
+    notebooks.check_parameters(ns)
+    assert ns["eps"] == 5.0 and isinstance(ns["eps"], float)
+    ns["In"][2] = "# Parameters\nprofile = \"smoke\"\nsed = 3\n"
+    with pytest.raises(ValueError, match="unknown parameter 'sed'; this notebook's parameters: eps, profile, seed"):
+        notebooks.check_parameters(ns)
+    ns["In"][2], ns["later"] = "table = make_table()", 3             # a re-run in the same kernel: fine
+    notebooks.check_parameters(ns)
+    ns["seed"] = True
+    with pytest.raises(TypeError, match="parameter seed=True is a bool; expected int"):
+        notebooks.check_parameters(ns)

@@ -22,6 +22,7 @@ Used by :mod:`crossholder.hessian` (``hvp``, ``HVPOperator`` and so ``operator_n
 from __future__ import annotations
 
 import contextlib
+import threading
 import types
 import warnings
 import weakref
@@ -34,13 +35,14 @@ __all__ = ["curvature", "frozen_batch_stats", "warn_if_zero_curvature", "has_bat
            "SMOOTH", "ZeroCurvatureWarning"]
 
 #: Modules that are linear or piecewise linear in their input (zero second derivative almost everywhere).
-PIECEWISE_LINEAR = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.Hardtanh, nn.Threshold, nn.Hardshrink,
-                    nn.Softshrink, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
+PIECEWISE_LINEAR = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.Hardtanh, nn.Hardsigmoid, nn.Threshold,
+                    nn.Hardshrink, nn.Softshrink, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
                     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-#: Modules with a nonzero second derivative: their presence makes a nonzero input Hessian possible.
+#: Modules with a nonzero second derivative inside the network: their presence makes a nonzero input
+#: Hessian of the margins possible. (A final (log-)softmax is not one: a log-softmax cancels in the
+#: margins f_t - f_j, and attacks refuse probability outputs.)
 SMOOTH = (nn.SiLU, nn.Softplus, nn.GELU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.CELU, nn.SELU, nn.Mish, nn.Hardswish,
-          nn.Hardsigmoid, nn.LogSigmoid, nn.Softmax, nn.LogSoftmax, nn.LayerNorm, nn.GroupNorm, nn.Tanhshrink,
-          nn.Softsign)
+          nn.LogSigmoid, nn.LayerNorm, nn.GroupNorm, nn.Tanhshrink, nn.Softsign, nn.Bilinear, nn.MultiheadAttention)
 
 _warned: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
@@ -79,31 +81,63 @@ def _affine_forward(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> t
     return out
 
 
+_lock = threading.Lock()
+_frozen: dict[int, list] = {}          # id(module) -> [depth, the instance's own forward or None]
+
+
 @contextlib.contextmanager
 def frozen_batch_stats(model: nn.Module) -> Iterator[None]:
     """Batch-norm layers compute with their running statistics, in plain ops, inside the block (module docstring).
 
+    Other normalization layers that keep running statistics (``nn.InstanceNorm*`` with
+    ``track_running_stats=True``) normalize each example on its own but would update those
+    statistics: their buffers are restored on exit. Re-entrant and thread-safe (a depth count per
+    layer: the layer's own ``forward`` comes back when the last block using it exits).
+
     Raises:
-        ValueError: a batch-norm layer without running statistics, named.
+        ValueError: a batch-norm layer without running statistics, or a subclass with a ``forward`` of
+            its own (e.g. batch norm fused with an activation), named.
     """
     bns = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for name, m in bns:
+        where = f"{type(m).__name__} at {name or '<model>'!r}"
         if m.running_mean is None or m.running_var is None:
-            raise ValueError(f"{type(m).__name__} at {name or '<model>'!r} keeps no running statistics "
-                             "(track_running_stats=False): its batch statistics would make one example's curvature "
-                             "depend on the other examples of the batch; use track_running_stats=True, a per-example "
-                             "normalization (nn.LayerNorm, nn.GroupNorm) or none")
-    saved = [(m, m.__dict__.get("forward")) for _, m in bns]
+            raise ValueError(f"{where} keeps no running statistics (track_running_stats=False): its batch statistics "
+                             "would make one example's curvature depend on the other examples of the batch; use "
+                             "track_running_stats=True, a per-example normalization (nn.LayerNorm, nn.GroupNorm) "
+                             "or none")
+        if type(m).forward not in (nn.modules.batchnorm._BatchNorm.forward, nn.SyncBatchNorm.forward):
+            raise ValueError(f"{where} is a batch-norm subclass with a forward of its own, which the curvature "
+                             "guard cannot freeze faithfully; put the model in eval mode and use plain "
+                             "nn.BatchNorm layers, or compute the curvature of an equivalent model")
+    others = [m for _, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+              and not isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    kept = [(m, {k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None}) for m in others]
+    mods = [m for _, m in bns]
+    with _lock:
+        for m in mods:
+            entry = _frozen.setdefault(id(m), [0, m.__dict__.get("forward")])
+            if entry[0] == 0:
+                entry[1] = m.__dict__.get("forward")
+                m.forward = types.MethodType(_affine_forward, m)
+            entry[0] += 1
     try:
-        for _, m in bns:
-            m.forward = types.MethodType(_affine_forward, m)
         yield
     finally:
-        for m, f in saved:
-            if f is None:
-                del m.forward
-            else:
-                m.forward = f
+        with _lock:
+            for m in mods:
+                entry = _frozen[id(m)]
+                entry[0] -= 1
+                if entry[0] == 0:
+                    del _frozen[id(m)]
+                    if entry[1] is None:
+                        m.__dict__.pop("forward", None)
+                    else:
+                        m.forward = entry[1]
+        with torch.no_grad():
+            for m, bufs in kept:
+                for k, b in bufs.items():
+                    getattr(m, k).copy_(b)
 
 
 @contextlib.contextmanager

@@ -299,12 +299,13 @@ def _second_grad(g: torch.Tensor, x: torch.Tensor, v: torch.Tensor, *, retain_gr
                  create_graph: bool = False) -> torch.Tensor:
     """``d<g, v>/dx`` ``(B, *S)``; zeros where ``g`` does not depend on ``x`` (a model without a second-order
     nonlinearity, e.g. linear or piecewise linear: its input Hessian is zero, not an error)."""
+    zero = 0 * v                      # zeros of x's shape, connected to v (a backward step through it works)
     if not g.requires_grad:
-        return torch.zeros_like(x)
+        return zero
     with torch.enable_grad():
         (hv,) = torch.autograd.grad(g, x, grad_outputs=v, retain_graph=retain_graph, create_graph=create_graph,
                                     allow_unused=True)
-    return torch.zeros_like(x) if hv is None else hv
+    return zero if hv is None else hv
 
 
 # ---------------------------------------------------------------- operator norms
@@ -410,7 +411,7 @@ def operator_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec =
     B = x.shape[0]
     if restarts > 1:
         _check_dtypes(model, x)
-        with torch.no_grad():
+        with torch.no_grad(), guards.frozen_batch_stats(model):
             t, j = resolve_pairs(model(x), t, j)
         starts = [_start(x, v0, gen)] + [_start(x, None, gen) for _ in range(restarts - 1)]
         x, t, j = x.repeat((restarts,) + (1,) * (x.dim() - 1)), t.repeat(restarts), j.repeat(restarts)
@@ -846,7 +847,7 @@ def explicit_hvp(cache: ExplicitCache, adj: dict[int, torch.Tensor], v: torch.Te
         elif u is not None:
             u = _affine_T(layer, u, cache.in_shapes[i], fold, dtype)
     if u is None:                                    # no SiLU: the input Hessian is zero
-        return torch.zeros_like(cast(v))
+        return 0 * cast(v)                           # zeros, still connected to v (backward_step)
     return u
 
 
@@ -869,7 +870,7 @@ def norm_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: st
     rows = []
     for start in tqdm(range(0, len(x), batch_size), desc="|Hg|, |Hv*|", disable=not progress, leave=False):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        with torch.no_grad():
+        with torch.no_grad(), guards.frozen_batch_stats(model):
             t = model(xb).argmax(1)
         H = HVPOperator(model, xb, t, "runner_up")
         with torch.no_grad():
@@ -970,7 +971,7 @@ def convergence_table(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *, pro
 
     if x.dtype != torch.float64:
         raise TypeError("convergence_table needs float64 inputs and model (the exact oracle)")
-    with torch.no_grad():
+    with torch.no_grad(), guards.frozen_batch_stats(model):
         _, j = resolve_pairs(model(x), t, "runner_up")
     exact = []
     for b in tqdm(range(len(x)), desc="full Hessians", disable=not progress, leave=False):
@@ -1022,7 +1023,7 @@ def direction_frame(model: nn.Module, x: torch.Tensor, *, iters: int = 30, seed:
     """
     import pandas as pd
 
-    with torch.no_grad():
+    with torch.no_grad(), guards.frozen_batch_stats(model):
         t = model(x).argmax(1)
     r = operator_norm(model, x, t, "runner_up", method="lanczos", iters=iters, seed=seed)
     frames = []

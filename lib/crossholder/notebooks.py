@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,14 @@ def check_parameters(namespace: dict[str, Any]) -> None:
 
     ``namespace``: the notebook's ``globals()`` right after its tagged ``parameters`` cell (and the
     cell papermill injects after it). The declared parameters are the annotated assignments of
-    the ``parameters`` cell (``seed: int = 0``), which land in ``__annotations__``; any other
-    variable in the namespace is a value papermill injected under an unknown name. ``float``
-    parameters accept integers (``-p eps 5``); ``int`` and ``float`` never accept booleans.
+    the ``parameters`` cell (``seed: int = 0``), which land in ``__annotations__``. The names
+    papermill injected are read from the cell that ran just before (IPython's ``In`` history: the
+    cell that starts with papermill's ``# Parameters`` comment), so re-running a notebook in the
+    same kernel, as JupyterLab users do, never trips the check. Without that history (plain
+    Python), every non-module, non-callable public global counts. ``float`` parameters accept
+    integers and convert them (``-p eps 5`` is ``5.0``, so a run's identity does not depend on how
+    the number was typed); ``int`` and ``float`` never accept booleans; annotations that are not
+    plain types (``list[float]``) are checked against their origin (``list``).
 
     Raises:
         ValueError: an unknown name (the message lists the notebook's parameters).
@@ -43,13 +49,20 @@ def check_parameters(namespace: dict[str, Any]) -> None:
     if not declared:
         raise RuntimeError("no declared parameters: the tagged parameters cell must annotate each one "
                            "(name: type = value)")
-    unknown = sorted(k for k, v in namespace.items()
-                     if not k.startswith("_") and k not in declared and k not in _IPYTHON_NAMES
-                     and not isinstance(v, types.ModuleType) and not callable(v))
+    history = namespace.get("In")
+    if isinstance(history, list):
+        injected = _assigned_names(history[-2]) if len(history) >= 2 and \
+            history[-2].lstrip().startswith("# Parameters") else []
+        unknown = sorted(k for k in injected if k not in declared)
+    else:
+        unknown = sorted(k for k, v in namespace.items()
+                         if not k.startswith("_") and k not in declared and k not in _IPYTHON_NAMES
+                         and not isinstance(v, types.ModuleType) and not callable(v))
     if unknown:
         raise ValueError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
                          f"this notebook's parameters: {', '.join(sorted(declared))}")
     for name, typ in declared.items():
+        typ = typing.get_origin(typ) or typ
         if not isinstance(typ, type) or name not in namespace:
             continue
         v = namespace[name]
@@ -58,6 +71,24 @@ def check_parameters(namespace: dict[str, Any]) -> None:
             ok = False
         if not ok:
             raise TypeError(f"parameter {name}={v!r} is a {type(v).__name__}; expected {typ.__name__}")
+        if typ is float and isinstance(v, int):
+            namespace[name] = float(v)
+
+
+def _assigned_names(source: str) -> list[str]:
+    """The names a cell's top-level statements assign (papermill's injected cell: ``name = value`` lines)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    names = []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return names
 
 _CELL_KEYS = ("execution", "papermill")
 _NB_PAPERMILL_KEYS = ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables",

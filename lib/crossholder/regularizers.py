@@ -325,7 +325,8 @@ def _regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam
             v_next = nxt.view((J, B) + tuple(x.shape[1:])).transpose(0, 1)
         loss = ce + lam1 * (grad_term + lam2 * hess_term)
     return RegularizedLoss(loss=loss, ce=ce.detach(), grad_term=grad_term.detach(), hess_term=hess_term.detach(),
-                           logits=logits.detach(), j=jj, grad_norms=gn.detach().view(J, B).t(), hess_norms=hn_out,
+                           logits=(logits if logits_train is None else logits_train).detach(), j=jj,
+                           grad_norms=gn.detach().view(J, B).t(), hess_norms=hn_out,
                            v_next=v_next, hvps=hvps, v_leaf=v_leaf)
 
 
@@ -485,8 +486,11 @@ def hein_cross_lipschitz(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     B = x.shape[0]
     K = _num_classes(model)
     x_rep = x.detach().repeat((K,) + (1,) * (x.dim() - 1)).requires_grad_(True)
-    z = model(x_rep)
-    logits = z[:B]
+    train_bn = any(m.training for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    logits_train = model(x) if train_bn else None   # the cross-entropy trains batch statistics once
+    with guards.frozen_batch_stats(model):          # per-example Jacobians (guards module)
+        z = model(x_rep)
+    logits = z[:B] if logits_train is None else logits_train
     ce = F.cross_entropy(logits, y)
     cls = torch.arange(K, device=x.device).repeat_interleave(B)
     (jac,) = torch.autograd.grad(z.gather(1, cls[:, None]).sum(), x_rep, create_graph=True)
