@@ -61,7 +61,7 @@ def _states(epochs: int, store_dir, compiled: bool) -> list:
                     continue
                 training.train(cfg, progress=True, max_epochs=e, threads=torch.get_num_threads())
                 tmp_copy = p.with_suffix(".tmp")
-                shutil.copy(training._paths(cfg)["state"], tmp_copy)
+                shutil.copy(training.run_paths(cfg)["state"], tmp_copy)
                 os.replace(tmp_copy, p)
         finally:
             for k, v in old.items():

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from crossholder import data, experiments, hessian, models, paths
-from crossholder.hessian import _normalize, flat_norm
+from crossholder.hessian import flat_norm, normalize
 
 STEPS = (1, 2, 4, 8)
 TOP = 6
@@ -43,11 +43,11 @@ def _power_estimates(model, x, t, j, gen: torch.Generator) -> dict[str, torch.Te
 
     ``H v_k`` is both the estimate at step ``k`` and the product of step ``k + 1``: one product a step.
     """
-    v = _normalize(torch.randn(x.shape, generator=gen, dtype=x.dtype), 2.0)
+    v = normalize(torch.randn(x.shape, generator=gen, dtype=x.dtype), 2.0)
     hv = hessian.hvp(model, x, t, j, v)
     out: dict[str, torch.Tensor] = {}
     for k in range(1, max(STEPS) + 1):
-        v = _normalize(hv, 2.0)
+        v = normalize(hv, 2.0)
         hv = hessian.hvp(model, x, t, j, v)
         if k in STEPS:
             out[f"norm_{k}"] = flat_norm(hv)

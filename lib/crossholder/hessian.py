@@ -59,6 +59,7 @@ __all__ = [
     "operator_norm",
     "hg_norm",
     "flat_norm",
+    "normalize",
     "full_hessian",
     "hessian_spectrum",
     "METHODS",
@@ -353,6 +354,10 @@ def _dual(u: torch.Tensor, q: float) -> torch.Tensor:
 def _normalize(v: torch.Tensor, p: float) -> torch.Tensor:
     n = flat_norm(v, p).clamp_min(torch.finfo(v.dtype).tiny)
     return v / _bcast(n, v)
+
+
+#: public name of :func:`_normalize` (``v / ||v||_p`` per example) for scripts outside the library
+normalize = _normalize
 
 
 def _start(x: torch.Tensor, v0: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:

@@ -62,7 +62,7 @@ from . import regularizers
 from .regularizers import DirectionStore, hein_cross_lipschitz, regularized_loss
 
 __all__ = ["TrainConfig", "TrainResult", "make_config", "train", "load_registered", "load_run", "selected_models",
-           "accuracy", "TRAIN_CODE_VERSION"]
+           "accuracy", "run_paths", "TRAIN_CODE_VERSION"]
 
 TRAIN_CODE_VERSION = "1"
 MODES = ("fast", "faithful")
@@ -242,7 +242,9 @@ def _checkpoint_path(dataset: str, name: str) -> Path:
     return paths.results_dir() / dataset / "models" / f"{name}.pt"
 
 
-def _paths(cfg: TrainConfig) -> dict[str, Path]:
+def run_paths(cfg: TrainConfig) -> dict[str, Path]:
+    """Where a run's files live: ``checkpoint``, ``sidecar``, ``log`` (in ``results/``) and ``state``
+    (resume state, in the scratch folder)."""
     res = paths.results_dir()
     ckpt = _checkpoint_path(cfg.dataset, cfg.name)
     return {
@@ -336,7 +338,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
     ex.tune_allocator()
     if threads is not None:
         torch.set_num_threads(threads)
-    p = _paths(cfg)
+    p = run_paths(cfg)
     if p["checkpoint"].exists() and p["sidecar"].exists() and p["log"].exists():
         model = models_mod.load(p["checkpoint"])
         record = ex.read_json(p["sidecar"])
@@ -565,9 +567,6 @@ def main(argv: list[str] | None = None) -> None:
           f"checkpoint {paths.relative_to_root(res.checkpoint)}", flush=True)
 
 
-if __name__ == "__main__":
-    main()
-
 
 def selected_models(dataset: str, profile: str, *, seed: int = 0, progress: bool = False) -> dict[str, dict[str, Any]]:
     """The registered model of every defense for ``dataset`` (``results/models.json``).
@@ -591,3 +590,7 @@ def selected_models(dataset: str, profile: str, *, seed: int = 0, progress: bool
                         progress=progress).record
         out[defense] = rec
     return out
+
+
+if __name__ == "__main__":
+    main()
