@@ -176,11 +176,27 @@ def _validate(x: torch.Tensor, y: torch.Tensor, eps: float, norm: float, loss: s
             raise ValueError(f"{name}={v!r} must be an integer >= 1")
     if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
         raise ValueError(f"step_size={step_size!r} must be a finite number > 0 (or None for the default)")
+    _check_xy(x, y)
+    return norm
+
+
+def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.dim() < 2 or y.shape != (x.shape[0],) or y.dtype != torch.int64:
         raise ValueError(f"x must be (B, *S) and y int64 (B,); got {tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
     if bool((x < 0).any()) or bool((x > 1).any()):
         raise ValueError("x has pixels outside [0, 1]; attacks work on [0, 1] images")
-    return norm
+
+
+def _clean_start(model: nn.Module, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor | None):
+    """The guards, then the clean pass every attack starts from: ``success`` (clean errors, a zero-norm
+    witness), ``x_adv`` (the clean input), ``best_norm`` (0 or inf) and ``todo`` (correct and active)."""
+    B = x.shape[0]
+    z = check_model(model, x)
+    success = z.argmax(1) != y
+    best_norm = torch.where(success, torch.zeros(B, dtype=x.dtype, device=x.device),
+                            torch.full((B,), math.inf, dtype=x.dtype, device=x.device))
+    todo = ~success if active is None else (~success & active.to(x.device))
+    return success, x.clone(), best_norm, todo
 
 
 def _start_noise(shape: torch.Size, eps: float, norm: float, seed: int, restart: int, dtype) -> torch.Tensor:
@@ -235,12 +251,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm:
     x = x.detach()
     B = x.shape[0]
     with _frozen(model):
-        z = check_model(model, x)
-        success = z.argmax(1) != y
-        x_adv = x.clone()
-        best_norm = torch.where(success, torch.zeros(B, dtype=x.dtype, device=x.device),
-                                torch.full((B,), math.inf, dtype=x.dtype, device=x.device))
-        todo = ~success if active is None else (~success & active.to(x.device))
+        success, x_adv, best_norm, todo = _clean_start(model, x, y, active)
         grad_evals, fwd_evals = 0, B
         if eps > 0:
             for r in range(restarts):
@@ -415,19 +426,11 @@ def _library_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     inside the ``eps``-ball (``eps (1 + 1e-5)``) and the box; anything else is discarded. The global
     random state is restored afterwards (the library seeds torch's global generator itself).
     """
-    if x.dim() < 2 or y.shape != (x.shape[0],) or y.dtype != torch.int64:
-        raise ValueError(f"x must be (B, *S) and y int64 (B,); got {tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
-    if bool((x < 0).any()) or bool((x > 1).any()):
-        raise ValueError("x has pixels outside [0, 1]; attacks work on [0, 1] images")
+    _check_xy(x, y)
     x = x.detach()
     B = x.shape[0]
     with _frozen(model):
-        z = check_model(model, x)
-        success = z.argmax(1) != y
-        x_adv = x.clone()
-        best_norm = torch.where(success, torch.zeros(B, dtype=x.dtype, device=x.device),
-                                torch.full((B,), math.inf, dtype=x.dtype, device=x.device))
-        todo = ~success if active is None else (~success & active.to(x.device))
+        success, x_adv, best_norm, todo = _clean_start(model, x, y, active)
         counted = CountingModel(model, x.dtype)
         idx = todo.nonzero().squeeze(1)
         if eps > 0 and idx.numel():

@@ -140,16 +140,21 @@ def robustness_panel(curves: pd.DataFrame, attack: str, *, dataset: str, std: fl
             ax.plot(o["eps"], o["accuracy"], "--", lw=1.2, color=c)
     if len(over):
         ax.plot([], [], "--", color="0.3", lw=1.2, label=overlay_label or overlay)
+    _accuracy_axes(ax, std, title)
+    ax.legend(fontsize=7, loc="lower left")
+    if own:
+        save(fig, name)
+    return fig
+
+
+def _accuracy_axes(ax, std: float, title: str) -> None:
+    """Accuracy against ε in paper units, with a second x-axis on top in pixel units (``ε · std``)."""
     ax.set_xlabel(r"$\varepsilon$ (paper units: L2 on standardized inputs)")
     ax.set_ylabel("adversarial accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=10)
     top = ax.secondary_xaxis("top", functions=(lambda e: e * std, lambda p: p / std))
     top.set_xlabel(r"$\varepsilon$ (pixels of [0, 1] images)", fontsize=8)
-    ax.legend(fontsize=7, loc="lower left")
-    if own:
-        save(fig, name)
-    return fig
 
 
 def learning_curves(log: pd.DataFrame, *, title: str, name: str):
@@ -211,12 +216,7 @@ def strongest_figure(curves: pd.DataFrame, *, dataset: str, std: float, name: st
     handles += [Line2D([], [], color="0.2", marker="o", ms=3, label="strongest: no attack we run finds a witness"),
                 Line2D([], [], color="0.2", ls="--", label="paper's worst case: min(PGD-CE, PGD-CW)")]
     ax.legend(handles=handles, fontsize=7, loc="lower left")
-    ax.set_xlabel(r"$\varepsilon$ (paper units: L2 on standardized inputs)")
-    ax.set_ylabel("adversarial accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=10)
-    top = ax.secondary_xaxis("top", functions=(lambda e: e * std, lambda p: p / std))
-    top.set_xlabel(r"$\varepsilon$ (pixels of [0, 1] images)", fontsize=8)
+    _accuracy_axes(ax, std, title)
     fig.tight_layout()
     save(fig, name)
     return fig
