@@ -472,7 +472,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
                 part[f"fooled_at_{key}"] = res["fooled_at"]
                 if "grad_evals" in res:
                     grad_evals += int(res["grad_evals"])
-                    name = {"apgd_ce": "apgd-ce", "apgd_t": "apgd-t"}.get(key, key)
+                    name = {col: attack for attack, col in _COLUMNS.items()}[key]
                     by_attack[name] = by_attack.get(name, 0) + int(res["grad_evals"])
         done = pd.concat([done, part], ignore_index=True)
         ex.atomic_write_text(partial, done.to_csv(index=False))

@@ -31,7 +31,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["curvature", "frozen_batch_stats", "warn_if_zero_curvature", "has_batch_stats", "PIECEWISE_LINEAR",
+__all__ = ["curvature", "frozen_batch_stats", "warn_if_zero_curvature", "training_logits", "PIECEWISE_LINEAR",
            "SMOOTH", "ZeroCurvatureWarning"]
 
 #: Modules that are linear or piecewise linear in their input (zero second derivative almost everywhere).
@@ -68,9 +68,12 @@ def warn_if_zero_curvature(model: nn.Module) -> None:
                   ZeroCurvatureWarning, stacklevel=3)
 
 
-def has_batch_stats(model: nn.Module) -> bool:
-    """Whether ``model`` has a batch-norm layer (its statistics couple the examples of a batch in training mode)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+def training_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """``model(x)`` ``(B, K)`` when a batch-norm layer of ``model`` is in training mode (the forward pass a
+    loss trains the batch statistics with, once per step), else ``None`` (the curvature pass's logits serve)."""
+    if any(m.training for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        return model(x)
+    return None
 
 
 def _affine_forward(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:

@@ -205,8 +205,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
             guards.warn_if_zero_curvature(model)
         # batch statistics (guards module): the cross-entropy's forward pass trains them once, as the
         # user's model asks; every curvature term below uses the running statistics
-        train_bn = any(m.training for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
-        logits_train = model(x) if train_bn else None
+        logits_train = guards.training_logits(model, x)
         with guards.frozen_batch_stats(model):
             return _regularized_loss(model, x, y, lam1=lam1, lam2=lam2, p=p, q=q, classes=classes, v0=v0,
                                      inner=inner, inner_iters=inner_iters, step=step, generator=generator,
@@ -486,8 +485,7 @@ def hein_cross_lipschitz(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     B = x.shape[0]
     K = _num_classes(model)
     x_rep = x.detach().repeat((K,) + (1,) * (x.dim() - 1)).requires_grad_(True)
-    train_bn = any(m.training for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
-    logits_train = model(x) if train_bn else None   # the cross-entropy trains batch statistics once
+    logits_train = guards.training_logits(model, x)   # the cross-entropy trains batch statistics once
     with guards.frozen_batch_stats(model):          # per-example Jacobians (guards module)
         z = model(x_rep)
     logits = z[:B] if logits_train is None else logits_train
