@@ -215,6 +215,27 @@ def test_evaluate_model_reuses_whole_chunks_of_a_larger_run(linear_case, tmp_pat
     assert "reused_from" not in side_bad
 
 
+@pytest.mark.filterwarnings("ignore:APGD-T is not run")
+def test_evaluate_model_until_stops_and_resumes_to_the_same_rows(linear_case, tmp_path, monkeypatch):
+    """``until`` cuts a run into pieces: it stops unfinished after the chunks below it (no curve, no
+    results file), and the resumed run ends with exactly the rows of one uninterrupted run."""
+    lin, x, y, _ = linear_case
+    kw = dict(dataset="mnist", defense="lin", eps_list=[0.0, 0.2, 0.4], steps=5, restarts=2, seed=1,
+              profile="smoke", model_id="m", chunk=4, progress=False, protocol="paper-v1")
+    monkeypatch.setenv("CROSSHOLDER_SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "whole"))
+    _, whole, _ = evaluation.evaluate_model(lin, x[:12], y[:12], **kw)
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "pieces"))
+    curve, rows, state = evaluation.evaluate_model(lin, x[:12], y[:12], until=5, **kw)
+    assert curve is None and state["done"] == 8 and state["n"] == 12, "chunks [0, 4) and [4, 8) start below 5"
+    assert not (tmp_path / "pieces").exists() or not any((tmp_path / "pieces").rglob("*.csv"))
+    curve, pieces, _ = evaluation.evaluate_model(lin, x[:12], y[:12], until=100, **kw)
+    assert curve is not None
+    evaluation.pd.testing.assert_frame_equal(pieces, whole)
+    with pytest.raises(ValueError, match="until=0"):
+        evaluation.evaluate_model(lin, x[:12], y[:12], until=0, **kw)
+
+
 def _curves(acc_by_defense: dict[str, list[float]], eps: list[float], n: int = 300) -> "evaluation.pd.DataFrame":
     rows = []
     for d, accs in acc_by_defense.items():

@@ -405,7 +405,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
                    eps_list: Sequence[float], steps: int, restarts: int, seed: int, profile: str,
                    model_id: str, chunk: int = 100, progress: bool = True,
                    reuse_larger_runs: bool = False, device: str = "cpu",
-                   protocol: str = "strongest") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                   protocol: str = "strongest", until: int | None = None
+                   ) -> tuple[pd.DataFrame | None, pd.DataFrame, dict]:
     """Cached, resumable robustness curves of one model: the paper's PGD and, with
     ``protocol="strongest"`` (the default), APGD-CE, FAB, APGD-T and the ``strongest`` curve
     (:func:`strong_sweep`). ``protocol="paper-v1"`` reproduces the legacy code-version-1 curves
@@ -424,36 +425,45 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
 
     ``device`` (``"cpu"``, ``"cuda"``) is where the attacks run; it is recorded, not part of the
     identity (random starts are drawn on the CPU either way).
+
+    ``until``: attack only the chunks that start below this index, then stop with the run still
+    unfinished and return ``(None, rows so far, progress)``; a later call goes on from there. For
+    background runs cut into pieces (``--until`` of the CLI).
+
+    Raises:
+        ValueError: an unknown ``protocol``, a bad ε list, or ``until`` < 1.
     """
+    if until is not None and until < 1:
+        raise ValueError(f"until={until!r}; allowed: None or a positive image count")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}; allowed values: {', '.join(map(repr, PROTOCOLS))}")
     dev = ex.check_device(device)
     ex.tune_allocator()
     code, step_fraction = PROTOCOLS[protocol]["code"], PROTOCOLS[protocol]["step_fraction"]
-    params = {"dataset": dataset, "defense": defense, "model": model_id, "eps": list(eps_list), "steps": steps,
-              "restarts": restarts, "n": len(x), "eps_unit": "paper", "losses": list(LOSSES)}
-    if protocol == "strongest":
-        params.update({"protocol": protocol, "step_fraction": step_fraction, "strong": dict(STRONG)})
-    rid = ex.run_id({**params, "seed": seed, "profile": profile, "code": code})
-    base = ex.paths.results_dir() / dataset / "robustness" / f"{defense}-{rid}"
-    curve_csv, per_csv, side = Path(f"{base}.csv"), Path(f"{base}-examples.csv"), Path(f"{base}.json")
+    params, rid, (curve_csv, per_csv, side, partial) = _identity(
+        dataset=dataset, defense=defense, model_id=model_id, eps_list=eps_list, steps=steps, restarts=restarts,
+        n=len(x), seed=seed, profile=profile, protocol=protocol)
     eps = _check_eps_list(eps_list)
     eps_pixel = to_pixel(eps, dataset, "paper")
     if curve_csv.exists() and side.exists() and per_csv.exists():
         return pd.read_csv(curve_csv), pd.read_csv(per_csv), ex.read_json(side)
-    partial = ex.paths.scratch_dir() / f"eval-{dataset}-{defense}-{rid}.csv"
     done = pd.read_csv(partial) if partial.exists() else pd.DataFrame()
     state = ex.read_json(partial.with_suffix(".json"), {"wall_time_s": 0.0, "grad_evals": 0})
     by_attack = dict(state.get("grad_evals_by_attack", {}))
     reused: dict[str, Any] = {}
     if reuse_larger_runs and done.empty:
-        done, reused = _donor_rows(base.parent, defense, params, seed, len(x), chunk, y, code)
+        done, reused = _donor_rows(curve_csv.parent, defense, params, seed, len(x), chunk, y, code)
     from tqdm.auto import tqdm
 
     model = copy.deepcopy(model).to(dev).eval()
     t0 = time.perf_counter()
     grad_evals = int(state["grad_evals"])
     starts = [s for s in range(0, len(x), chunk) if done.empty or s not in set(done["index"])]
+    if until is not None and any(s >= until for s in starts):
+        starts = [s for s in starts if s < until]
+        stop_early = True
+    else:
+        stop_early = False
     for s in tqdm(starts, desc=f"{dataset}/{defense}", disable=not progress):
         xb, yb = x[s:s + chunk].to(dev), y[s:s + chunk].to(dev)
         part = pd.DataFrame({"index": np.arange(s, s + len(xb)), "label": yb.cpu().numpy()})
@@ -480,6 +490,9 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
                              {"wall_time_s": state["wall_time_s"] + time.perf_counter() - t0, "grad_evals": grad_evals,
                               "grad_evals_by_attack": by_attack})
     per = done.sort_values("index").reset_index(drop=True)
+    if stop_early:
+        return None, per, {"run_id": rid, "done": len(per), "n": len(x),
+                           "wall_time_s": float(state["wall_time_s"]) + time.perf_counter() - t0, "partial": str(partial)}
     curve = curve_from_sweeps(per, eps, eps_pixel, defense=defense)
     wall = float(state["wall_time_s"]) + time.perf_counter() - t0
     extra = {"grad_evals_by_attack": by_attack} if protocol == "strongest" else {}
@@ -495,6 +508,45 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
         if f.exists():
             f.unlink()
     return curve, per, record
+
+
+def _identity(*, dataset: str, defense: str, model_id: str, eps_list: Sequence[float], steps: int, restarts: int,
+              n: int, seed: int, profile: str, protocol: str) -> tuple[dict, str, tuple[Path, Path, Path, Path]]:
+    """Parameters, run id and files ``(curve csv, per-example csv, sidecar, scratch partial)`` of one evaluation."""
+    code, step_fraction = PROTOCOLS[protocol]["code"], PROTOCOLS[protocol]["step_fraction"]
+    params = {"dataset": dataset, "defense": defense, "model": model_id, "eps": list(eps_list), "steps": steps,
+              "restarts": restarts, "n": n, "eps_unit": "paper", "losses": list(LOSSES)}
+    if protocol == "strongest":
+        params.update({"protocol": protocol, "step_fraction": step_fraction, "strong": dict(STRONG)})
+    rid = ex.run_id({**params, "seed": seed, "profile": profile, "code": code})
+    base = ex.paths.results_dir() / dataset / "robustness" / f"{defense}-{rid}"
+    partial = ex.paths.scratch_dir() / f"eval-{dataset}-{defense}-{rid}.csv"
+    return params, rid, (Path(f"{base}.csv"), Path(f"{base}-examples.csv"), Path(f"{base}.json"), partial)
+
+
+def first_rows_so_far(dataset: str, defense: str, n_first: int, *, profile: str = "cpu", seed: int = 0,
+                      n_examples: int = 0, run_id: str | None = None) -> pd.DataFrame | None:
+    """The per-example rows of the first ``n_first`` test images from the ``strongest`` evaluation that
+    :func:`evaluate_registered` with the same arguments runs, finished or still in progress (its scratch
+    partial); ``None`` when they are not all there yet. Each chunk is attacked independently, so these
+    rows are the finished run's rows: the AutoAttack agreement can check the sweep's strength before
+    the long run ends (``python -m crossholder.evaluation ... --checks N``).
+    """
+    from . import training
+
+    prof = ex.PROFILES[ex.check_profile(profile)]
+    n = n_examples or prof["eval_n"] or len(data_mod.tensors(dataset, "test")[1])
+    rec = (training.load_registered(dataset, defense) if run_id is None
+           else training.load_run(dataset, defense, run_id))[1]
+    _, _, (_, per_csv, side, partial) = _identity(
+        dataset=dataset, defense=defense, model_id=rec["run_id"], eps_list=eps_grid(profile), steps=prof["eval_steps"],
+        restarts=prof["eval_restarts"], n=n, seed=seed, profile=profile, protocol="strongest")
+    for f in (per_csv, partial):
+        if f.exists():
+            rows = pd.read_csv(f).sort_values("index").reset_index(drop=True)
+            if len(rows) >= n_first and np.array_equal(rows["index"].to_numpy()[:n_first], np.arange(n_first)):
+                return rows.iloc[:n_first].reset_index(drop=True)
+    return None
 
 
 def _donor_rows(folder: Path, defense: str, params: dict, seed: int, n: int, chunk: int,
@@ -721,13 +773,14 @@ def eps_grid(profile: str, eps_max: float = 6.0, eps_step: float = 0.5) -> list[
 def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", seed: int = 0, n_examples: int = 0,
                         steps: int = 0, restarts: int = 0, eps_max: float = 6.0, eps_step: float = 0.5,
                         progress: bool = True, device: str = "cpu", run_id: str | None = None,
-                        protocol: str = "strongest"):
+                        protocol: str = "strongest", until: int | None = None):
     """:func:`evaluate_model` for the model registered as ``"<dataset>/<defense>"``, with the profile's protocol.
 
     The same cache identity as notebook 04 with the same arguments, so a background run started
     here is picked up by the notebook. ``run_id``: evaluate the trained run
     ``results/<dataset>/models/<defense>-<run_id>.pt`` instead of the registered one (a model about to
-    be registered: its curve is then already there when notebook 04 asks for it).
+    be registered: its curve is then already there when notebook 04 asks for it). ``until``: as in
+    :func:`evaluate_model` (stop after the chunks below it; the curve is then ``None``).
     """
     from . import training
 
@@ -745,7 +798,8 @@ def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", see
     return evaluate_model(model, x, y, dataset=dataset, defense=defense, eps_list=eps_grid(profile, eps_max, eps_step),
                           steps=steps or prof["eval_steps"], restarts=restarts or prof["eval_restarts"], seed=seed,
                           profile=profile, model_id=rec["run_id"], progress=progress,
-                          reuse_larger_runs=True, device=device, protocol=protocol)  # x: the test set's first n
+                          reuse_larger_runs=True, device=device, protocol=protocol,
+                          until=until)  # x: the test set's first n
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -762,34 +816,55 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run-id", default=None, help="evaluate this finished training run instead of the registered one")
     ap.add_argument("--protocol", default="strongest", choices=list(PROTOCOLS))
     ap.add_argument("--n", type=int, default=0, help="test images (the first n); 0: the profile's choice")
+    ap.add_argument("--until", type=int, default=None, metavar="K",
+                    help="stop once the chunks below image K are done (the run stays resumable)")
     ap.add_argument("--checks", type=int, default=0, metavar="N",
                     help="then the AutoAttack agreement and the masking table on the first N images (strongest "
                          "protocol; notebook 04 uses 200 at the cpu profile); 0: skip")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.checks and args.protocol != "strongest":
+        raise SystemExit("--checks needs --protocol strongest")
+    checked = False
+    if args.checks:
+        first = first_rows_so_far(args.dataset, args.defense, args.checks, profile=args.profile, seed=args.seed,
+                                  n_examples=args.n, run_id=args.run_id)
+        if first is not None:  # the sweep's strength is checked before the long run goes on
+            print(f"[{args.dataset}/{args.defense}] the first {args.checks} images are done: checks first")
+            _checks(args, first)
+            checked = True
     curve, per, side = evaluate_registered(args.dataset, args.defense, profile=args.profile, seed=args.seed,
                                            device=args.device, run_id=args.run_id, protocol=args.protocol,
-                                           n_examples=args.n)
+                                           n_examples=args.n, until=args.until)
+    if curve is None:
+        print(f"[{args.dataset}/{args.defense}] stopped at --until {args.until}: {side['done']} of {side['n']} "
+              f"images done ({side['partial']}); run again to go on")
+        if args.checks and not checked and len(per) >= args.checks:
+            _checks(args, per)
+        return
     print(curve.pivot_table(index="eps", columns="attack", values="accuracy").round(3).to_string())
-    if args.checks:
-        if args.protocol != "strongest":
-            raise SystemExit("--checks needs --protocol strongest")
-        from . import training
-
-        model, rec = (training.load_registered(args.dataset, args.defense) if args.run_id is None
-                      else training.load_run(args.dataset, args.defense, args.run_id))
-        x, y = data_mod.tensors(args.dataset, "test")
-        agree, mask = strong_checks(model, x[:args.checks], y[:args.checks], per, dataset=args.dataset,
-                                    defense=args.defense, model_id=rec["run_id"], eps_list=side["params"]["eps"],
-                                    seed=args.seed, profile=args.profile, device=args.device)
-        print(agree.to_string(index=False))
-        print(mask.to_string(index=False))
+    if args.checks and not checked:
+        _checks(args, per)
     reused = side.get("reused_from")
     how = (f"{reused['examples']} examples' rows reused from {reused['file']} (their share of its wall time: "
            f"{reused['wall_time_s_share']} s), " if reused else "")
     print(f"[{args.dataset}/{args.defense}] done: {how}{side['wall_time_s']} s here; {side['files']}")
 
+
+
+def _checks(args, per: pd.DataFrame) -> None:
+    """``--checks N`` of :func:`main`: :func:`strong_checks` on the first N test images (cached tables)."""
+    from . import training
+
+    model, rec = (training.load_registered(args.dataset, args.defense) if args.run_id is None
+                  else training.load_run(args.dataset, args.defense, args.run_id))
+    x, y = data_mod.tensors(args.dataset, "test")
+    agree, mask = strong_checks(model, x[:args.checks], y[:args.checks], per.iloc[:args.checks], dataset=args.dataset,
+                                defense=args.defense, model_id=rec["run_id"], eps_list=eps_grid(args.profile),
+                                seed=args.seed, profile=args.profile, device=args.device)
+    print(agree.to_string(index=False))
+    print(mask.to_string(index=False))
 
 
 # ---------------------------------------------------------------- independent check: AutoAttack
