@@ -37,9 +37,14 @@ data: $(RAW)
 	$(PY) -m crossholder.data mnist fashion_mnist
 
 # ---------------------------------------------------------------- notebooks
-# Source notebooks execute in place with their default parameters (MNIST); the other parameter
-# sets write executed copies to notebooks/runs/. All results are cached in results/, so with the
-# committed results every rule only reloads and redraws. Stamps in results/.make (gitignored).
+# notebooks/NN_*.py (jupytext py:percent) are the sources of notebooks/NN_*.ipynb (paired: an edit
+# in JupyterLab updates both; `jupytext --sync notebooks/NN_*.ipynb` after editing a .py elsewhere).
+# The canonical run (PROFILE=cpu DEVICE=cpu, MNIST) executes a source notebook in place with *no*
+# injected parameters, so its tagged parameters cell stays the one that counts; every other
+# parameter set writes an executed copy to notebooks/runs/ (suffixed with the profile and device when
+# they are not cpu), and its results and figures go to results/variants/ and figures/variants/.
+# All results are cached in results/, so with the committed results every rule only reloads and
+# redraws, writing the same bytes. Stamps in results/.make (gitignored).
 NB        := notebooks
 RUNS      := $(NB)/runs
 STAMPS    := results/.make
@@ -48,39 +53,42 @@ LIB       := $(wildcard lib/crossholder/*.py)
 DATASETS  := mnist fashion_mnist
 DEFENSES  := none cross_lipschitz cross_holder adversarial
 STRIP     := $(PY) -m crossholder.notebooks strip
+CANONICAL := $(and $(filter cpu,$(PROFILE)),$(filter cpu,$(DEVICE)))
+SUFFIX    := $(if $(filter cpu,$(PROFILE)),,-$(PROFILE))$(if $(filter cpu,$(DEVICE)),,-$(DEVICE))
+RUNARGS   := $(PMARGS) -p progress False
+# $(call run,SOURCE,RUN NAME,PARAMETERS): in place when canonical and RUN NAME is empty, else to runs/
+run = mkdir -p $(RUNS) && if [ -n "$(CANONICAL)" ] && [ -z "$(2)" ]; then \
+        $(PAPERMILL) $(1) $(1) && $(STRIP) $(1); \
+      else out=$(RUNS)/$(basename $(notdir $(1)))$(2)$(SUFFIX).ipynb; \
+        $(PAPERMILL) $(1) $$out $(RUNARGS) $(3) && $(STRIP) $$out; fi
 
 $(STAMPS)/01.done: $(NB)/01_hessian_norm_estimation.ipynb $(LIB) | $(RAW)
-	$(PAPERMILL) $< $< $(PMARGS)
-	$(STRIP) $<
+	$(call run,$<,,)
 	@mkdir -p $(STAMPS) && touch $@
 
-# 02: one run per (dataset, defense): fills results/models.json
+# 02: one run per (dataset, defense): fills results/models.json (the canonical MNIST Cross-Hölder run in place)
 $(STAMPS)/02.done: $(NB)/02_training.ipynb $(LIB) | $(RAW)
-	@mkdir -p $(RUNS)
 	for ds in $(DATASETS); do for def in $(DEFENSES); do \
-	  out=$(RUNS)/02_training-$$ds-$$def.ipynb; [ $$ds-$$def = mnist-cross_holder ] && out=$<; \
-	  $(PAPERMILL) $< $$out $(PMARGS) -p dataset $$ds -p defense $$def && $(STRIP) $$out || exit 1; \
+	  if [ $$ds-$$def = mnist-cross_holder ]; then name=""; else name="-$$ds-$$def"; fi; \
+	  $(call run,$<,$$name,-p dataset $$ds -p defense $$def) || exit 1; \
 	done; done
 	@mkdir -p $(STAMPS) && touch $@
 
 # 03: hyperparameter selection on the validation split, per dataset. Not part of `figures`: it
 # makes no figure of the paper, and at the cpu profile its grid is about 10 h of 2-core compute
-# (17 training runs per data set); `make selection` runs it (resumable, cached per grid point).
-# `make selection GRID=False` only re-tables the points scored so far (seconds).
-GRID ?= True
+# (17 training runs per data set). `make selection` scores every missing point (resumable, cached
+# per grid point; executed copies in notebooks/runs/), then redraws the source notebook, which
+# tables the points scored (grid=False, its default; seconds).
 $(STAMPS)/03.done: $(NB)/03_hyperparameter_selection.ipynb $(LIB) | $(RAW)
-	@mkdir -p $(RUNS)
-	$(PAPERMILL) $< $< $(PMARGS) -p grid $(GRID) -p dataset mnist && $(STRIP) $<
-	$(PAPERMILL) $< $(RUNS)/03_hyperparameter_selection-fashion_mnist.ipynb $(PMARGS) -p grid $(GRID) -p dataset fashion_mnist
-	$(STRIP) $(RUNS)/03_hyperparameter_selection-fashion_mnist.ipynb
+	for ds in $(DATASETS); do $(call run,$<,-$$ds-grid,-p grid True -p dataset $$ds) || exit 1; done
+	$(call run,$<,,)
+	$(call run,$<,-fashion_mnist,-p dataset fashion_mnist)
 	@mkdir -p $(STAMPS) && touch $@
 
 # 04: robustness curves per dataset (needs the models of 02)
 $(STAMPS)/04.done: $(NB)/04_robustness.ipynb $(STAMPS)/02.done $(LIB) | $(RAW)
-	@mkdir -p $(RUNS)
-	$(PAPERMILL) $< $< $(PMARGS) -p dataset mnist && $(STRIP) $<
-	$(PAPERMILL) $< $(RUNS)/04_robustness-fashion_mnist.ipynb $(PMARGS) -p dataset fashion_mnist
-	$(STRIP) $(RUNS)/04_robustness-fashion_mnist.ipynb
+	$(call run,$<,,)
+	$(call run,$<,-fashion_mnist,-p dataset fashion_mnist)
 	@mkdir -p $(STAMPS) && touch $@
 
 FIGURE_STAMPS := $(STAMPS)/01.done $(STAMPS)/02.done $(STAMPS)/04.done
@@ -99,7 +107,7 @@ bench: $(STAMP) | $(RAW)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 lab: $(STAMP) | $(RAW)
-	$(VENV)/bin/jupyter lab --notebook-dir=$(NB)
+	$(VENV)/bin/jupyter lab --notebook-dir=.
 
 clean:
 	rm -rf .pytest_cache

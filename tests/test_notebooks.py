@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-COMMON = {"profile", "device", "seed"}
+COMMON = {"profile", "device", "seed", "progress"}
 EXPECTED = {
     "01_hessian_norm_estimation": COMMON | {"method", "iters", "step", "lanczos_iters", "exact_n", "n_images"},
     "02_training": COMMON | {"dataset", "defense", "lam1", "lam2", "eps", "epochs", "mode", "classes", "compiled"},
@@ -60,8 +60,10 @@ def test_smoke_run(nb, smoke_env):
     pm.execute_notebook(str(nb), str(out), parameters={"profile": "smoke"}, kernel_name="crossholder",
                         cwd=str(smoke_env), progress_bar=False)
     assert any((smoke_env / "results").rglob("*.csv")), "every notebook writes results"
-    if nb.stem in MAKES_FIGURES:
-        assert any((smoke_env / "figures").glob("*.png")) and any((smoke_env / "figures").glob("*.pdf"))
+    if nb.stem in MAKES_FIGURES:  # a smoke run is a variant: its figures go to figures/variants/smoke/
+        figs = smoke_env / "figures" / "variants" / "smoke"
+        assert any(figs.glob("*.png")) and any(figs.glob("*.pdf"))
+        assert not any((smoke_env / "figures").glob("*.png")), "a variant never draws the canonical figures"
     assert not any((ROOT / "results").rglob(f"*{smoke_env.name}*"))
 
 
@@ -72,8 +74,9 @@ def test_smoke_run_of_the_strongest_protocol(smoke_env):
                         kernel_name="crossholder", cwd=str(smoke_env), progress_bar=False)
     rob = smoke_env / "results" / "mnist" / "robustness"
     assert any(rob.glob("agreement-*.csv")) and any(rob.glob("masking-*.csv"))
-    assert (smoke_env / "results" / "mnist" / "paired.csv").exists()
-    curves = pd.read_csv(smoke_env / "results" / "mnist" / "robustness.csv")
+    summaries = smoke_env / "results" / "variants" / "smoke-protocol=strongest" / "mnist"
+    assert (summaries / "paired.csv").exists()
+    curves = pd.read_csv(summaries / "robustness.csv")
     assert {"strongest", "apgd-ce", "apgd-t", "fab"} <= set(curves["attack"])
 
 
@@ -110,3 +113,96 @@ def test_readme_tables_match_committed_results():
     spec.loader.exec_module(mod)
     readme = (root / "README.md").read_text()
     assert mod.render(readme) == readme, "README.md is stale: run .venv/bin/python tools/readme_tables.py"
+
+
+# ---------------------------------------------------------------- sources, parameters, variants (issue 20)
+def _parameters_cell(script: Path) -> dict:
+    """The literal defaults of the tagged parameters cell of a paired py:percent script."""
+    import ast
+
+    import jupytext
+
+    cell = next(c for c in jupytext.read(script).cells if "parameters" in c.metadata.get("tags", []))
+    return {n.target.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body
+            if isinstance(n, ast.AnnAssign)}
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_matches_its_paired_script(nb):
+    """notebooks/NN_*.py (jupytext py:percent) is the source: the committed .ipynb's cells must be its
+    cells (`jupytext --sync` after editing either outside JupyterLab), and the pairing is declared."""
+    import jupytext
+    import nbformat
+
+    script = nb.with_suffix(".py")
+    assert script.exists(), f"{script.name} is missing: jupytext --set-formats ipynb,py:percent {nb}"
+    ipynb = nbformat.read(nb, as_version=4)
+    assert ipynb.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent"
+    cells = [(c.cell_type, c.source, c.metadata.get("tags") or []) for c in ipynb.cells]
+    source = [(c.cell_type, c.source, c.metadata.get("tags") or []) for c in jupytext.read(script).cells]
+    assert cells == source, f"{nb.name} differs from {script.name}: run `.venv/bin/jupytext --sync {script}`"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_source_notebook_has_no_injected_parameters_and_stable_ids(nb):
+    """Issue 20, item 1: a value changed in the tagged parameters cell in JupyterLab must take effect, so a
+    committed source notebook carries no papermill `injected-parameters` cell (executed parameter sets live
+    in notebooks/runs/); cell ids are the stable ones `notebooks.strip` writes."""
+    import nbformat
+
+    ipynb = nbformat.read(nb, as_version=4)
+    assert not [c for c in ipynb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert sum("parameters" in c.metadata.get("tags", []) for c in ipynb.cells) == 1
+    assert [c.get("id") for c in ipynb.cells] == [f"cell-{i}" for i in range(len(ipynb.cells))]
+
+
+@pytest.mark.parametrize("nb", [p for p in NOTEBOOKS if p.stem != "02_training"], ids=lambda p: p.stem)
+def test_canonical_run_is_the_parameters_cell(nb):
+    """notebooks.CANONICAL (what the committed results stand on) equals the defaults in the notebook,
+    so only a changed value makes a run a variant; a changed value always does."""
+    from crossholder import notebooks
+
+    defaults = _parameters_cell(nb.with_suffix(".py"))
+    canon = notebooks.CANONICAL[nb.stem]
+    assert defaults["profile"] == "cpu"
+    assert {k: v for k, v in defaults.items() if k not in notebooks.NEUTRAL and k != "profile"} == canon
+    assert notebooks.variant(nb.stem, defaults) == ""
+    assert notebooks.variant(nb.stem, {**defaults, "profile": "smoke"}) == "smoke"
+    assert notebooks.variant(nb.stem, {**defaults, "seed": 7}) == "cpu-seed=7"
+    assert notebooks.variant(nb.stem, {**defaults, "device": "cuda", "progress": False}) == ""
+
+
+def _digests(*folders: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(f.rglob("*"))
+            if p.is_file()}
+
+
+def test_exploring_never_clobbers_committed_results(tmp_path, monkeypatch):
+    """Issue 20, item 2: notebook 02 at `smoke` against a copy of the committed results and figures leaves
+    every committed file byte-identical (its registration, figure and summaries go to the smoke variant),
+    and notebook 04 at `cpu` still runs on the committed models afterwards, rewriting the same bytes."""
+    import shutil
+
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    shutil.copytree(ROOT / "results", results, ignore=shutil.ignore_patterns("partial", "scratch", ".make"))
+    shutil.copytree(ROOT / "figures", figures)
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(results))
+    monkeypatch.setenv("CROSSHOLDER_FIGURES", str(figures))
+    monkeypatch.setenv("CROSSHOLDER_SCRATCH", str(tmp_path / "scratch"))
+    before = _digests(results, figures)
+    nb = ROOT / "notebooks" / "02_training.ipynb"
+    pm.execute_notebook(str(nb), str(tmp_path / "02.ipynb"), parameters={"profile": "smoke", "progress": False},
+                        kernel_name="crossholder", cwd=str(tmp_path), progress_bar=False)
+    after = _digests(results, figures)
+    changed = sorted(k for k, v in before.items() if after.get(k) != v)
+    assert not changed, f"a smoke run changed committed files: {changed}"
+    assert (results / "variants" / "smoke" / "models.json").exists()
+    assert (figures / "variants" / "smoke" / "training_mnist_cross_holder.png").exists()
+    nb4 = ROOT / "notebooks" / "04_robustness.ipynb"
+    pm.execute_notebook(str(nb4), str(tmp_path / "04.ipynb"), parameters={"progress": False},
+                        kernel_name="crossholder", cwd=str(tmp_path), progress_bar=False)
+    after4 = _digests(results, figures)
+    changed = sorted(k for k, v in before.items() if after4.get(k) != v)
+    assert not changed, f"re-running notebook 04 on unchanged results changed files: {changed}"

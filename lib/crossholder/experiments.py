@@ -30,13 +30,13 @@ from . import paths
 
 __all__ = ["PROFILES", "PAPER", "FINAL", "DEFENSES", "TRAINING_CHOICES", "check_profile", "check_defense", "run_id",
            "provenance", "tune_allocator", "MALLOC_SETTINGS", "atomic_write_json", "atomic_write_text", "read_json",
-           "update_json", "git_commit"]
+           "update_json", "git_commit", "summary_record", "variant_name", "variant_dirs", "figure_name"]
 
 DEFENSES = ("none", "cross_lipschitz", "cross_holder", "adversarial")
 
 # ---------------------------------------------------------------- the paper's own hyperparameters
 #: Selected by the paper on its 5% hold-out (appendix C.2). ε in the paper's units (standardized L2,
-#: our reading: GUIDE.md section 4), λ1 / λ2 of eq. (5). Inner loop: T = 10, o = 0.1 (section 4).
+#: our reading: see :mod:`crossholder.evaluation`), λ1 / λ2 of eq. (5). Inner loop: T = 10, o = 0.1 (section 4).
 PAPER: dict[str, dict[str, dict[str, float]]] = {
     "mnist": {
         "adversarial": {"eps": 5.0},
@@ -113,6 +113,49 @@ PROFILES: dict[str, dict[str, Any]] = {
               "eval_n": None, "eval_n_v1": None, "eval_steps": 50, "eval_restarts": 10,
               "eval_eps": [x / 2 for x in range(0, 13)], "hessian_n": None},
 }
+
+
+# ---------------------------------------------------------------- variants: runs that cannot clobber
+#: Characters allowed in a variant name (it becomes a folder name).
+_VARIANT_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._=+-")
+
+
+def variant_name(profile: str, changed: dict[str, Any] | None = None) -> str:
+    """The name of a run's *variant*: ``""`` for the canonical run (the ``cpu`` profile with the
+    defaults, what the committed results and figures stand on), else the profile and the
+    parameters that differ from its defaults, e.g. ``"smoke"``, ``"cpu-seed=1"``,
+    ``"smoke-lam1=0.1"`` (keys sorted; characters outside ``[A-Za-z0-9._=+-]`` become ``_``; a name
+    over 64 characters becomes the profile and a hash of the changes, :func:`run_id`).
+
+    A variant writes its registrations, summaries and figures under :func:`variant_dirs`, so a run
+    at another profile or with other parameters never replaces a committed file.
+    """
+    check_profile(profile)
+    changed = dict(changed or {})
+    if not changed:
+        return "" if profile == "cpu" else profile
+    parts = [profile] + [f"{k}={changed[k]}" for k in sorted(changed)]
+    name = "".join(c if c in _VARIANT_CHARS else "_" for c in "-".join(parts))
+    return name if len(name) <= 64 else f"{profile}-{run_id(changed)}"  # a folder name stays short
+
+
+def variant_dirs(variant: str) -> tuple[Path, Path]:
+    """``(results, figures)`` folders of a variant (:func:`variant_name`): ``results/`` and
+    ``figures/`` for the canonical run ``""``, else ``results/variants/<variant>/`` and
+    ``figures/variants/<variant>/``. Content-addressed caches (checkpoints, per-model curves,
+    cached tables: file names carry a hash of their parameters) stay in ``results/`` for all."""
+    if variant and (set(variant) - _VARIANT_CHARS or variant.startswith(".")):
+        raise ValueError(f"variant={variant!r}: allowed characters are [A-Za-z0-9._=+-], not starting with '.'")
+    if not variant:
+        return paths.results_dir(), paths.figures_dir()
+    return paths.results_dir() / "variants" / variant, paths.figures_dir() / "variants" / variant
+
+
+def figure_name(variant: str, name: str) -> str:
+    """``name`` for the canonical run, else ``variants/<variant>/<name>`` (:func:`crossholder.plotting.save`
+    writes it under ``figures/``)."""
+    variant_dirs(variant)  # checks the name
+    return name if not variant else f"variants/{variant}/{name}"
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -234,6 +277,21 @@ def provenance(*, params: dict[str, Any], seed: int, profile: str, wall_time_s: 
     }
     out.update(extra)
     return out
+
+
+def summary_record(*, params: dict[str, Any], seed: int, profile: str, inputs: dict[str, Any] | None = None,
+                   wall_time_s: float | None = None, **extra: Any) -> dict[str, Any]:
+    """The sidecar of a summary assembled from cached results (``results/<dataset>/robustness.json``):
+    parameters, seed, profile, the input files and their summed wall time, and nothing that changes
+    when the same results are assembled again (no commit, versions, device or allocator: each input's
+    own sidecar holds its provenance). Re-running a notebook on unchanged results rewrites the same bytes.
+    """
+    out = {"params": _canonical(params), "seed": seed, "profile": profile}
+    if inputs is not None:
+        out["inputs"] = inputs
+    if wall_time_s is not None:
+        out["wall_time_s"] = round(float(wall_time_s), 2)
+    return {**out, **extra}
 
 
 # ---------------------------------------------------------------- atomic files

@@ -5,8 +5,9 @@ papermill only *warns* on an unknown ``-p`` name and runs on with the defaults, 
 (``-p sed 3`` for ``seed``) would silently train, evaluate and register the wrong thing.
 
 ``python -m crossholder.notebooks strip NB.ipynb [...]`` removes papermill's timing metadata
-(start/end times, durations), execution timestamps and the papermill environment block, so a
-re-run that computes the same outputs leaves the committed file unchanged.
+(start/end times, durations), execution timestamps, the papermill environment block and progress
+widgets, and numbers the cell ids, so a re-run that computes the same outputs leaves the committed
+file unchanged (:func:`strip`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from .paths import temp_beside
 
-__all__ = ["strip", "is_executed", "check_parameters"]
+__all__ = ["strip", "is_executed", "check_parameters", "variant", "CANONICAL", "NEUTRAL"]
 
 #: names IPython puts in a notebook's namespace
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -75,6 +76,41 @@ def check_parameters(namespace: dict[str, Any]) -> None:
             namespace[name] = float(v)
 
 
+#: Parameters that never change a result: what to select (``dataset``, ``defense``), where to run
+#: (``device``), how to show it (``progress``), and whether to fill missing grid points (``grid``).
+NEUTRAL = ("dataset", "defense", "device", "progress", "grid")
+
+#: The canonical run of each numbered notebook (besides ``profile="cpu"``): what the committed results
+#: and figures stand on. Equal to the defaults of the notebook's ``parameters`` cell
+#: (``tests/test_notebooks.py`` checks it), so a value changed there in JupyterLab makes the run a
+#: variant (:func:`variant`) and its outputs go elsewhere. Notebook 02's variant comes from its
+#: training configuration instead (:func:`crossholder.training.config_variant`).
+CANONICAL: dict[str, dict[str, Any]] = {
+    "01_hessian_norm_estimation": {"seed": 0, "method": "ascent", "iters": 10, "step": 0.1, "lanczos_iters": 20,
+                                   "exact_n": 0, "n_images": 8},
+    "03_hyperparameter_selection": {"seed": 0},
+    "04_robustness": {"seed": 0, "protocol": "paper-v1", "n_examples": 0, "steps": 0, "restarts": 0,
+                      "eps_max": 6.0, "eps_step": 0.5, "sanity_n": 0, "autoattack_n": 0},
+}
+
+
+def variant(notebook: str, namespace: dict[str, Any]) -> str:
+    """The variant name (:func:`crossholder.experiments.variant_name`) of a run of ``notebook``
+    (e.g. ``"04_robustness"``) with the parameters in ``namespace`` (its ``globals()``): ``""`` for the
+    canonical run (:data:`CANONICAL` at the ``cpu`` profile), else the profile and what differs.
+    Outputs then go to :func:`crossholder.experiments.variant_dirs`; committed files stay as they are.
+
+    Raises:
+        KeyError: ``notebook`` is not in :data:`CANONICAL`.
+    """
+    from .experiments import variant_name
+
+    if notebook not in CANONICAL:
+        raise KeyError(f"notebook={notebook!r}; known: {', '.join(sorted(CANONICAL))}")
+    changed = {k: namespace[k] for k, v in CANONICAL[notebook].items() if k in namespace and namespace[k] != v}
+    return variant_name(namespace.get("profile", "cpu"), changed)
+
+
 def _assigned_names(source: str) -> list[str]:
     """The names a cell's top-level statements assign (papermill's injected cell: ``name = value`` lines)."""
     import ast
@@ -91,22 +127,39 @@ def _assigned_names(source: str) -> list[str]:
     return names
 
 _CELL_KEYS = ("execution", "papermill")
+_WIDGET = "application/vnd.jupyter.widget-view+json"
 _NB_PAPERMILL_KEYS = ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables",
                       "version", "exception")
 
 
 def strip(path: str | os.PathLike[str]) -> None:
-    """Remove timings and paths from an executed notebook, in place (atomic write)."""
+    """Make an executed notebook's bytes depend only on its inputs and outputs, in place (atomic write).
+
+    Removes papermill's timings, paths and environment, execution timestamps, progress-bar widgets
+    (their outputs and saved widget state carry random model ids), and gives every cell a stable id
+    (``cell-<index>``), so re-executing a notebook whose inputs did not change writes identical
+    bytes. An executed copy in ``notebooks/runs/`` also loses its jupytext pairing, so opening it
+    in JupyterLab does not create a paired script beside it.
+    """
     path = Path(path)
     nb = json.loads(path.read_text(encoding="utf-8"))
-    pm = nb.get("metadata", {}).get("papermill")
+    meta = nb.get("metadata", {})
+    pm = meta.get("papermill")
     if isinstance(pm, dict):
         for k in _NB_PAPERMILL_KEYS:
             pm.pop(k, None)
-    for cell in nb.get("cells", []):
+    meta.pop("widgets", None)
+    if path.parent.name == "runs":
+        meta.pop("jupytext", None)
+    for i, cell in enumerate(nb.get("cells", [])):
         md = cell.get("metadata", {})
         for k in _CELL_KEYS:
             md.pop(k, None)
+        if md.get("tags") == []:  # papermill adds empty tag lists
+            del md["tags"]
+        cell["id"] = f"cell-{i}"
+        if "outputs" in cell:
+            cell["outputs"] = [o for o in cell["outputs"] if _WIDGET not in o.get("data", {})]
     fd, tmp = temp_beside(path)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(nb, f, indent=1, ensure_ascii=False)

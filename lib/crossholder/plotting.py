@@ -6,6 +6,8 @@ Every function takes a tidy DataFrame read from ``results/`` and writes
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Sequence
 
@@ -30,12 +32,20 @@ plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "axes.grid": True, "
 
 
 def save(fig, name: str) -> list[Path]:
-    """Write ``figures/<name>.png`` and ``.pdf`` (no timestamps in the PDF metadata)."""
+    """Write ``figures/<name>.png`` and ``.pdf`` (no timestamps in the PDF metadata). ``name`` may hold
+    folders (``variants/smoke/fig1_mnist_worst_case``, :func:`crossholder.experiments.figure_name`)."""
     out = paths.figures_dir()
-    out.mkdir(parents=True, exist_ok=True)
     files = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(files[0], bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(files[1], bbox_inches="tight", metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    files[0].parent.mkdir(parents=True, exist_ok=True)
+    for f, meta in zip(files, ({"Software": None}, {"CreationDate": None, "Producer": None, "Creator": None})):
+        fd, tmp = paths.temp_beside(f)  # temporary file, then rename: never a half-written figure
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fig.savefig(fh, format=f.suffix[1:], bbox_inches="tight", metadata=meta)
+            os.replace(tmp, f)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return files
 
 

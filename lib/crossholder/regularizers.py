@@ -15,7 +15,8 @@ For a batch ``x`` ``(B, *S)`` with labels ``y`` ``(B,)`` and margins ``f^(j) = f
   the largest logit other than ``y_b`` (``classes="runner_up"``, which decides the bound of
   Corollary 1); ``J = K - 1`` or ``1`` classes per example.
 
-We implement eq. (5), not Algorithm 1's weighting (λ2 and λ1·λ2; see GUIDE.md section 4).
+We implement eq. (5), not the weighting Algorithm 1 prints (λ2 on the gradient term and λ1·λ2 on the
+Hessian term): the two disagree, and eq. (5) is the objective the paper states and analyses.
 
 Inner loop (finding ``v``), ``inner``:
 

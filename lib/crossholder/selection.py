@@ -206,14 +206,20 @@ def run_grid(dataset: str, profile: str = "cpu", *, seed: int = 0, progress: boo
     return df
 
 
-def write_table(df: pd.DataFrame, dataset: str, profile: str, *, seed: int = 0) -> "Path":  # noqa: F821
-    """``results/<dataset>/selection/grid-<profile>.csv`` (+ JSON provenance with the points still missing)."""
+def write_table(df: pd.DataFrame, dataset: str, profile: str, *, seed: int = 0,
+                variant: str | None = None) -> "Path":  # noqa: F821
+    """``<results>/<dataset>/selection/grid-<profile>.csv`` (+ a JSON sidecar with the points still missing;
+    each point's provenance is in its own file under ``selection/points/``). ``<results>`` is the folder
+    of ``variant`` (:func:`crossholder.experiments.variant_dirs`); ``None``: the profile's default
+    (:func:`crossholder.training.profile_variant`), so a smoke run never replaces the committed table.
+    """
     from . import paths
 
-    path = paths.results_dir() / dataset / "selection" / f"grid-{profile}.csv"
+    variant = training.profile_variant(profile, seed) if variant is None else variant
+    path = ex.variant_dirs(variant)[0] / dataset / "selection" / f"grid-{profile}.csv"
     missing = missing_points(dataset, profile, seed=seed)
     ex.atomic_write_text(path, df.to_csv(index=False))
-    ex.atomic_write_json(path.with_suffix(".json"), ex.provenance(
+    ex.atomic_write_json(path.with_suffix(".json"), ex.summary_record(
         params={"dataset": dataset, "grid": grid(dataset, profile), "settings": SELECTION[profile],
                 "train": SELECTION_TRAIN.get(profile, {}), "code": SELECTION_CODE_VERSION},
         seed=seed, profile=profile, points_scored=len(df), points_missing=[{"defense": d, **hp} for d, hp in missing],

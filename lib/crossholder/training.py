@@ -33,7 +33,10 @@ as an uninterrupted run (same seed, CPU). Outputs, under the run id (a hash of t
 * ``results/<dataset>/models/<defense>-<id>.pt``: the final weights (``crossholder.models.load``);
 * ``results/<dataset>/models/<defense>-<id>.json``: provenance and final metrics;
 * ``results/<dataset>/training/<defense>-<id>.csv``: one row per epoch;
-* ``results/models.json``: ``"<dataset>/<defense>"`` -> the selected model (``register=True``).
+* ``results/models.json``: ``"<dataset>/<defense>"`` -> the selected model (``register=True``) of the
+  canonical configuration (:func:`config_variant`); any other configuration (another profile, seed
+  or hyperparameter) registers in ``results/variants/<variant>/models.json`` instead, so exploring
+  never replaces a registered model.
 
 Command line (background runs): ``python -m crossholder.training --dataset mnist --defense cross_holder``.
 """
@@ -62,6 +65,7 @@ from . import regularizers
 from .regularizers import DirectionStore, hein_cross_lipschitz, regularized_loss
 
 __all__ = ["TrainConfig", "TrainResult", "make_config", "train", "load_registered", "load_run", "selected_models",
+           "config_variant", "profile_variant", "registry_path",
            "accuracy", "run_paths", "TRAIN_CODE_VERSION"]
 
 TRAIN_CODE_VERSION = "1"
@@ -511,16 +515,48 @@ def _remove_state(state: Path) -> None:
         state.parent.rmdir()
 
 
+def config_variant(cfg: TrainConfig) -> str:
+    """The variant (:func:`crossholder.experiments.variant_name`) a run registers under.
+
+    ``""`` (``results/models.json``, what notebook 04 and the committed results use) for the
+    canonical configuration: the ``cpu`` profile's final choice (:data:`crossholder.experiments.FINAL`)
+    with seed 0. At another profile, that profile's default configuration with seed 0 is the
+    variant named after the profile (``"smoke"``). Anything else is named after what differs from
+    the profile's default, e.g. ``"cpu-seed=1"`` or ``"smoke-lam1=0.1"``.
+    """
+    final = ex.FINAL[cfg.dataset].get(cfg.defense, {}) if cfg.profile == "cpu" else {}
+    ref = make_config(cfg.dataset, cfg.defense, profile=cfg.profile, seed=0, **final).relevant()
+    mine = cfg.relevant()
+    changed = {k: mine.get(k) for k in sorted(set(mine) | set(ref)) if mine.get(k) != ref.get(k)}
+    return ex.variant_name(cfg.profile, changed)
+
+
+def profile_variant(profile: str, seed: int = 0) -> str:
+    """The variant whose registry holds a profile's default models of ``seed`` (:func:`config_variant`
+    of ``make_config(..., profile=profile, seed=seed)`` with the final choices at ``cpu``)."""
+    return ex.variant_name(profile, {"seed": seed} if seed else {})
+
+
+def registry_path(variant: str = "") -> Path:
+    """``results/models.json`` (``variant=""``) or ``results/variants/<variant>/models.json``."""
+    return ex.variant_dirs(variant)[0] / "models.json"
+
+
 def _register(cfg: TrainConfig, record: dict[str, Any]) -> None:
-    ex.update_json(paths.results_dir() / "models.json", f"{cfg.dataset}/{cfg.defense}", record)
+    ex.update_json(registry_path(config_variant(cfg)), f"{cfg.dataset}/{cfg.defense}", record)
 
 
-def load_registered(dataset: str, defense: str) -> tuple[nn.Module, dict[str, Any]]:
-    """The model registered for ``"<dataset>/<defense>"`` in ``results/models.json`` and its record."""
-    reg = ex.read_json(paths.results_dir() / "models.json", {}) or {}
+def load_registered(dataset: str, defense: str, variant: str = "") -> tuple[nn.Module, dict[str, Any]]:
+    """The model registered for ``"<dataset>/<defense>"`` in :func:`registry_path` of ``variant``
+    (``""``: ``results/models.json``) and its record.
+
+    Raises:
+        KeyError: nothing registered under that key (the message says how to train it).
+    """
+    reg = ex.read_json(registry_path(variant), {}) or {}
     key = f"{data_mod.check_dataset(dataset)}/{ex.check_defense(defense)}"
     if key not in reg:
-        raise KeyError(f"{key} is not in {paths.results_dir() / 'models.json'}; train it with notebook 02 or "
+        raise KeyError(f"{key} is not in {registry_path(variant)}; train it with notebook 02 or "
                        f"`python -m crossholder.training --dataset {dataset} --defense {defense}`")
     rec = reg[key]
     return models_mod.load(paths.project_root() / rec["checkpoint"]), rec
@@ -569,23 +605,25 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def selected_models(dataset: str, profile: str, *, seed: int = 0, progress: bool = False) -> dict[str, dict[str, Any]]:
-    """The registered model of every defense for ``dataset`` (``results/models.json``).
+    """The registered model of every defense for ``dataset`` at ``profile`` and ``seed``: from
+    ``results/models.json`` at ``cpu`` with seed 0, else from the registry of
+    :func:`profile_variant` (``results/variants/smoke/models.json``, ...).
 
     At the ``smoke`` profile missing models are trained on the spot (seconds); at the other profiles
     a missing model raises a ``KeyError`` that says how to train it (notebook 02), because that
     takes hours on a CPU. A registered model from another profile than asked is also an error.
     """
-    reg = ex.read_json(paths.results_dir() / "models.json", {}) or {}
+    reg = ex.read_json(registry_path(profile_variant(profile, seed)), {}) or {}
     out = {}
     for defense in ex.DEFENSES:
         key = f"{dataset}/{defense}"
         rec = reg.get(key)
         if rec is None or rec.get("profile") != profile:
             if profile != "smoke":
-                raise KeyError(f"no {profile}-profile model registered for {key}; train it with notebook 02 "
-                               f"(papermill -p dataset {dataset} -p defense {defense} -p profile {profile}) or "
-                               f"`python -m crossholder.training --dataset {dataset} --defense {defense} "
-                               f"--profile {profile}`")
+                raise KeyError(f"no {profile}-profile model of seed {seed} registered for {key}; train it with "
+                               f"notebook 02 (papermill -p dataset {dataset} -p defense {defense} -p profile "
+                               f"{profile} -p seed {seed}) or `python -m crossholder.training --dataset {dataset} "
+                               f"--defense {defense} --profile {profile} --seed {seed}`")
             rec = train(make_config(dataset, defense, profile=profile, seed=seed), register=True,
                         progress=progress).record
         out[defense] = rec
