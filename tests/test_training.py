@@ -37,19 +37,42 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, monkeypatch, defens
 
 def test_outputs_provenance_and_registry(tmp_path, monkeypatch):
     monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
-    res = training.train(small("none", epochs=1), progress=False, register=True)
-    reg = experiments.read_json(tmp_path / "models.json")
+    cfg = small("none", epochs=1)
+    res = training.train(cfg, progress=False, register=True)
+    variant = training.config_variant(cfg)
+    assert variant == "smoke-batch_size=64-n_train=256", "named after what differs from the smoke default"
+    assert not (tmp_path / "models.json").exists(), "only the canonical configuration registers in models.json"
+    reg = experiments.read_json(tmp_path / "variants" / variant / "models.json")
     rec = reg["mnist/none"]
     for key in ("checkpoint", "hyperparameters", "profile", "seed", "provenance", "clean_test_accuracy"):
         assert key in rec
     for key in ("params", "seed", "profile", "git_commit", "versions", "device", "wall_time_s", "allocator"):
         assert key in rec["provenance"]
     assert rec["provenance"]["allocator"] == experiments.tune_allocator()   # train() applied it
-    m, rec2 = training.load_registered("mnist", "none")
+    m, rec2 = training.load_registered("mnist", "none", variant)
     assert torch.equal(next(m.parameters()), next(res.model.parameters())) and rec2 == rec
     cols = set(res.log.columns)
     assert {"epoch", "loss", "ce", "grad_term", "hess_term", "regularizer", "train_acc", "val_acc",
             "epoch_time_s"} <= cols
+    with pytest.raises(KeyError, match="mnist/none is not in"):
+        training.load_registered("mnist", "none")
+
+
+def test_variants_name_what_differs_and_keep_the_canonical_registry():
+    """Issue 20, item 2: the canonical configuration (the cpu profile's final choice, seed 0) is the empty
+    variant; other profiles, seeds and hyperparameters each name their own."""
+    final = experiments.FINAL["fashion_mnist"]["cross_holder"]
+    assert training.config_variant(training.make_config("fashion_mnist", "cross_holder", **final)) == ""
+    assert training.config_variant(training.make_config("fashion_mnist", "cross_holder")) != "", \
+        "the paper's pick is not the final choice there"
+    assert training.config_variant(training.make_config("mnist", "none", profile="smoke")) == "smoke"
+    assert training.config_variant(training.make_config("mnist", "none", seed=2)) == "cpu-seed=2"
+    assert training.profile_variant("cpu", 2) == "cpu-seed=2" and training.profile_variant("cpu") == ""
+    long = training.config_variant(training.make_config("mnist", "cross_holder", mode="faithful", lam1=0.3))
+    assert len(long) <= 64 and long.startswith("cpu-")
+    assert training.registry_path("") == experiments.paths.results_dir() / "models.json"
+    with pytest.raises(ValueError, match="variant='../x'"):
+        experiments.variant_dirs("../x")
 
 
 def test_fast_mode_directions_follow_their_examples():

@@ -328,8 +328,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
 
     Args:
         cfg: the run (:func:`make_config`).
-        progress: tqdm progress bar over batches (stderr).
-        register: record the model in ``results/models.json`` under ``"<dataset>/<defense>"``.
+        progress: tqdm progress bar over batches (a widget in JupyterLab, else stderr).
+        register: record the model in the registry of its variant (:func:`config_variant`):
+            ``results/models.json`` under ``"<dataset>/<defense>"`` for the canonical configuration.
         max_epochs: stop after this many epochs *in total* and return the partial model (the resume
             state is kept; used to simulate a kill in tests).
         threads: ``torch.set_num_threads`` for this run (``None``: leave as is).
@@ -350,116 +351,159 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
             _register(cfg, record)
         return TrainResult(model, cfg, pd.read_csv(p["log"]), p["checkpoint"], record)
 
+    x, y, xv, yv = _training_data(cfg, dev)
+    st = _LoopState.fresh(cfg, x, dev)
+    if p["state"].exists():
+        st.restore(p["state"], p["log"])
+    start_epoch, wall_before = st.epoch, st.wall_time_s
+    end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, max_epochs)
+    t_run = time.perf_counter()
+    for epoch in range(start_epoch, end_epoch):
+        row = _train_epoch(cfg, st, x, y, epoch, dev, progress)
+        row["val_acc"] = accuracy(st.model, xv, yv)
+        if st.store is not None:
+            row.update(_fidelity_probe(cfg, st.model, x, y, st.store, n=16 if cfg.profile == "smoke" else 128,
+                                       inner_iters=cfg.iters_at(epoch + 1)))
+        st.rows.append(row)
+        st.epoch, st.wall_time_s = epoch + 1, wall_before + (time.perf_counter() - t_run)
+        # log first, then the state that points at it: a kill between the two re-runs one epoch at most
+        ex.atomic_write_text(p["log"], pd.DataFrame(st.rows).to_csv(index=False))
+        st.save(p["state"])
+        if progress:
+            print(f"[{cfg.dataset}/{cfg.defense}] epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} "
+                  f"train {row['train_acc']:.4f} val {row['val_acc']:.4f} ({row['epoch_time_s']:.0f} s)", flush=True)
+    log = pd.DataFrame(st.rows)
+    if end_epoch < cfg.epochs:
+        st.model.cpu().eval()
+        return TrainResult(st.model, cfg, log, p["state"], {"partial": True, "epochs_done": end_epoch})
+    wall = wall_before + (time.perf_counter() - t_run) if end_epoch > start_epoch else wall_before
+    record = _finish(cfg, st.model, log, wall, dev, p)
+    if register:
+        _register(cfg, record)
+    return TrainResult(st.model, cfg, log, p["checkpoint"], record)
+
+
+def _training_data(cfg: TrainConfig, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """``(x, y, x_val, y_val)`` of a run: the training split (``n_train`` first examples; on ``dev``,
+    channels-last) and the validation split (its first ``n_val`` at the smoke profile)."""
     x, y = data_mod.tensors(cfg.dataset, "train")
     if cfg.n_train is not None:
         x, y = x[: cfg.n_train], y[: cfg.n_train]
     xv, yv = data_mod.tensors(cfg.dataset, "val")
     if cfg.profile == "smoke":
         xv, yv = xv[: ex.PROFILES["smoke"]["n_val"]], yv[: ex.PROFILES["smoke"]["n_val"]]
-    N = len(x)
-    steps_per_epoch = N // cfg.batch_size            # drop the last partial batch: every step the same size
-    torch.manual_seed(cfg.seed)
     # channels_last: mkldnn's NHWC convolutions are 1.4x (plain step) to 2x (PGD) faster on this CPU
-    model = models_mod.paper_cnn(cfg.dataset).to(dev, memory_format=torch.channels_last)
-    x = x.to(dev).contiguous(memory_format=torch.channels_last)
-    y = y.to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(cfg.epochs * steps_per_epoch))
-    gen_shuffle = torch.Generator().manual_seed(cfg.seed)
-    gen_noise = torch.Generator().manual_seed(cfg.seed + 1)
-    store = None
-    if cfg.defense == "cross_holder" and cfg.mode == "fast":
-        slots = 1 if cfg.classes == "runner_up" else 9
-        store = DirectionStore(N, slots, tuple(x.shape[1:]))
-    rows: list[dict[str, Any]] = []
-    start_epoch, wall_before = 0, 0.0
-    if p["state"].exists():
-        st = torch.load(p["state"], weights_only=True, map_location="cpu")
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        gen_shuffle.set_state(st["gen_shuffle"])
-        gen_noise.set_state(st["gen_noise"])
-        if store is not None:
-            store.load_state_dict(st["store"])
+    return x.to(dev).contiguous(memory_format=torch.channels_last), y.to(dev), xv, yv
+
+
+@dataclass
+class _LoopState:
+    """Everything a resumed run needs: model, optimizer, schedule, random generators, kept directions
+    (fast Cross-Hölder), the epoch rows so far, epochs done and wall time."""
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    gen_shuffle: torch.Generator
+    gen_noise: torch.Generator
+    store: DirectionStore | None
+    steps_per_epoch: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0
+    wall_time_s: float = 0.0
+
+    @classmethod
+    def fresh(cls, cfg: TrainConfig, x: torch.Tensor, dev: torch.device) -> "_LoopState":
+        steps_per_epoch = len(x) // cfg.batch_size   # drop the last partial batch: every step the same size
+        torch.manual_seed(cfg.seed)
+        model = models_mod.paper_cnn(cfg.dataset).to(dev, memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(cfg.epochs * steps_per_epoch))
+        store = None
+        if cfg.defense == "cross_holder" and cfg.mode == "fast":
+            store = DirectionStore(len(x), 1 if cfg.classes == "runner_up" else 9, tuple(x.shape[1:]))
+        return cls(model, opt, sched, torch.Generator().manual_seed(cfg.seed),
+                   torch.Generator().manual_seed(cfg.seed + 1), store, steps_per_epoch)
+
+    def restore(self, state_path: Path, log_path: Path) -> None:
+        st = torch.load(state_path, weights_only=True, map_location="cpu")
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.gen_shuffle.set_state(st["gen_shuffle"])
+        self.gen_noise.set_state(st["gen_noise"])
+        if self.store is not None:
+            self.store.load_state_dict(st["store"])
         # the epoch rows travel with the state (the log CSV may be missing in a fresh checkout)
         if "log_rows" in st:
             rows = list(st["log_rows"])
         else:
-            log_csv = next((f for f in (p["state"].parent / "log.csv", p["log"]) if f.exists()), None)
+            log_csv = next((f for f in (state_path.parent / "log.csv", log_path) if f.exists()), None)
             rows = pd.read_csv(log_csv).to_dict("records") if log_csv is not None else []
-        rows = rows[: st["epoch"]]
-        start_epoch, wall_before = st["epoch"], float(st["wall_time_s"])
-    end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, max_epochs)
+        self.rows = rows[: st["epoch"]]
+        self.epoch, self.wall_time_s = st["epoch"], float(st["wall_time_s"])
 
+    def save(self, state_path: Path) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "gen_shuffle": self.gen_shuffle.get_state(),
+                 "gen_noise": self.gen_noise.get_state(), "epoch": self.epoch, "wall_time_s": self.wall_time_s,
+                 "log_rows": [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in self.rows]}
+        if self.store is not None:
+            state["store"] = self.store.state_dict()
+        models_mod.atomic_torch_save(state, state_path)
+
+
+def _train_epoch(cfg: TrainConfig, st: _LoopState, x: torch.Tensor, y: torch.Tensor, epoch: int,
+                 dev: torch.device, progress: bool) -> dict[str, Any]:
+    """One epoch of optimizer steps; its log row (mean loss terms, train accuracy, lr, time)."""
     from tqdm.auto import tqdm
 
-    t_run = time.perf_counter()
-    for epoch in range(start_epoch, end_epoch):
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(N, generator=gen_shuffle)
-        sums: dict[str, float] = {}
-        correct = 0
-        bar = tqdm(range(steps_per_epoch), desc=f"{cfg.dataset}/{cfg.defense} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False, mininterval=2.0)
-        for s in bar:
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            idx_d = idx.to(dev)
-            xb, yb = x[idx_d], y[idx_d]
-            loss, terms, logits, keep = _step_loss(cfg, model, xb, yb, idx, store, gen_noise, cfg.iters_at(epoch))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {s}: {terms}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if keep is not None:
-                keep()
-            opt.step()
-            sched.step()
-            terms["loss"] = loss.item()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            correct += int((logits.argmax(1) == yb).sum())
-            if progress and s % 20 == 0:
-                bar.set_postfix(loss=f"{terms['loss']:.3f}")
-        epoch_time = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()},
-               "train_acc": correct / (steps_per_epoch * cfg.batch_size), "val_acc": accuracy(model, xv, yv),
-               "lr": sched.get_last_lr()[0], "epoch_time_s": round(epoch_time, 2)}
-        for k in ("grad_term", "hess_term"):
-            row.setdefault(k, 0.0)
-        row["regularizer"] = cfg.lam1 * (row["grad_term"] + cfg.lam2 * row["hess_term"]) \
-            if cfg.defense in ("cross_lipschitz", "cross_holder") else 0.0
-        if store is not None:
-            row.update(_fidelity_probe(cfg, model, x, y, store, n=16 if cfg.profile == "smoke" else 128,
-                                       inner_iters=cfg.iters_at(epoch + 1)))
-        rows.append(row)
-        wall = wall_before + (time.perf_counter() - t_run)
-        # log first, then the state that points at it: a kill between the two re-runs one epoch at most
-        ex.atomic_write_text(p["log"], pd.DataFrame(rows).to_csv(index=False))
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "gen_shuffle": gen_shuffle.get_state(), "gen_noise": gen_noise.get_state(), "epoch": epoch + 1,
-                 "wall_time_s": wall, "log_rows": [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]}
-        if store is not None:
-            state["store"] = store.state_dict()
-        models_mod.atomic_torch_save(state, p["state"])
-        if progress:
-            print(f"[{cfg.dataset}/{cfg.defense}] epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} "
-                  f"train {row['train_acc']:.4f} val {row['val_acc']:.4f} ({epoch_time:.0f} s)", flush=True)
-    log = pd.DataFrame(rows)
-    if end_epoch < cfg.epochs:
-        model.cpu().eval()
-        return TrainResult(model, cfg, log, p["state"], {"partial": True, "epochs_done": end_epoch})
+    t0 = time.perf_counter()
+    st.model.train()
+    perm = torch.randperm(len(x), generator=st.gen_shuffle)
+    sums: dict[str, float] = {}
+    correct = 0
+    bar = tqdm(range(st.steps_per_epoch), desc=f"{cfg.dataset}/{cfg.defense} epoch {epoch + 1}/{cfg.epochs}",
+               disable=not progress, leave=False, mininterval=2.0)
+    for s in bar:
+        idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        idx_d = idx.to(dev)
+        xb, yb = x[idx_d], y[idx_d]
+        loss, terms, logits, keep = _step_loss(cfg, st.model, xb, yb, idx, st.store, st.gen_noise,
+                                               cfg.iters_at(epoch))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {s}: {terms}")
+        st.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if keep is not None:
+            keep()
+        st.opt.step()
+        st.sched.step()
+        terms["loss"] = loss.item()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v
+        correct += int((logits.argmax(1) == yb).sum())
+        if progress and s % 20 == 0:
+            bar.set_postfix(loss=f"{terms['loss']:.3f}")
+    row = {"epoch": epoch + 1, **{k: v / st.steps_per_epoch for k, v in sums.items()},
+           "train_acc": correct / (st.steps_per_epoch * cfg.batch_size), "val_acc": float("nan"),
+           "lr": st.sched.get_last_lr()[0], "epoch_time_s": round(time.perf_counter() - t0, 2)}
+    for k in ("grad_term", "hess_term"):
+        row.setdefault(k, 0.0)
+    row["regularizer"] = cfg.lam1 * (row["grad_term"] + cfg.lam2 * row["hess_term"]) \
+        if cfg.defense in ("cross_lipschitz", "cross_holder") else 0.0
+    return row
 
-    wall = wall_before + (time.perf_counter() - t_run) if end_epoch > start_epoch else wall_before
+
+def _finish(cfg: TrainConfig, model: nn.Module, log: pd.DataFrame, wall: float, dev: torch.device,
+            p: dict[str, Path]) -> dict[str, Any]:
+    """Test accuracy, the checkpoint and its sidecar record; the resume state is removed."""
     xt, yt = data_mod.tensors(cfg.dataset, "test")
     if cfg.profile == "smoke":
         xt, yt = xt[:1000], yt[:1000]
     model.eval()
     test_acc = accuracy(model, xt, yt)
     model.cpu()
-    meta = {"run_id": cfg.run_id, "config": cfg.relevant()}
-    models_mod.save(model, p["checkpoint"], meta=meta)
+    models_mod.save(model, p["checkpoint"], meta={"run_id": cfg.run_id, "config": cfg.relevant()})
     record = {
         "dataset": cfg.dataset, "defense": cfg.defense, "run_id": cfg.run_id,
         "checkpoint": paths.relative_to_root(p["checkpoint"]), "log": paths.relative_to_root(p["log"]),
@@ -472,9 +516,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
     }
     ex.atomic_write_json(p["sidecar"], record)
     _remove_state(p["state"])
-    if register:
-        _register(cfg, record)
-    return TrainResult(model, cfg, log, p["checkpoint"], record)
+    return record
 
 
 def _fidelity_probe(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
