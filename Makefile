@@ -1,8 +1,8 @@
 # crossholder: the whole pipeline as file rules.
-#   make figures   set up, fetch data, execute notebooks 01, 02, 04 (papermill), write results/ and figures/
+#   make figures   set up, fetch data, execute notebooks 01, 02, 04-07 (papermill), write results/ and figures/
 #   make selection the hyperparameter grid of notebook 03 (hours at the cpu profile)
 #   make test      set up, fetch data, run the test suite (unit tests, notebook checks, nbval)
-#   make lab       JupyterLab on the project kernel
+#   make lab       JupyterLab at the project root on the project kernel (LAB_ARGS for a remote machine)
 # Both main targets are idempotent: a second run skips what is done.
 
 SHELL   := /bin/bash
@@ -91,7 +91,15 @@ $(STAMPS)/04.done: $(NB)/04_robustness.ipynb $(STAMPS)/02.done $(LIB) | $(RAW)
 	$(call run,$<,-fashion_mnist,-p dataset fashion_mnist)
 	@mkdir -p $(STAMPS) && touch $@
 
-FIGURE_STAMPS := $(STAMPS)/01.done $(STAMPS)/02.done $(STAMPS)/04.done
+# 05-07: analysis notebooks; they compute nothing and show tables generated from results/ (crossholder.reports)
+ANALYSES := $(sort $(wildcard $(NB)/0[5-9]_*.ipynb))
+# (they show the committed cpu results, so they run only in the canonical run: in place, no parameters)
+$(STAMPS)/analyses.done: $(ANALYSES) $(LIB) | $(STAMP)
+	@if [ -z "$(CANONICAL)" ]; then echo "notebooks 05-07 show the committed cpu results: skipped"; else \
+	  for nb in $(ANALYSES); do $(PAPERMILL) $$nb $$nb && $(STRIP) $$nb || exit 1; done; \
+	  mkdir -p $(STAMPS) && touch $@; fi
+
+FIGURE_STAMPS := $(STAMPS)/01.done $(STAMPS)/02.done $(STAMPS)/04.done $(STAMPS)/analyses.done
 figures: $(FIGURE_STAMPS)
 selection: $(STAMPS)/03.done
 
@@ -106,8 +114,11 @@ test: $(STAMP) | $(RAW)
 bench: $(STAMP) | $(RAW)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
+# JupyterLab at the project root (README, figures/, results/ browsable); on a remote machine:
+#   make lab LAB_ARGS="--no-browser --ip=127.0.0.1 --port=8888"   then ssh -L 8888:127.0.0.1:8888 HOST
+LAB_ARGS ?=
 lab: $(STAMP) | $(RAW)
-	$(VENV)/bin/jupyter lab --notebook-dir=.
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ARGS)
 
 clean:
 	rm -rf .pytest_cache

@@ -24,13 +24,22 @@ EXPECTED = {
     "03_hyperparameter_selection": COMMON | {"dataset", "grid"},
     "04_robustness": COMMON | {"dataset", "protocol", "n_examples", "steps", "restarts", "eps_max", "eps_step", "sanity_n",
                                 "autoattack_n"},
+    # analysis notebooks: they compute nothing, only show tables generated from results/ (crossholder.reports)
+    "05_fast_cross_holder": {"results_root"},
+    "06_runner_up_or_all_classes": {"results_root"},
+    "07_results_in_detail": {"results_root"},
 }
+ANALYSES = {name for name, params in EXPECTED.items() if params == {"results_root"}}
+COMPUTING = [p for p in NOTEBOOKS if p.stem not in ANALYSES]
 MAKES_FIGURES = {"01_hessian_norm_estimation", "02_training", "04_robustness"}
 BAD = {  # one bad value per notebook, and the message it must produce
     "01_hessian_norm_estimation": ({"method": "newton"}, "method='newton'"),
     "02_training": ({"defense": "dropout"}, "defense='dropout'"),
     "03_hyperparameter_selection": ({"dataset": "svhn"}, "dataset='svhn'"),
     "04_robustness": ({"dataset": "cifar10"}, "dataset='cifar10'"),
+    **{name: ({"profile": "smoke"}, "unknown parameter 'profile'") for name in ("05_fast_cross_holder",
+                                                                                "06_runner_up_or_all_classes",
+                                                                                "07_results_in_detail")},
 }
 
 
@@ -54,7 +63,7 @@ def smoke_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("nb", COMPUTING, ids=lambda p: p.stem)
 def test_smoke_run(nb, smoke_env):
     out = smoke_env / nb.name
     pm.execute_notebook(str(nb), str(out), parameters={"profile": "smoke"}, kernel_name="crossholder",
@@ -83,13 +92,14 @@ def test_smoke_run_of_the_strongest_protocol(smoke_env):
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_bad_parameter_fails_clearly(nb, smoke_env):
     params, message = BAD[nb.stem]
+    base = {} if nb.stem in ANALYSES else {"profile": "smoke"}
     with pytest.raises(pm.PapermillExecutionError) as err:
-        pm.execute_notebook(str(nb), str(smoke_env / nb.name), parameters={"profile": "smoke", **params},
+        pm.execute_notebook(str(nb), str(smoke_env / nb.name), parameters={**base, **params},
                             kernel_name="crossholder", cwd=str(smoke_env), progress_bar=False)
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("nb", COMPUTING, ids=lambda p: p.stem)
 def test_unknown_or_mistyped_parameter_fails_before_any_work(nb, smoke_env):
     """Issue 18, item 5: papermill only warns on an unknown -p name; the notebook itself must fail, naming it
     and listing its parameters, before it computes or writes anything; a value of the wrong type likewise."""
@@ -104,15 +114,12 @@ def test_unknown_or_mistyped_parameter_fails_before_any_work(nb, smoke_env):
 
 
 def test_readme_tables_match_committed_results():
-    """README.md's result tables are generated from results/ (tools/readme_tables.py), never typed."""
-    import importlib.util
+    """README.md's result tables are generated from results/ (crossholder.reports), never typed."""
+    from crossholder import reports
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("readme_tables", root / "tools" / "readme_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    readme = (root / "README.md").read_text()
-    assert mod.render(readme) == readme, "README.md is stale: run .venv/bin/python tools/readme_tables.py"
+    readme = (ROOT / "README.md").read_text()
+    assert reports.render(readme) == readme, "README.md is stale: run .venv/bin/python -m crossholder.reports"
+    assert len(readme.encode()) <= 15_000, "the README is the front door: at most 15 KB (analyses go to notebooks)"
 
 
 # ---------------------------------------------------------------- sources, parameters, variants (issue 20)
@@ -156,7 +163,7 @@ def test_source_notebook_has_no_injected_parameters_and_stable_ids(nb):
     assert [c.get("id") for c in ipynb.cells] == [f"cell-{i}" for i in range(len(ipynb.cells))]
 
 
-@pytest.mark.parametrize("nb", [p for p in NOTEBOOKS if p.stem != "02_training"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("nb", [p for p in COMPUTING if p.stem != "02_training"], ids=lambda p: p.stem)
 def test_canonical_run_is_the_parameters_cell(nb):
     """notebooks.CANONICAL (what the committed results stand on) equals the defaults in the notebook,
     so only a changed value makes a run a variant; a changed value always does."""

@@ -1,9 +1,13 @@
-"""Regenerate the README's result tables from the committed results files (never by hand).
+"""Result tables as Markdown, generated from the committed results files (never typed by hand).
 
-    .venv/bin/python tools/readme_tables.py          # rewrite the marked sections of README.md
-    .venv/bin/python tools/readme_tables.py --check  # exit 1 if README.md is out of date
+Each ``*_table()`` reads ``results/`` and returns a Markdown table; the analysis notebooks show
+them (``IPython.display.Markdown``) and the README embeds some between markers:
 
-Sections between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers are replaced:
+    .venv/bin/python -m crossholder.reports          # rewrite the marked sections of README.md
+    .venv/bin/python -m crossholder.reports --check  # exit 1 if README.md is out of date
+
+Sections between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers are replaced (the names
+of :data:`TABLES`):
 
 * ``figure3``: ``results/mnist/hessian/norms-*.csv`` of the ``cpu`` profile (notebook 01's claims);
 * ``models``: ``results/models.json`` (clean test accuracy, hyperparameters, training wall time);
@@ -36,7 +40,9 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
+from .paths import project_root
+
+ROOT = project_root()
 NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 DEFENSE_NAMES = {"none": "none", "cross_lipschitz": "Cross-Lipschitz", "cross_holder": "Cross-Hölder",
                  "adversarial": "PGD adversarial training"}
@@ -106,6 +112,25 @@ def claims_table(root: Path = ROOT) -> str:
             ci = {True: "yes", False: "no"}.get(_bool(r.get("beyond_ci")), "")
             lines.append(f"| {r['claim']} | {_cell(r['statement'])} | {r['attack']} | {sup} | {ci} | "
                          f"{_cell(r['evidence'])} |")
+    return "\n".join(lines)
+
+
+def verdicts_table(root: Path = ROOT) -> str:
+    """The README's one verdict table: each claim once, judged on its own attack (a worst-case claim on
+    the per-example worst case, and on ``strongest`` where that curve exists); the evidence is in
+    :func:`claims_table` (notebook 07)."""
+    lines = ["| claim | the paper says | judged on | supported | beyond the 95% CIs |", "|---|---|---|---|---|"]
+    for ds in NAMES:
+        f = root / "results" / ds / "claims.csv"
+        if not f.exists():
+            lines.append(f"| {NAMES[ds]} | not evaluated yet | | | |")
+            continue
+        for _, r in pd.read_csv(f).iterrows():
+            if r["attack"] == "worst-min":
+                continue
+            sup = {True: "**yes**", False: "**no**"}.get(_bool(r["supported"]), "not evaluated")
+            ci = {True: "yes", False: "no"}.get(_bool(r.get("beyond_ci")), "")
+            lines.append(f"| {r['claim']} | {_cell(r['statement'])} | {r['attack']} | {sup} | {ci} |")
     return "\n".join(lines)
 
 
@@ -474,15 +499,23 @@ def step_size_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"step_size": step_size_table, "speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "fidelity_robustness": fidelity_robustness_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table}
+TABLES = {"step_size": step_size_table, "speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "fidelity_robustness": fidelity_robustness_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table,
+          "verdicts": verdicts_table}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
-    """``readme`` with every marked section replaced by its freshly generated table."""
+    """``readme`` with every marked section replaced by its freshly generated table.
+
+    Raises:
+        ValueError: a marker names no table of :data:`TABLES`.
+    """
+    unknown = sorted(set(re.findall(r"<!-- table:(\w+) -->", readme)) - set(TABLES))
+    if unknown:
+        raise ValueError(f"unknown table marker(s) {unknown}; known: {sorted(TABLES)}")
     for name, fn in TABLES.items():
         pat = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)", re.S)
         if not pat.search(readme):
-            raise ValueError(f"README.md lacks the markers <!-- table:{name} --> ... <!-- /table:{name} -->")
+            continue
         table = fn(root)
         readme = pat.sub(lambda m: m.group(1) + table + "\n" + m.group(2), readme)
     return readme
@@ -494,7 +527,7 @@ def main(argv: list[str]) -> int:
     new = render(old)
     if "--check" in argv:
         if new != old:
-            print("README.md's tables differ from results/: run .venv/bin/python tools/readme_tables.py")
+            print("README.md's tables differ from results/: run .venv/bin/python -m crossholder.reports")
             return 1
         return 0
     path.write_text(new)

@@ -1,0 +1,194 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (crossholder)
+#     language: python
+#     name: crossholder
+# ---
+
+# %% [markdown]
+# # 07 · The results in detail: Figure 3, the models, the selection, the attacks, the claims
+#
+# An analysis notebook: it computes nothing and only shows tables generated from the committed files in `results/` (`crossholder.reports`), with what we read in them. The runs behind them are named in each table's source (`crossholder.reports`) and in the text.
+
+# %% tags=["parameters"]
+results_root: str = ""  # project root whose results/ the tables read ("": this repository)
+
+# %%
+from crossholder import notebooks
+
+notebooks.check_parameters(globals())  # an unknown or mistyped parameter fails here, before any work
+
+# %%
+from pathlib import Path
+
+from IPython.display import Markdown, display
+
+from crossholder import paths, reports
+
+root = Path(results_root) if results_root else paths.project_root()
+
+# %% [markdown]
+# ## Figure 3: |Hg| is not the Hessian's operator norm
+#
+# On the undefended MNIST CNN, all 10,000 test images, the runner-up margin (notebook 01):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+display(Markdown(reports.figure3_table(root)))
+
+# %% [markdown]
+# ![Figure 3a](../figures/fig3a_hessian_norm_histograms.png)
+#
+# Beyond the paper: on the trained network the paper's estimator (projected ascent, T = 10, o = 0.1,
+# 21 Hessian-vector products) is within a median 0.05% of a 20-product Lanczos estimate (90% quantile
+# 3.4%); Lanczos with 10 products is within 3.9e-6 (median) of the exact norm from the full
+# 784 × 784 Hessian, power iteration with 10 products within 2.3e-3
+# ([figure](../figures/extra_hessian_norm_convergence.png)). On an *untrained* network (‖H‖ ≈ 5e-4)
+# the ascent's absolute step o = 0.1 barely moves v: the step is not scale-free.
+
+# %% [markdown]
+# ## The models
+#
+# `results/models.json`, `cpu` profile, seed 0; the paper's admissibility criterion is ≥ 99% clean
+# accuracy on MNIST and ≥ 88% on Fashion-MNIST, and all eight models meet it. The hyperparameters
+# are the paper's picks except for Fashion-MNIST adversarial training and Cross-Hölder: the paper's
+# picks (ε = 4; λ1 = 0.2, λ2 = 0.5) reach only 82.0% and 86.8% clean test accuracy here, so the
+# registered models are the admissible winners of our grid (next section). Wall times are one
+# thread on a shared 2-core CPU.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+display(Markdown(reports.models_table(root)))
+
+# %% [markdown]
+# ## Hyperparameter selection (notebook 03)
+#
+# The paper's procedure (appendix C.2) at the `cpu` profile: every grid point is a full 10-epoch
+# training run on the 57,000-image training split (Cross-Hölder compiled), judged on the 3,000-image
+# validation split; admissible if its clean validation accuracy is ≥ 99% (MNIST) / ≥ 88%
+# (Fashion-MNIST); the winner is the admissible point with the best sum of worst-case (paper's
+# minimum) adversarial accuracy at ε = 3 and 4 on 500 validation images (L2 PGD, 20 steps × 2
+# restarts, both losses). The whole grid is 17 + 19 training runs, about 10 h of this machine per
+# data set, so it fills point by point (`python -m crossholder.selection --dataset ... --point ...`,
+# cached under `results/<dataset>/selection/points/`). Both grids are complete; from
+# `results/<dataset>/selection/grid-cpu.csv`:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+display(Markdown(reports.selection_table(root)))
+
+# %% [markdown]
+# **The MNIST grid is complete (17 points).** The paper's pick wins for adversarial training (ε = 5,
+# 1.918; ε = 6 ties on the score but fails the 99% criterion). For Cross-Lipschitz λ1 = 0.4 scores
+# 1.904 against the paper's 0.2 at 1.890; for Cross-Hölder (0.05, 0.5) scores 1.894 against the
+# paper's (0.02, 0.5) at 1.872. Those margins are 7 and 11 of the 1,000 attacked (image, ε) pairs,
+# and the standard error of one accuracy at n = 500 is about 1 point, so the grid does not separate
+# the winners from the paper's picks. Every Cross-Hölder point is admissible (99.20–99.30%
+# validation accuracy) and scores between 1.858 and 1.894; within each λ2, a larger λ1 scores
+# higher. The accuracy criterion would allow stronger regularization than the paper chose.
+#
+# **The Fashion-MNIST grid is complete (19 points).** Here the 88% criterion decides every row. Clean
+# validation accuracy falls monotonically as ε, λ1 or λ2 grows (Cross-Hölder: from 89.07% at
+# (0.1, 0.25) to 81.10% at (0.4, 1)), while the score rises up to the strongest settings, so each
+# winner is the strongest admissible point: Cross-Lipschitz λ1 = 0.15 (the paper's pick, 1.076);
+# Cross-Hölder (0.1, 0.5) (1.176), where the paper's (0.2, 0.5) reaches 87.20%; adversarial
+# training ε = 1 (1.004), where the paper's ε = 4 reaches 81.87%. Only two Cross-Hölder points and
+# two AT points are admissible at all. Under our ε unit, then, the paper's Fashion-MNIST picks for
+# AT and Cross-Hölder fail its own criterion (the ε-unit item of "Where the paper is silent" below), and the
+# registered models are the grid's winners.
+#
+# The registered models (`results/models.json`, what notebook 04 evaluates) follow
+# `crossholder.experiments.FINAL`: the paper's pick, unless the grid shows that pick inadmissible and
+# has an admissible winner; tests check both that FINAL departs from the paper only for such a
+# winner and that `models.json` holds exactly the runs FINAL names.
+
+# %% [markdown]
+# ## Figures 1, 2, 4, 5: adversarial accuracy against ε
+#
+# **Status: the curves, tables and verdicts of this section come from the legacy `paper-v1`
+# protocol (the paper's PGD alone, at Madry et al.'s step 2.5 ε / steps), which a stronger attack
+# breaks** (AutoAttack, below: by up to 26 points on 50 images). Treat every level and verdict here
+# as an upper bound. The `strongest` protocol that replaces it is in the library
+# (`crossholder.evaluation.PROTOCOLS`, the default of `evaluate_model`): the paper's PGD at step
+# ε/4, plus APGD-CE, APGD-T and the minimum-norm attack FAB from `pyautoattack`, an image counting
+# as robust at ε only if no attack found a verified witness of norm ≤ ε, on the first 1,000 test
+# images. Its curves are being computed (`python -m crossholder.evaluation --dataset D --defense M`;
+# about 45 minutes of this 2-core machine per robust model); this section is regenerated from them
+# when all eight have landed.
+#
+# PGD's step, measured (the paper gives none): robust accuracy (%) of the paper's PGD (50 steps ×
+# 10 restarts, CE and CW, per-example worst case) on the first 200 test images, for steps ε/20
+# (Madry et al.'s 2.5 ε / steps, our default up to now), ε/10, ε/4 and ε/2; the lowest (strongest)
+# in bold:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+display(Markdown(reports.step_size_table(root)))
+
+# %% [markdown]
+# L2 PGD, cross-entropy and CW losses, 50 steps × 10 restarts, on the first `n` test images (`cpu`
+# profile), ε in the paper's units (standardized inputs: ε_pixel = ε · std). Per-example worst case
+# (an image counts as robust only if it survives both attacks), in parentheses the paper's worst case
+# (the minimum of the two accuracies), in %:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+display(Markdown(reports.robustness_table(root)))
+
+# %% [markdown]
+# In short: every defense is far more robust than the undefended model; Cross-Hölder stays above
+# Cross-Lipschitz for ε > 4 on MNIST (beyond the confidence intervals in the worst case) and from
+# ε = 2 on on Fashion-MNIST (by 2 to 17 points, per-example worst case; not beyond the intervals
+# there, claim F1 below), so the paper's central comparison holds (on MNIST against our
+# runner-up Cross-Lipschitz; against the paper's all-class form it is a tie beyond ε = 4, see
+# "Runner-up class or every class"); but PGD adversarial training is above Cross-Hölder on MNIST at every ε ≥ 4,
+# where the paper has Cross-Hölder ahead. On Fashion-MNIST the comparison with adversarial
+# training depends on admissibility: the admissible AT model (ε = 1.0, 0.35 pixels) falls below
+# Cross-Hölder from ε = 2 on, while the paper's inadmissible pick (ε = 4, 82% clean accuracy here)
+# stays above it from ε = 3 on (worst case 68.3% against 53.7% at ε = 4; its curve is kept in
+# `results/fashion_mnist/robustness/adversarial-05812b5e49.csv`), which is the paper's Figure 2
+# ordering. The paper's admissible Fashion-MNIST AT model is at 88% clean accuracy or more with
+# ε = 4; ours is not, and the grid's ε = 2 (87.2% validation accuracy) misses the criterion too.
+#
+# **An independent, stronger attack changes the levels** (beyond the paper): AutoAttack's standard
+# L2 version (APGD-CE, APGD-T, FAB-T, Square) on the first 50 test images of each model, against
+# our per-example worst case on the same images (`gap` = ours − AutoAttack, in points):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+display(Markdown(reports.autoattack_table(root)))
+
+# %% [markdown]
+# At ε = 3 the two agree within a few points; at ε = 5 the paper's 50-step × 10-restart PGD
+# overstates the robustness of the two gradient regularizers on MNIST (by 18 and 26 points) and of
+# Cross-Lipschitz on Fashion-MNIST (14) far more than that of adversarial training (2–4). The
+# ordering Cross-Hölder > Cross-Lipschitz survives AutoAttack; on MNIST the gap to adversarial
+# training widens. The Carlini et al. sanity checks all pass
+# (`results/<dataset>/robustness/sanity-*.csv`): they do not catch this, AutoAttack's targeted
+# attacks do. Treat the PGD curves above as upper bounds, as the paper's are.
+#
+# ![Figure 1: MNIST, worst case](../figures/fig1_mnist_worst_case.png)
+# ![Figure 2: Fashion-MNIST, worst case](../figures/fig2_fashion_mnist_worst_case.png)
+#
+# Panels per attack: `figures/fig4a_…`, `fig4b_…`, `fig4c_…` (MNIST) and `fig5a_…` to `fig5c_…`
+# (Fashion-MNIST), PNG and PDF, drawn by notebook 04 from `results/<dataset>/robustness.csv`.
+
+# %% [markdown]
+# ## The paper's claims against our curves
+#
+# `supported`: the claim holds on our point estimates (thresholds in `crossholder.evaluation.CLAIMS`;
+# "quite effective" is read as accuracy ≥ 0.7); `beyond the 95% CIs`: the verdict also holds with
+# the Wilson intervals (otherwise the difference is within sampling noise at n = 300). Both
+# worst cases are checked: the paper's (`worst-min`) and the per-example one.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+display(Markdown(reports.claims_table(root)))
