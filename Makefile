@@ -16,7 +16,7 @@ DEVICE  ?= cpu
 PAPERMILL := $(VENV)/bin/papermill --kernel $(KERNEL) --log-level WARNING --request-save-on-cell-execute
 PMARGS  := -p profile $(PROFILE) -p device $(DEVICE)
 
-.PHONY: all setup data test figures selection lab bench clean distclean
+.PHONY: all setup data test figures selection lab bench browser clean distclean
 all: figures
 
 # ---------------------------------------------------------------- environment
@@ -110,6 +110,14 @@ NBVAL_ARGS = --nbval-lax --nbval-kernel-name $(KERNEL) --nbval-sanitize-with tes
 test: $(STAMP) | $(RAW)
 	nbs="$$($(PY) -m crossholder.notebooks executed $(NOTEBOOKS) $(wildcard $(RUNS)/*.ipynb))"; \
 	$(PY) -m pytest tests $$nbs $(NBVAL_ARGS) -p no:cacheprovider
+
+# Debian's Chromium and its driver for tests/test_lab_browser.py (the test runs this only when they are missing)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else \
+	  echo "installing chromium and chromium-driver needs root (apt-get)"; exit 1; fi; \
+	$$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
 bench: $(STAMP) | $(RAW)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
