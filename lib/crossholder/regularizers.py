@@ -235,99 +235,124 @@ def _regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam
             return _compiled_loss(layers, x, y, lam1=lam1, lam2=lam2, p=p, q=q, classes=classes, J=J, v0=v0,
                                   inner_iters=inner_iters, generator=generator, power_dtype=pdt,
                                   backward_step=backward_step)
-        if layers is not None:
-            # explicit second-order passes (hessian module): one forward on B, everything else plain ops
-            cache = explicit_forward(layers, x.detach())
-            z = cache.logits
-        else:
-            x_rep = x.detach().repeat((J,) + (1,) * (x.dim() - 1)).requires_grad_(True)
-            z = model(x_rep)
-        K = z.shape[1]
-        logits = z[:B]
+        logits, jj, g, hv_graph, hv_of = _margin_passes(model, layers, x, y, classes=classes, J=J,
+                                                        low_power=pdt if inner == "power" else None)
         ce = F.cross_entropy(logits if logits_train is None else logits_train, y)
-        if classes == "all":
-            jj = other_classes(y, K)                                  # (B, J)
-        else:
-            jj = _runner_up(logits, y)
-        j_rep = jj.t().reshape(-1)                                    # slot-major (J*B,)
-        y_rep = y.repeat(J)
-        if layers is not None:
-            cache_j = cache.repeat(J) if J > 1 else cache
-            e = F.one_hot(y_rep, K).to(x.dtype) - F.one_hot(j_rep, K).to(x.dtype)
-            g, adj = explicit_backward(cache_j, e)
-
-            def hv_graph(vec: torch.Tensor) -> torch.Tensor:
-                return explicit_hvp(cache_j, adj, vec)
-
-            low: list = []   # the cache and adjoints in power_dtype, cast once for all power steps
-
-            def hv_of(vec: torch.Tensor) -> torch.Tensor:
-                with torch.no_grad():
-                    if inner == "power" and pdt is not None:
-                        if not low:
-                            low.extend(cast_passes(cache_j, adj, pdt))
-                        return explicit_hvp(low[0], low[1], vec, dtype=pdt).to(vec.dtype)
-                    return explicit_hvp(cache_j, adj, vec)
-        else:
-            m = z.gather(1, y_rep[:, None]).squeeze(1) - z.gather(1, j_rep[:, None]).squeeze(1)
-            (g,) = torch.autograd.grad(m.sum(), x_rep, create_graph=True)
-
-            def hv_graph(vec: torch.Tensor) -> torch.Tensor:      # zeros for a model with a zero input Hessian
-                return _second_grad(g, x_rep, vec, create_graph=True)
-
-            def hv_of(vec: torch.Tensor) -> torch.Tensor:
-                return _second_grad(g, x_rep, vec, retain_graph=True)
-        rep_shape = (J * B,) + tuple(x.shape[1:])
         gn = _norm(g, q)                                              # (J*B,)
         grad_term = gn.view(J, B).sum(0).mean()
         hess_term = torch.zeros((), dtype=x.dtype, device=x.device)
         hn_out = v_next = v_leaf = None
         hvps = 0
         if lam2 > 0:
-            if v0 is None:
-                v = torch.randn(rep_shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-            else:
-                if v0.shape != (B, J) + tuple(x.shape[1:]):
-                    raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected {(B, J) + tuple(x.shape[1:])}")
-                v = v0.detach().to(device=x.device, dtype=x.dtype).transpose(0, 1).reshape(rep_shape)
-            v = _normalize(v, p)
-            if backward_step:
-                v_leaf = v = v.detach().requires_grad_(True)
-            if inner == "lanczos" and inner_iters > 0:
-                from .hessian import _lanczos
-
-                class _Op:  # the interface hessian._lanczos expects
-                    count, j = 0, None
-
-                    def __call__(self, vec: torch.Tensor) -> torch.Tensor:
-                        self.count += 1
-                        return hv_of(vec)
-
-                op = _Op()
-                with torch.no_grad():
-                    v = _lanczos(op, v, inner_iters, generator).v   # top Ritz vector of the Krylov space from v0
-                hvps += op.count
-            for _ in range(inner_iters if inner != "lanczos" else 0):
-                u = hv_of(v)
-                hvps += 1
-                if inner == "power":
-                    v = _normalize(u, 2.0)
-                else:
-                    grad_v = hv_of(_dual(u, q))
-                    hvps += 1
-                    v = _normalize(v + step * grad_v, p)
-            hv = hv_graph(_through(v, v_leaf))
-            hvps += 1
-            hn = _norm(hv, q)
-            hess_term = hn.view(J, B).sum(0).mean()
-            hn_out = hn.detach().view(J, B).t()
-            nxt = _normalize(hv.detach(), 2.0) if (p == 2 and q == 2) else v.detach()
-            v_next = nxt.view((J, B) + tuple(x.shape[1:])).transpose(0, 1)
+            hess_term, hn_out, v_next, v_leaf, hvps = _hessian_term(
+                hv_graph, hv_of, x, J=J, v0=v0, p=p, q=q, inner=inner, inner_iters=inner_iters, step=step,
+                generator=generator, backward_step=backward_step)
         loss = ce + lam1 * (grad_term + lam2 * hess_term)
     return RegularizedLoss(loss=loss, ce=ce.detach(), grad_term=grad_term.detach(), hess_term=hess_term.detach(),
                            logits=(logits if logits_train is None else logits_train).detach(), j=jj,
                            grad_norms=gn.detach().view(J, B).t(), hess_norms=hn_out,
                            v_next=v_next, hvps=hvps, v_leaf=v_leaf)
+
+
+def _margin_passes(model: nn.Module, layers, x: torch.Tensor, y: torch.Tensor, *, classes: str, J: int,
+                   low_power) -> tuple:
+    """The margins' first-order pass and their Hessian-vector products, on ``J`` copies of the batch
+    (slot-major ``(J*B, *S)``): explicit passes (hessian module) when ``layers`` is not ``None``, else
+    autograd. Returns ``(logits (B, K), classes j (B, J), gradients g (J*B, *S), hv_graph, hv_of)``:
+    ``hv_graph(v)`` keeps the graph (the training product), ``hv_of(v)`` does not (the inner loop; in
+    ``low_power`` dtype when given, the explicit passes cast once for all power steps)."""
+    B = x.shape[0]
+    if layers is not None:
+        # explicit second-order passes (hessian module): one forward on B, everything else plain ops
+        cache = explicit_forward(layers, x.detach())
+        z = cache.logits
+    else:
+        x_rep = x.detach().repeat((J,) + (1,) * (x.dim() - 1)).requires_grad_(True)
+        z = model(x_rep)
+    K = z.shape[1]
+    logits = z[:B]
+    jj = other_classes(y, K) if classes == "all" else _runner_up(logits, y)    # (B, J)
+    j_rep = jj.t().reshape(-1)                                                  # slot-major (J*B,)
+    y_rep = y.repeat(J)
+    if layers is not None:
+        cache_j = cache.repeat(J) if J > 1 else cache
+        e = F.one_hot(y_rep, K).to(x.dtype) - F.one_hot(j_rep, K).to(x.dtype)
+        g, adj = explicit_backward(cache_j, e)
+
+        def hv_graph(vec: torch.Tensor) -> torch.Tensor:
+            return explicit_hvp(cache_j, adj, vec)
+
+        low: list = []   # the cache and adjoints in the low dtype, cast once for all power steps
+
+        def hv_of(vec: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                if low_power is not None:
+                    if not low:
+                        low.extend(cast_passes(cache_j, adj, low_power))
+                    return explicit_hvp(low[0], low[1], vec, dtype=low_power).to(vec.dtype)
+                return explicit_hvp(cache_j, adj, vec)
+    else:
+        m = z.gather(1, y_rep[:, None]).squeeze(1) - z.gather(1, j_rep[:, None]).squeeze(1)
+        (g,) = torch.autograd.grad(m.sum(), x_rep, create_graph=True)
+
+        def hv_graph(vec: torch.Tensor) -> torch.Tensor:      # zeros for a model with a zero input Hessian
+            return _second_grad(g, x_rep, vec, create_graph=True)
+
+        def hv_of(vec: torch.Tensor) -> torch.Tensor:
+            return _second_grad(g, x_rep, vec, retain_graph=True)
+    return logits, jj, g, hv_graph, hv_of
+
+
+def _hessian_term(hv_graph, hv_of, x: torch.Tensor, *, J: int, v0: torch.Tensor | None, p: float, q: float,
+                  inner: str, inner_iters: int, step: float, generator: torch.Generator | None,
+                  backward_step: bool) -> tuple:
+    """The inner loop from ``v0`` (or fresh ``N(0, I)`` directions), then the training product.
+
+    Returns ``(hess_term (), ||H v|| (B, J), next kept directions (B, J, *S), v_leaf or None, products)``.
+    """
+    B = x.shape[0]
+    rep_shape = (J * B,) + tuple(x.shape[1:])
+    if v0 is None:
+        v = torch.randn(rep_shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+    else:
+        if v0.shape != (B, J) + tuple(x.shape[1:]):
+            raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected {(B, J) + tuple(x.shape[1:])}")
+        v = v0.detach().to(device=x.device, dtype=x.dtype).transpose(0, 1).reshape(rep_shape)
+    v = _normalize(v, p)
+    v_leaf = None
+    if backward_step:
+        v_leaf = v = v.detach().requires_grad_(True)
+    hvps = 0
+    if inner == "lanczos" and inner_iters > 0:
+        from .hessian import _lanczos
+
+        class _Op:  # the interface hessian._lanczos expects
+            count, j = 0, None
+
+            def __call__(self, vec: torch.Tensor) -> torch.Tensor:
+                self.count += 1
+                return hv_of(vec)
+
+        op = _Op()
+        with torch.no_grad():
+            v = _lanczos(op, v, inner_iters, generator).v   # top Ritz vector of the Krylov space from v0
+        hvps += op.count
+    for _ in range(inner_iters if inner != "lanczos" else 0):
+        u = hv_of(v)
+        hvps += 1
+        if inner == "power":
+            v = _normalize(u, 2.0)
+        else:
+            grad_v = hv_of(_dual(u, q))
+            hvps += 1
+            v = _normalize(v + step * grad_v, p)
+    hv = hv_graph(_through(v, v_leaf))
+    hvps += 1
+    hn = _norm(hv, q)
+    hess_term = hn.view(J, B).sum(0).mean()
+    nxt = _normalize(hv.detach(), 2.0) if (p == 2 and q == 2) else v.detach()
+    v_next = nxt.view((J, B) + tuple(x.shape[1:])).transpose(0, 1)
+    return hess_term, hn.detach().view(J, B).t(), v_next, v_leaf, hvps
 
 
 def warm_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v0: torch.Tensor, power_steps: int, *,
