@@ -537,7 +537,7 @@ def first_rows_so_far(dataset: str, defense: str, n_first: int, *, profile: str 
 
     prof = ex.PROFILES[ex.check_profile(profile)]
     n = n_examples or prof["eval_n"] or len(data_mod.tensors(dataset, "test")[1])
-    rec = (training.load_registered(dataset, defense) if run_id is None
+    rec = (training.load_registered(dataset, defense, training.profile_variant(profile)) if run_id is None
            else training.load_run(dataset, defense, run_id))[1]
     _, _, (_, per_csv, side, partial) = _identity(
         dataset=dataset, defense=defense, model_id=rec["run_id"], eps_list=eps_grid(profile), steps=prof["eval_steps"],
@@ -793,7 +793,7 @@ def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", see
     if n is not None:
         x, y = x[:n], y[:n]
     if run_id is None:
-        model, rec = training.load_registered(dataset, defense)
+        model, rec = training.load_registered(dataset, defense, training.profile_variant(profile))
     else:
         model, rec = training.load_run(dataset, defense, run_id)
     return evaluate_model(model, x, y, dataset=dataset, defense=defense, eps_list=eps_grid(profile, eps_max, eps_step),
@@ -858,8 +858,8 @@ def _checks(args, per: pd.DataFrame) -> None:
     """``--checks N`` of :func:`main`: :func:`strong_checks` on the first N test images (cached tables)."""
     from . import training
 
-    model, rec = (training.load_registered(args.dataset, args.defense) if args.run_id is None
-                  else training.load_run(args.dataset, args.defense, args.run_id))
+    model, rec = (training.load_registered(args.dataset, args.defense, training.profile_variant(args.profile))
+                  if args.run_id is None else training.load_run(args.dataset, args.defense, args.run_id))
     x, y = data_mod.tensors(args.dataset, "test")
     agree, mask = strong_checks(model, x[:args.checks], y[:args.checks], per.iloc[:args.checks], dataset=args.dataset,
                                 defense=args.defense, model_id=rec["run_id"], eps_list=eps_grid(args.profile),
