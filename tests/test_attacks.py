@@ -458,6 +458,27 @@ def test_fab_finds_the_closed_form_distance(multiclass):
     assert r.grad_evals == len(x) * 100 * 10, "FAB differentiates all 10 logits at each of its 100 iterations"
 
 
+def test_targeted_fab_finds_the_closed_form_distance_over_its_targets(multiclass):
+    """FAB-T: each of the t most likely other classes runs on every image and the smallest witness is kept,
+    so the distance lies in [d, 1.05 d] with d the closed-form distance to the nearest boundary (which is
+    among the 9 targets), and is never above untargeted FAB's by more than float rounding of the nearest
+    boundary's direction. One gradient row per iteration and target."""
+    lin, x, y, d = multiclass
+    r = attacks.fab(lin, x, y, targets=9)
+    assert bool(r.success.all())
+    ratio = r.norm.double() / d
+    assert float(ratio.min()) >= 1.0 - 1e-6 and float(ratio.max()) <= 1.05
+    assert r.grad_evals <= len(x) * 100 * 9
+    again = attacks.fab(lin, x, y, targets=9)
+    assert torch.equal(again.norm, r.norm), "seeded runs repeat exactly"
+    one = attacks.fab(lin, x, y, targets=1)
+    assert bool((one.norm >= r.norm - 1e-6).all()), "more targets never find a larger distance"
+    with pytest.raises(ValueError, match="targets=10 must be <= K - 1 = 9"):
+        attacks.fab(lin, x, y, targets=10)
+    with pytest.raises(ValueError, match="targets=-1 must be an integer >= 0"):
+        attacks.fab(lin, x, y, targets=-1)
+
+
 def test_library_witnesses_are_verified_and_outside_points_discarded(multiclass, monkeypatch):
     """A library point just outside the ball (float32 rounding) is pulled back inside and re-verified; one
     clearly outside raises; a correctly classified point is never a witness."""

@@ -522,27 +522,53 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, loss
 
 
 def fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_iter: int = 100, seed: int = 0,
-        active: torch.Tensor | None = None, verify: bool = True) -> AttackResult:
-    """FAB (Croce & Hein 2020), untargeted, L2: each image's smallest adversarial distance it finds.
+        active: torch.Tensor | None = None, verify: bool = True, targets: int = 0) -> AttackResult:
+    """FAB (Croce & Hein 2020), L2: each image's smallest adversarial distance it finds.
 
-    An adapter of ``pyautoattack.FABAttack_PT`` (one run from the clean point, ``n_iter`` iterations;
-    its ``eps`` is set to the box's diameter, so every point it finds is accepted). ``norm`` of the
-    result is the witness's L2 distance in pixel units (``inf`` where none was found); ``success``
-    marks the images with a verified witness (misclassified, in the box). ``grad_evals`` counts
-    gradient rows: FAB differentiates every logit, so one iteration costs K of them.
+    An adapter of ``pyautoattack.FABAttack_PT`` (from the clean point, ``n_iter`` iterations; its
+    ``eps`` is set to the box's diameter, so every point it finds is accepted). ``targets=0``: the
+    untargeted attack, one run. ``targets=t >= 1``: FAB-T, AutoAttack's targeted version, towards each
+    of the ``t`` most likely other classes (AutoAttack's standard uses 9). Each target runs on every
+    image and the smallest misclassified witness is kept: the library's own loop stops at an image's
+    first target that succeeds within ``eps``, which with ``eps`` at the diameter would be the first
+    target at all. ``norm`` of the result is the witness's L2 distance in pixel units (``inf`` where
+    none was found); ``success`` marks the images with a verified witness (misclassified, in the box).
+    ``grad_evals`` counts gradient rows: untargeted FAB differentiates every logit, so one iteration
+    costs K of them; FAB-T one per iteration and target.
 
     Raises:
-        ValueError: ``n_iter`` not an integer >= 1. ImportError: ``pyautoattack`` missing.
+        ValueError: ``n_iter`` not an integer >= 1, ``targets`` not an integer in [0, K - 1].
+        ImportError: ``pyautoattack`` missing.
     """
     if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
         raise ValueError(f"n_iter={n_iter!r} must be an integer >= 1")
+    if not isinstance(targets, int) or isinstance(targets, bool) or targets < 0:
+        raise ValueError(f"targets={targets!r} must be an integer >= 0 (0: untargeted FAB)")
     paa = _pyautoattack()
     diameter = math.sqrt(x[0].numel())
+    if targets:
+        with torch.no_grad():
+            k = model(x[:1]).shape[-1]
+        if targets > k - 1:
+            raise ValueError(f"targets={targets} must be <= K - 1 = {k - 1} (the other classes)")
 
     def run(m, xs, ys):
-        atk = paa.FABAttack_PT(m, norm="L2", n_restarts=1, n_iter=n_iter, eps=diameter, seed=seed, targeted=False,
-                               device=xs.device)
-        return atk.perturb(xs, ys)
+        atk = paa.FABAttack_PT(m, norm="L2", n_restarts=1, n_iter=n_iter, eps=diameter, seed=seed,
+                               targeted=bool(targets), n_target_classes=max(targets, 1), device=xs.device)
+        if not targets:
+            return atk.perturb(xs, ys)
+        atk.device = xs.device
+        best, best_norm = xs.clone(), torch.full((len(xs),), math.inf, device=xs.device)
+        torch.random.manual_seed(seed)   # as the library's perturb does before its runs
+        for t in range(2, targets + 2):  # the library's target index: the t-th largest logit
+            atk.target_class = t
+            adv = atk.attack_single_run(xs, ys, use_rand_start=False, is_targeted=True)
+            with torch.no_grad():
+                wrong = m(adv).argmax(1) != ys
+            norm = (adv - xs).flatten(1).norm(dim=1)
+            better = wrong & (norm < best_norm)
+            best[better], best_norm[better] = adv[better], norm[better]
+        return best
 
     return _library_attack(model, x, y, diameter, run, active=active, verify=verify, seed=seed)
 
