@@ -303,12 +303,13 @@ def _margin_passes(model: nn.Module, layers, x: torch.Tensor, y: torch.Tensor, *
     return logits, jj, g, hv_graph, hv_of
 
 
-def _hessian_term(hv_graph, hv_of, x: torch.Tensor, *, J: int, v0: torch.Tensor | None, p: float, q: float,
-                  inner: str, inner_iters: int, step: float, generator: torch.Generator | None,
-                  backward_step: bool) -> tuple:
-    """The inner loop from ``v0`` (or fresh ``N(0, I)`` directions), then the training product.
+def _start_directions(x: torch.Tensor, J: int, v0: torch.Tensor | None, p: float,
+                      generator: torch.Generator | None) -> torch.Tensor:
+    """``(J*B, *S)`` slot-major unit directions (``||v||_p = 1``): ``v0`` ``(B, J, *S)`` reordered, or
+    ``N(0, I)`` drawn on the CPU from ``generator``.
 
-    Returns ``(hess_term (), ||H v|| (B, J), next kept directions (B, J, *S), v_leaf or None, products)``.
+    Raises:
+        ValueError: ``v0`` of another shape.
     """
     B = x.shape[0]
     rep_shape = (J * B,) + tuple(x.shape[1:])
@@ -318,7 +319,18 @@ def _hessian_term(hv_graph, hv_of, x: torch.Tensor, *, J: int, v0: torch.Tensor 
         if v0.shape != (B, J) + tuple(x.shape[1:]):
             raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected {(B, J) + tuple(x.shape[1:])}")
         v = v0.detach().to(device=x.device, dtype=x.dtype).transpose(0, 1).reshape(rep_shape)
-    v = _normalize(v, p)
+    return _normalize(v, p)
+
+
+def _hessian_term(hv_graph, hv_of, x: torch.Tensor, *, J: int, v0: torch.Tensor | None, p: float, q: float,
+                  inner: str, inner_iters: int, step: float, generator: torch.Generator | None,
+                  backward_step: bool) -> tuple:
+    """The inner loop from ``v0`` (or fresh ``N(0, I)`` directions), then the training product.
+
+    Returns ``(hess_term (), ||H v|| (B, J), next kept directions (B, J, *S), v_leaf or None, products)``.
+    """
+    B = x.shape[0]
+    v = _start_directions(x, J, v0, p, generator)
     v_leaf = None
     if backward_step:
         v_leaf = v = v.detach().requires_grad_(True)
@@ -465,16 +477,9 @@ def _compiled_loss(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *,
     core = _COMPILED["core"]
     B = x.shape[0]
     jj = other_classes(y, _num_classes_layers(layers)) if classes == "all" else None   # None: runner-up, in core
-    rep_shape = (J * B,) + tuple(x.shape[1:])
     v = None
     if lam2 > 0:
-        if v0 is None:
-            v = torch.randn(rep_shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-        else:
-            if v0.shape != (B, J) + tuple(x.shape[1:]):
-                raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected {(B, J) + tuple(x.shape[1:])}")
-            v = v0.detach().to(device=x.device, dtype=x.dtype).transpose(0, 1).reshape(rep_shape)
-        v = _normalize(v, p)
+        v = _start_directions(x, J, v0, p, generator)
         if backward_step:
             v = v.detach().requires_grad_(True)
     loss, ce, logits, jj, gn, hn, hv = core(layers, x.detach(), y, jj, J, v, float(lam1), float(lam2), float(q),

@@ -100,38 +100,31 @@ def robustness_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def claims_table(root: Path = ROOT) -> str:
-    lines = ["| claim | the paper says | attack | supported | beyond the 95% CIs | evidence |", "|---|---|---|---|---|---|"]
+def claims_table(root: Path = ROOT, *, evidence: bool = True, worst_min: bool = True) -> str:
+    """``results/<dataset>/claims.csv`` (notebook 04's verdicts), each claim under each attack it is
+    judged on, with its evidence (notebook 07)."""
+    cols = ["claim", "the paper says", "attack", "supported", "beyond the 95% CIs"] + (["evidence"] if evidence else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for ds in NAMES:
         f = root / "results" / ds / "claims.csv"
         if not f.exists():
-            lines.append(f"| {NAMES[ds]} | not evaluated yet | | | | |")
+            lines.append(f"| {NAMES[ds]} | not evaluated yet |" + " |" * (len(cols) - 2))
             continue
         for _, r in pd.read_csv(f).iterrows():
+            if r["attack"] == "worst-min" and not worst_min:
+                continue
             sup = {True: "**yes**", False: "**no**"}.get(_bool(r["supported"]), "not evaluated")
             ci = {True: "yes", False: "no"}.get(_bool(r.get("beyond_ci")), "")
-            lines.append(f"| {r['claim']} | {_cell(r['statement'])} | {r['attack']} | {sup} | {ci} | "
-                         f"{_cell(r['evidence'])} |")
+            cells = [r["claim"], _cell(r["statement"]), r["attack"], sup, ci] + ([_cell(r["evidence"])] if evidence else [])
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 
 def verdicts_table(root: Path = ROOT) -> str:
-    """The README's one verdict table: each claim once, judged on its own attack (a worst-case claim on
-    the per-example worst case, and on ``strongest`` where that curve exists); the evidence is in
+    """The README's one verdict table: each claim once per attack it is judged on (the per-example worst
+    case, not the paper's minimum, for the worst-case claims), without the evidence, which is in
     :func:`claims_table` (notebook 07)."""
-    lines = ["| claim | the paper says | judged on | supported | beyond the 95% CIs |", "|---|---|---|---|---|"]
-    for ds in NAMES:
-        f = root / "results" / ds / "claims.csv"
-        if not f.exists():
-            lines.append(f"| {NAMES[ds]} | not evaluated yet | | | |")
-            continue
-        for _, r in pd.read_csv(f).iterrows():
-            if r["attack"] == "worst-min":
-                continue
-            sup = {True: "**yes**", False: "**no**"}.get(_bool(r["supported"]), "not evaluated")
-            ci = {True: "yes", False: "no"}.get(_bool(r.get("beyond_ci")), "")
-            lines.append(f"| {r['claim']} | {_cell(r['statement'])} | {r['attack']} | {sup} | {ci} |")
-    return "\n".join(lines)
+    return claims_table(root, evidence=False, worst_min=False).replace("| attack |", "| judged on |", 1)
 
 
 def _cell(text: str) -> str:
