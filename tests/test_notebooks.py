@@ -66,7 +66,8 @@ def smoke_env(tmp_path, monkeypatch):
 @pytest.mark.parametrize("nb", COMPUTING, ids=lambda p: p.stem)
 def test_smoke_run(nb, smoke_env):
     out = smoke_env / nb.name
-    pm.execute_notebook(str(nb), str(out), parameters={"profile": "smoke"}, kernel_name="crossholder",
+    pm.execute_notebook(str(nb), str(out), parameters={"profile": "smoke", "progress": False},
+                        kernel_name="crossholder",
                         cwd=str(smoke_env), progress_bar=False)
     assert any((smoke_env / "results").rglob("*.csv")), "every notebook writes results"
     if nb.stem in MAKES_FIGURES:  # a smoke run is a variant: its figures go to figures/variants/smoke/
@@ -79,7 +80,8 @@ def test_smoke_run(nb, smoke_env):
 def test_smoke_run_of_the_strongest_protocol(smoke_env):
     """Notebook 04 with protocol="strongest" (APGD, FAB, the AutoAttack agreement, the masking table)."""
     nb = ROOT / "notebooks" / "04_robustness.ipynb"
-    pm.execute_notebook(str(nb), str(smoke_env / nb.name), parameters={"profile": "smoke", "protocol": "strongest"},
+    pm.execute_notebook(str(nb), str(smoke_env / nb.name),
+                        parameters={"profile": "smoke", "protocol": "strongest", "progress": False},
                         kernel_name="crossholder", cwd=str(smoke_env), progress_bar=False)
     rob = smoke_env / "results" / "mnist" / "robustness"
     assert any(rob.glob("agreement-*.csv")) and any(rob.glob("masking-*.csv"))
