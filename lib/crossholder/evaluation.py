@@ -525,6 +525,16 @@ def _identity(*, dataset: str, defense: str, model_id: str, eps_list: Sequence[f
     return params, rid, (Path(f"{base}.csv"), Path(f"{base}-examples.csv"), Path(f"{base}.json"), partial)
 
 
+def _model_of(dataset: str, defense: str, profile: str, run_id: str | None) -> tuple[nn.Module, dict[str, Any]]:
+    """The model an evaluation of ``profile`` attacks: the finished run ``run_id``, else the one registered
+    for the profile (:func:`crossholder.training.profile_variant`); and its record."""
+    from . import training
+
+    if run_id is None:
+        return training.load_registered(dataset, defense, training.profile_variant(profile))
+    return training.load_run(dataset, defense, run_id)
+
+
 def first_rows_so_far(dataset: str, defense: str, n_first: int, *, profile: str = "cpu", seed: int = 0,
                       n_examples: int = 0, run_id: str | None = None) -> pd.DataFrame | None:
     """The per-example rows of the first ``n_first`` test images from the ``strongest`` evaluation that
@@ -537,8 +547,7 @@ def first_rows_so_far(dataset: str, defense: str, n_first: int, *, profile: str 
 
     prof = ex.PROFILES[ex.check_profile(profile)]
     n = n_examples or prof["eval_n"] or len(data_mod.tensors(dataset, "test")[1])
-    rec = (training.load_registered(dataset, defense, training.profile_variant(profile)) if run_id is None
-           else training.load_run(dataset, defense, run_id))[1]
+    rec = _model_of(dataset, defense, profile, run_id)[1]
     _, _, (_, per_csv, side, partial) = _identity(
         dataset=dataset, defense=defense, model_id=rec["run_id"], eps_list=eps_grid(profile), steps=prof["eval_steps"],
         restarts=prof["eval_restarts"], n=n, seed=seed, profile=profile, protocol="strongest")
@@ -792,10 +801,7 @@ def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", see
     x, y = data_mod.tensors(dataset, "test")
     if n is not None:
         x, y = x[:n], y[:n]
-    if run_id is None:
-        model, rec = training.load_registered(dataset, defense, training.profile_variant(profile))
-    else:
-        model, rec = training.load_run(dataset, defense, run_id)
+    model, rec = _model_of(dataset, defense, profile, run_id)
     return evaluate_model(model, x, y, dataset=dataset, defense=defense, eps_list=eps_grid(profile, eps_max, eps_step),
                           steps=steps or prof["eval_steps"], restarts=restarts or prof["eval_restarts"], seed=seed,
                           profile=profile, model_id=rec["run_id"], progress=progress,
@@ -858,8 +864,7 @@ def _checks(args, per: pd.DataFrame) -> None:
     """``--checks N`` of :func:`main`: :func:`strong_checks` on the first N test images (cached tables)."""
     from . import training
 
-    model, rec = (training.load_registered(args.dataset, args.defense, training.profile_variant(args.profile))
-                  if args.run_id is None else training.load_run(args.dataset, args.defense, args.run_id))
+    model, rec = _model_of(args.dataset, args.defense, args.profile, args.run_id)
     x, y = data_mod.tensors(args.dataset, "test")
     agree, mask = strong_checks(model, x[:args.checks], y[:args.checks], per.iloc[:args.checks], dataset=args.dataset,
                                 defense=args.defense, model_id=rec["run_id"], eps_list=eps_grid(args.profile),
