@@ -543,8 +543,6 @@ def first_rows_so_far(dataset: str, defense: str, n_first: int, *, profile: str 
     rows are the finished run's rows: the AutoAttack agreement can check the sweep's strength before
     the long run ends (``python -m crossholder.evaluation ... --checks N``).
     """
-    from . import training
-
     prof = ex.PROFILES[ex.check_profile(profile)]
     n = n_examples or prof["eval_n"] or len(data_mod.tensors(dataset, "test")[1])
     rec = _model_of(dataset, defense, profile, run_id)[1]
@@ -792,8 +790,6 @@ def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", see
     be registered: its curve is then already there when notebook 04 asks for it). ``until``: as in
     :func:`evaluate_model` (stop after the chunks below it; the curve is then ``None``).
     """
-    from . import training
-
     prof = ex.PROFILES[ex.check_profile(profile)]
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}; allowed values: {', '.join(map(repr, PROTOCOLS))}")
@@ -862,8 +858,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _checks(args, per: pd.DataFrame) -> None:
     """``--checks N`` of :func:`main`: :func:`strong_checks` on the first N test images (cached tables)."""
-    from . import training
-
     model, rec = _model_of(args.dataset, args.defense, args.profile, args.run_id)
     x, y = data_mod.tensors(args.dataset, "test")
     agree, mask = strong_checks(model, x[:args.checks], y[:args.checks], per.iloc[:args.checks], dataset=args.dataset,
