@@ -27,7 +27,8 @@
 #
 # **Two protocols** (`protocol`, `evaluation.PROTOCOLS`). `"strongest"` is the library's default:
 # the paper's PGD at step ε/4 (the paper gives none; `results/step-size.csv` measures it) plus
-# APGD-CE, APGD-T and the minimum-norm attack FAB (PyPI `pyautoattack`), and the `strongest` curve:
+# APGD-CE, APGD-T, the minimum-norm attack FAB and its targeted version FAB-T (PyPI `pyautoattack`),
+# and the `strongest` curve:
 # robust at ε only if no attack found a verified witness of norm ≤ ε, on the first 1,000 test
 # images at the `cpu` profile. `"paper-v1"` is the protocol of the curves committed so far (PGD
 # alone at Madry et al.'s step 2.5 ε / steps, 300 images), which an independent AutoAttack check
@@ -45,7 +46,7 @@ profile: str = "cpu"  # "smoke" (CI: seconds), "cpu" (default: a subset of the t
 device: str = "cpu"  # "cpu" or "cuda": where the arithmetic runs (not part of a result's identity)
 seed: int = 0  # seed of the attacks' random starts
 dataset: str = "mnist"  # "mnist" (Figures 1, 4) or "fashion_mnist" (Figures 2, 5)
-protocol: str = "paper-v1"  # "strongest" (PGD + APGD + FAB) or "paper-v1" (legacy PGD; see above)
+protocol: str = "paper-v1"  # "strongest" (PGD + APGD + FAB + FAB-T) or "paper-v1" (legacy PGD; see above)
 n_examples: int = 0  # test examples attacked; 0: the profile's choice (all at "paper")
 steps: int = 0  # PGD steps per restart; 0: the profile's choice (50)
 restarts: int = 0  # random restarts; 0: the profile's choice (10)

@@ -118,7 +118,7 @@ display(Markdown(reports.selection_table(root)))
 # breaks** (AutoAttack, below: by up to 26 points on 50 images). Treat every level and verdict here
 # as an upper bound. The `strongest` protocol that replaces it is in the library
 # (`crossholder.evaluation.PROTOCOLS`, the default of `evaluate_model`): the paper's PGD at step
-# ε/4, plus APGD-CE, APGD-T and the minimum-norm attack FAB from `pyautoattack`, an image counting
+# ε/4, plus APGD-CE, APGD-T, the minimum-norm attack FAB and FAB-T from `pyautoattack`, an image counting
 # as robust at ε only if no attack found a verified witness of norm ≤ ε, on the first 1,000 test
 # images. Its curves are being computed (`python -m crossholder.evaluation --dataset D --defense M`;
 # about 45 minutes of this 2-core machine per robust model); this section is regenerated from them

@@ -562,13 +562,57 @@ def test_strongest_is_robust_only_where_every_attack_is(multiclass):
     for k, e in enumerate(grid):
         strongest = evaluation.robust_at(per, k, "strongest")
         every = np.ones(len(x), bool)
-        for attack in ("pgd-ce", "pgd-cw", "apgd-ce", "apgd-t", "fab"):
+        for attack in ("pgd-ce", "pgd-cw", "apgd-ce", "apgd-t", "fab", "fab-t"):
             every &= evaluation.robust_at(per, k, attack)
         assert (strongest == every).all()
         assert strongest[d.numpy() > e * (1 + 1e-5)].all() if e > 0 else strongest.all()
         # the minimum-norm attack alone settles every image at 1.05 d
     assert (out["fab"]["min_norm"] <= d.numpy() * 1.05).all()
-    assert out["apgd_t"]["grad_evals"] > 0 and out["apgd_ce"]["grad_evals"] > 0
+    ran = np.isfinite(out["fab_t"]["min_norm"])
+    assert ran.any() and (out["fab_t"]["min_norm"][ran] >= d.numpy()[ran] * (1 - 1e-6)).all()
+    assert (out["fab_t"]["min_norm"][ran] <= d.numpy()[ran] * 1.05).all()
+    assert out["apgd_t"]["grad_evals"] > 0 and out["apgd_ce"]["grad_evals"] > 0 and out["fab_t"]["grad_evals"] > 0
+    v2 = evaluation.strong_sweep(lin, x, y, grid, prior_norm=prior, fab_targets=0)
+    assert "fab_t" not in v2 and (out["strongest"]["min_norm"] <= v2["strongest"]["min_norm"]).all()
+    with pytest.raises(ValueError, match="fab_targets=-1 must be an integer >= 0"):
+        evaluation.strong_sweep(lin, x, y, grid, fab_targets=-1)
+
+
+def test_version_3_upgrades_version_2_rows_to_exactly_a_fresh_run(tmp_path, monkeypatch):
+    """``strongest`` (code 3) run where ``strongest-v2`` rows exist, in its scratch partial (chunk 0)
+    or finished, gives per-example rows identical to a version-3 run from scratch, names the
+    version-2 run in its sidecar and counts its cost; FAB-T is applied on top, never recomputing PGD."""
+    pytest.importorskip("pyautoattack")
+    lin, x, y, d = linear_multiclass(n=16)
+    std = evaluation.data_mod.MEAN_STD["mnist"][1]
+    grid = [0.0] + [round(float(q) / std, 6) for q in np.quantile(d.numpy(), [0.3, 0.6, 0.9])]
+    kw = dict(dataset="mnist", defense="lin", eps_list=grid, steps=3, restarts=1, seed=0, profile="smoke",
+              model_id="m", chunk=8, progress=False)
+
+    def run(root, **k):
+        monkeypatch.setenv("CROSSHOLDER_RESULTS", str(root / "results"))
+        monkeypatch.setenv("CROSSHOLDER_SCRATCH", str(root / "scratch"))
+        return evaluation.evaluate_model(lin, x, y, **{**kw, **k})
+
+    _, fresh, side_fresh = run(tmp_path / "fresh")
+    assert side_fresh["code"] == "3" and "upgraded_from" not in side_fresh
+    assert {"fab-t", "fab", "apgd-t"} <= set(side_fresh["grad_evals_by_attack"])
+    assert run(tmp_path / "partial", protocol="strongest-v2", until=8)[0] is None     # one chunk, unfinished
+    _, finished_v2, side_v2 = run(tmp_path / "finished", protocol="strongest-v2")
+    assert side_v2["code"] == "2" and "min_norm_fab_t" not in finished_v2
+    calls = []
+    real_sweep = evaluation.sweep
+    monkeypatch.setattr(evaluation, "sweep", lambda *a, **k: calls.append(k.get("loss")) or real_sweep(*a, **k))
+    _, from_partial, side_p = run(tmp_path / "partial")
+    assert calls.count("ce") == 2 and calls.count("cw") == 1, "only chunk 1 runs PGD (CE, CW) and APGD-CE again"
+    calls.clear()
+    _, from_finished, side_f = run(tmp_path / "finished")
+    assert not calls, "every chunk is upgraded: neither PGD nor APGD-CE runs again"
+    for got in (from_partial, from_finished):
+        evaluation.pd.testing.assert_frame_equal(got[fresh.columns], fresh, check_dtype=False)
+    assert side_f["upgraded_from"]["run_id"] == side_v2["run_id"] and side_f["upgraded_from"]["images"] == 16
+    assert side_p["upgraded_from"]["images"] == 8
+    assert side_f["grad_evals"] == side_fresh["grad_evals"] and side_p["grad_evals"] == side_fresh["grad_evals"]
 
 
 @pytest.mark.filterwarnings("ignore:APGD-T is not run")
@@ -587,7 +631,8 @@ def test_evaluate_model_strongest_rows_and_legacy_protocol(linear_case, tmp_path
     for attack in evaluation.ATTACKS:
         assert (acc["strongest"] <= acc[attack]).all(), attack
     assert side["code"] == evaluation.EVAL_CODE_VERSION and side["params"]["step_fraction"] == 0.25
-    assert set(side["grad_evals_by_attack"]) == {"pgd-ce", "pgd-cw", "apgd-ce", "apgd-t", "fab"}
+    assert set(side["grad_evals_by_attack"]) <= {"pgd-ce", "pgd-cw", "apgd-ce", "apgd-t", "fab", "fab-t"}
+    assert {"pgd-ce", "pgd-cw", "apgd-ce", "fab"} <= set(side["grad_evals_by_attack"])
     steps_seen = []
     real_pgd = evaluation.pgd
 
@@ -779,3 +824,42 @@ def test_apgd_t_runs_at_the_frontier_and_again_below_each_new_witness(monkeypatc
     assert sorted(calls) == sorted([(3.0, (0,)), (4.0, (1,)), (1.0, (4,)), (2.0, (0,))])
     assert out["apgd_t"]["min_norm"][0] == 2.5 and out["apgd_t"]["fooled_at"][0] == 3
     assert out["strongest"]["fooled_at"].tolist() == [3, 5, 1, -1, 2]
+
+
+def test_fab_t_step_lowers_frontiers_and_apgd_t_runs_only_below_them(monkeypatch):
+    """fab_t_step with fakes: FAB-T runs only on images still robust at some positive grid ε; APGD-T runs
+    again only where FAB-T lowered the first fooled grid ε, at the new frontier."""
+    eps = [0.0, 1.0, 2.0, 3.0, 4.0]
+    n = 4
+    x, y = torch.rand(n, 4), torch.zeros(n, dtype=torch.int64)
+    model = nn.Sequential(nn.Linear(4, 10)).eval()
+    # image 0: v2 best 3.5 (fooled at 4), FAB-T finds 2.5 -> APGD-T at 2
+    # image 1: v2 best 0.5 (fooled at every positive eps) -> FAB-T does not run
+    # image 2: v2 best 3.5, FAB-T finds 3.25 (same first fooled eps) -> no APGD-T
+    # image 3: clean error -> nothing
+    best = np.array([3.5, 0.5, 3.5, 0.0])
+    v2 = {k: {"min_norm": best.copy(), "grad_evals": 0} for k in ("apgd_ce", "fab", "strongest")}
+    v2["apgd_t"] = {"min_norm": np.array([math.inf, math.inf, math.inf, 0.0]), "grad_evals": 7}
+    fab_calls, apgd_calls = [], []
+
+    def fake_fab(model, x, y, targets, active, **k):
+        fab_calls.append((targets, tuple(np.flatnonzero(active.numpy()))))
+        norm = torch.tensor([2.5, math.inf, 3.25, math.inf])
+        return attacks.AttackResult(x_adv=x, success=torch.isfinite(norm), norm=norm, grad_evals=5, forward_evals=0)
+
+    def fake_apgd(model, x, y, e, loss, active, **k):
+        apgd_calls.append((e, tuple(np.flatnonzero(active.numpy()))))
+        return attacks.AttackResult(x_adv=x, success=torch.zeros(n, dtype=torch.bool), norm=torch.full((n,), math.inf),
+                                    grad_evals=3, forward_evals=0)
+
+    monkeypatch.setattr(evaluation.attacks_mod, "fab", fake_fab)
+    monkeypatch.setattr(evaluation.attacks_mod, "apgd", fake_apgd)
+    out = evaluation.fab_t_step(model, x, y, eps, v2, targets=9, channels_last=False)
+    assert fab_calls == [(9, (0, 2))] and apgd_calls == [(2.0, (0,))]
+    assert out["fab_t"]["min_norm"].tolist() == [2.5, math.inf, 3.25, 0.0]
+    assert out["strongest"]["fooled_at"].tolist() == [3, 1, 4, -1]
+    assert out["apgd_t"]["grad_evals"] == 10 and out["fab_t"]["grad_evals"] == 5
+    with pytest.raises(ValueError, match="targets=0 must be an integer >= 1"):
+        evaluation.fab_t_step(model, x, y, eps, v2, targets=0)
+    with pytest.raises(ValueError, match="v2 lacks"):
+        evaluation.fab_t_step(model, x, y, eps, {"fab": v2["fab"]})

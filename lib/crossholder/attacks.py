@@ -224,7 +224,18 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: float) -> to
         delta = delta * factor
     else:
         delta = delta.clamp(-eps, eps)
-    return (x + delta).clamp(0.0, 1.0)
+    out = (x + delta).clamp(0.0, 1.0)
+    # in float32, x + delta rounds each coordinate of delta to the spacing of x (6e-8 near 0.5): at a
+    # small eps that moves the norm by more than the verification's tolerance. Only such points are
+    # pulled 1e-4 inside the ball; every other point is exactly as computed above.
+    n = perturbation_norm(out - x, norm)
+    over = n > eps * (1 + VERIFY_RTOL)
+    if bool(over.any()):
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        d = out[over] - x[over]
+        d = d * (eps / n[over] * (1 - 1e-4)).view(shape) if norm == 2.0 else d.clamp(-eps * (1 - 1e-4), eps * (1 - 1e-4))
+        out[over] = (x[over] + d).clamp(0.0, 1.0)
+    return out
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: float = 2, loss: str = "ce",

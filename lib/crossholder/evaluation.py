@@ -58,21 +58,30 @@ __all__ = ["to_pixel", "wilson_interval", "sweep", "strong_sweep", "curve_from_s
            "autoattack_agreement", "masking_table", "paired_table", "strong_checks", "PAIRS", "PAIRED_EPS",
            "ATTACKS", "PAPER_ATTACKS", "STRONG_ATTACKS", "PROTOCOLS", "EVAL_CODE_VERSION", "STRONG"]
 
-#: Code version of the ``strongest`` protocol's curves (2: PGD step eps / 4, APGD-CE, FAB, APGD-T).
-EVAL_CODE_VERSION = "2"
+#: Code version of the ``strongest`` protocol's curves. 2: PGD step eps / 4, APGD-CE, FAB, APGD-T.
+#: 3: version 2, then FAB-T (9 targets) and APGD-T again where FAB-T lowered an image's frontier
+#: (the AutoAttack check of version 2 found images only FAB-T fools). Version 3 extends version 2
+#: image by image, so :func:`evaluate_model` upgrades version-2 rows instead of recomputing them.
+EVAL_CODE_VERSION = "3"
 PAPER_ATTACKS = ("pgd-ce", "pgd-cw", "worst-min", "worst-per-example")
-STRONG_ATTACKS = ("apgd-ce", "apgd-t", "fab", "strongest")
+STRONG_ATTACKS = ("apgd-ce", "apgd-t", "fab", "fab-t", "strongest")
 ATTACKS = PAPER_ATTACKS + STRONG_ATTACKS
-#: ``"strongest"``: the paper's PGD at step eps / 4 plus APGD-CE, FAB and APGD-T (code version 2).
+#: The library attacks' schedules (AutoAttack's standard ones): APGD 100 iterations, 1 restart;
+#: APGD-T against the 9 most likely other classes (all K - 1 where K < 10); FAB 100 iterations
+#: from the clean point; FAB-T 100 iterations towards each of the 9 most likely other classes.
+STRONG = {"apgd_iter": 100, "apgd_targets": 9, "fab_iter": 100, "fab_targets": 9}
+#: ``"strongest"``: the paper's PGD at step eps / 4 plus APGD-CE, FAB, APGD-T and FAB-T (code version 3).
+#: ``"strongest-v2"``: the same without FAB-T (code version 2): kept so that its rows, computed
+#: before FAB-T was added, are found and upgraded (:func:`evaluate_model`); it is weaker.
 #: ``"paper-v1"``: the paper's PGD alone at Madry et al.'s step 2.5 eps / steps (code version 1):
 #: the protocol of the committed curves up to version 1, kept only so that they stay readable
 #: (and comparable) until the ``strongest`` curves replace them; it overstates robustness.
-PROTOCOLS = {"strongest": {"code": EVAL_CODE_VERSION, "step_fraction": attacks_mod.DEFAULT_STEP_FRACTION},
-             "paper-v1": {"code": "1", "step_fraction": None}}
-#: The library attacks' schedules (AutoAttack's standard ones): APGD 100 iterations, 1 restart;
-#: APGD-T against the 9 most likely other classes (all K - 1 where K < 10); FAB 100 iterations
-#: from the clean point.
-STRONG = {"apgd_iter": 100, "apgd_targets": 9, "fab_iter": 100}
+#: ``strong``: the schedules of the attacks beyond the paper's PGD (``None``: none run).
+PROTOCOLS = {"strongest": {"code": EVAL_CODE_VERSION, "step_fraction": attacks_mod.DEFAULT_STEP_FRACTION,
+                           "strong": STRONG},
+             "strongest-v2": {"code": "2", "step_fraction": attacks_mod.DEFAULT_STEP_FRACTION,
+                              "strong": {k: v for k, v in STRONG.items() if k != "fab_targets"}},
+             "paper-v1": {"code": "1", "step_fraction": None, "strong": None}}
 EPS_UNITS = ("paper", "pixel")
 
 
@@ -192,7 +201,7 @@ def fooled_at_from_norm(min_norm: np.ndarray, eps_pixel: Sequence[float]) -> np.
 
 #: per-example column suffix of each single attack (``min_norm_<s>``, ``fooled_at_<s>``)
 _COLUMNS = {"pgd-ce": "ce", "pgd-cw": "cw", "apgd-ce": "apgd_ce", "apgd-t": "apgd_t", "fab": "fab",
-            "strongest": "strongest"}
+            "fab-t": "fab_t", "strongest": "strongest"}
 
 
 def robust_at(per_example: pd.DataFrame, k: int, attack: str = "worst-per-example") -> np.ndarray:
@@ -217,11 +226,12 @@ def curve_from_sweeps(per_example: pd.DataFrame, eps: Sequence[float], eps_pixel
                       defense: str = "") -> pd.DataFrame:
     """Tidy curve from per-example results (columns ``fooled_at_ce``, ``fooled_at_cw`` and, where the
     ``strongest`` protocol ran, ``fooled_at_apgd_ce``, ``fooled_at_apgd_t``, ``fooled_at_fab``,
-    ``fooled_at_strongest``).
+    ``fooled_at_fab_t`` (version 3), ``fooled_at_strongest``).
 
     An example is robust at ``eps[k]`` under an attack iff ``fooled_at > k``. The ``apgd-t`` rows
-    count only what APGD-T found at each image's frontier (:func:`strong_sweep`): they are not a
-    standalone APGD-T curve. AutoAttack's and Square's witnesses (:func:`autoattack_agreement`,
+    count only what APGD-T found at each image's frontier (:func:`strong_sweep`), and the ``fab-t``
+    rows only the images FAB-T ran on (those not yet fooled at the smallest positive ε,
+    :func:`fab_t_step`): they are not standalone curves. AutoAttack's and Square's witnesses (:func:`autoattack_agreement`,
     :func:`masking_table`) are checks of ``strongest`` and are not folded into it.
     """
     n = len(per_example)
@@ -289,7 +299,7 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, k: int, attack: str = "w
 
 def strong_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Sequence[float], *,
                  prior_norm: np.ndarray | None = None, seed: int = 0, channels_last: bool = True,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, fab_targets: int = STRONG["fab_targets"]) -> dict[str, Any]:
     """The attacks beyond the paper's PGD on one batch, over the ε grid ``eps_pixel`` (pixel units).
 
     1. APGD-CE: the ascending sweep of :func:`sweep` (each ε attacks only what APGD-CE has not fooled).
@@ -297,19 +307,25 @@ def strong_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: 
     3. APGD-T at each image's frontier (module docstring): the largest grid ε below the smallest
        witness norm of every attack so far (``prior_norm`` ``(N,)``, e.g. the paper's PGD, pixel
        units; ``inf`` where none), then below each new witness, until APGD-T fails there.
+    4. With ``fab_targets >= 1`` (code version 3): FAB-T and APGD-T at the lowered frontiers,
+       :func:`fab_t_step`. ``fab_targets=0`` stops after step 3 (code version 2).
 
     Args:
         model: logits model in eval mode; x ``(N, *S)`` in [0, 1]; y int64 ``(N,)``.
         eps_pixel: increasing radii (pixel units).
         prior_norm: ``(N,)`` smallest verified witness norms found by other attacks (pixel units).
         seed: every attack's seed.
+        fab_targets: FAB-T's targets (the most likely other classes; capped at K - 1); 0: no FAB-T.
 
     Returns:
-        ``{"apgd_ce": ..., "fab": ..., "apgd_t": ...}``, each ``{"min_norm": (N,), "fooled_at": (N,),
-        "grad_evals": int}`` (``fooled_at`` from the witness norms, :func:`fooled_at_from_norm`), and
-        ``"strongest"``: ``{"min_norm", "fooled_at"}`` over these attacks and ``prior_norm``.
+        ``{"apgd_ce": ..., "fab": ..., "apgd_t": ...}`` (and ``"fab_t"`` with ``fab_targets``), each
+        ``{"min_norm": (N,), "fooled_at": (N,), "grad_evals": int}`` (``fooled_at`` from the witness
+        norms, :func:`fooled_at_from_norm`), and ``"strongest"``: ``{"min_norm", "fooled_at"}`` over
+        these attacks and ``prior_norm``.
     """
     eps = _check_eps_list(eps_pixel)
+    if not isinstance(fab_targets, int) or isinstance(fab_targets, bool) or fab_targets < 0:
+        raise ValueError(f"fab_targets={fab_targets!r} must be an integer >= 0 (0: no FAB-T)")
     N = len(x)
     prior = np.full(N, math.inf) if prior_norm is None else np.asarray(prior_norm, dtype=float)
     if prior.shape != (N,):
@@ -323,18 +339,32 @@ def strong_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: 
     f = attacks_mod.fab(model, x, y, n_iter=STRONG["fab_iter"], seed=seed)
     fab_norm = f.norm.detach().cpu().double().numpy()
     out["fab"] = {"min_norm": fab_norm, "fooled_at": fooled_at_from_norm(fab_norm, eps), "grad_evals": f.grad_evals}
-    # APGD-T at the frontier
     best = np.minimum.reduce([prior, ce["min_norm"], fab_norm])
-    t_norm = np.where(best == 0, 0.0, math.inf)
+    t_norm, t_evals = _apgd_t_at_frontiers(model, x, y, eps, best.copy(), best > 0, seed)
+    t_norm = np.where(best == 0, 0.0, t_norm)
+    out["apgd_t"] = {"min_norm": t_norm, "fooled_at": fooled_at_from_norm(t_norm, eps), "grad_evals": t_evals}
+    strongest = np.minimum.reduce([prior, ce["min_norm"], fab_norm, t_norm])
+    out["strongest"] = {"min_norm": strongest, "fooled_at": fooled_at_from_norm(strongest, eps)}
+    if fab_targets:
+        out = fab_t_step(model, x, y, eps, out, seed=seed, targets=fab_targets, channels_last=False)
+    return out
+
+
+def _apgd_t_at_frontiers(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], best: np.ndarray,
+                         open_: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
+    """APGD-T at the frontier of each ``open_`` image (the largest grid ε (> 0) below ``best``, its
+    smallest witness norm so far, pixel units), then below each witness it finds, until it fails
+    there. Returns APGD-T's witness norms ``(N,)`` (``inf``: none) and its gradient rows.
+    ``best`` and ``open_`` are modified in place."""
+    t_norm = np.full(len(x), math.inf)
     grid = np.asarray(eps) * (1 + attacks_mod.VERIFY_RTOL) * (1 + 1e-6)     # as in fooled_at_from_norm
-    open_ = best > 0
     t_evals = 0
     with torch.no_grad():
         n_classes = model(x[:1]).shape[-1]
     if n_classes < 4:
         warnings.warn(f"APGD-T is not run: its DLR loss needs at least 4 classes, the model has {n_classes}",
-                      stacklevel=2)
-        open_[:] = False
+                      stacklevel=3)
+        return t_norm, 0
     while True:
         # the largest grid ε (> 0) still below each open image's smallest witness norm
         k = np.searchsorted(grid, best, side="left") - 1
@@ -351,8 +381,60 @@ def strong_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: 
             t_norm[won] = np.minimum(t_norm[won], n[won])
             best[won] = np.minimum(best[won], n[won])
             open_[act.numpy() & ~won] = False               # failed at its frontier: done
-    out["apgd_t"] = {"min_norm": t_norm, "fooled_at": fooled_at_from_norm(t_norm, eps), "grad_evals": t_evals}
-    strongest = np.minimum.reduce([prior, ce["min_norm"], fab_norm, t_norm])
+    return t_norm, t_evals
+
+
+def fab_t_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Sequence[float],
+               v2: dict[str, Any], *, seed: int = 0, targets: int = STRONG["fab_targets"],
+               channels_last: bool = True) -> dict[str, Any]:
+    """Code version 3's step after version 2 (:func:`strong_sweep` with ``fab_targets=0``).
+
+    1. FAB-T (:func:`crossholder.attacks.fab` with ``targets``; AutoAttack's targeted FAB, each target
+       on every image, the smallest verified witness kept) on the images still robust at some
+       positive grid ε under ``v2["strongest"]``; the others are settled at every ε already.
+    2. APGD-T at the frontier (as in :func:`strong_sweep`) of each image whose first fooled grid ε
+       FAB-T lowered; the frontiers where APGD-T failed before are never attacked again.
+
+    ``v2``: version 2's results on ``x`` (``apgd_ce``, ``fab``, ``apgd_t``, ``strongest``, each with
+    ``min_norm`` ``(N,)`` in pixel units; ``grad_evals`` where known). It depends only on those norms,
+    so rows of version 2 read back from a file are upgraded to exactly what a version-3 run gives.
+    Returns ``v2``'s entries updated (``apgd_t``: the smaller witness of both APGD-T runs, grad rows
+    added) plus ``"fab_t"``.
+
+    Raises:
+        ValueError: ``targets`` not an integer >= 1 or ``v2`` without its entries.
+    """
+    eps = _check_eps_list(eps_pixel)
+    if not isinstance(targets, int) or isinstance(targets, bool) or targets < 1:
+        raise ValueError(f"targets={targets!r} must be an integer >= 1")
+    missing = {"apgd_ce", "fab", "apgd_t", "strongest"} - set(v2)
+    if missing:
+        raise ValueError(f"v2 lacks {sorted(missing)}; expected strong_sweep(..., fab_targets=0)'s results")
+    attacks_mod.check_eval_mode(model)
+    model, x = _channels_last(model, x, channels_last)
+    old = np.asarray(v2["strongest"]["min_norm"], dtype=float)
+    old_at = fooled_at_from_norm(old, eps)
+    positive = [i for i, e in enumerate(eps) if e > 0]
+    with torch.no_grad():
+        n_classes = model(x[:1]).shape[-1]
+    fab_norm, fab_evals = np.where(old == 0, 0.0, math.inf), 0
+    todo = old_at > positive[0] if positive and n_classes > 1 else np.zeros(len(x), bool)
+    if todo.any():
+        f = attacks_mod.fab(model, x, y, n_iter=STRONG["fab_iter"], seed=seed, targets=min(targets, n_classes - 1),
+                            active=torch.from_numpy(todo).to(x.device))
+        n = f.norm.detach().cpu().double().numpy()
+        fab_norm[todo] = n[todo]
+        fab_evals = f.grad_evals
+    best = np.minimum(old, fab_norm)
+    lowered = fooled_at_from_norm(best, eps) < old_at
+    t_norm, t_evals = _apgd_t_at_frontiers(model, x, y, eps, best.copy(), lowered & (best > 0), seed)
+    out = {key: {"grad_evals": 0, **v2[key], "fooled_at": fooled_at_from_norm(np.asarray(v2[key]["min_norm"]), eps)}
+           for key in ("apgd_ce", "fab", "apgd_t")}
+    t_all = np.minimum(np.asarray(v2["apgd_t"]["min_norm"], dtype=float), t_norm)
+    out["apgd_t"].update({"min_norm": t_all, "fooled_at": fooled_at_from_norm(t_all, eps),
+                          "grad_evals": int(v2["apgd_t"].get("grad_evals", 0)) + t_evals})
+    out["fab_t"] = {"min_norm": fab_norm, "fooled_at": fooled_at_from_norm(fab_norm, eps), "grad_evals": fab_evals}
+    strongest = np.minimum.reduce([old, fab_norm, t_norm])
     out["strongest"] = {"min_norm": strongest, "fooled_at": fooled_at_from_norm(strongest, eps)}
     return out
 
@@ -409,9 +491,14 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
                    protocol: str = "strongest", until: int | None = None
                    ) -> tuple[pd.DataFrame | None, pd.DataFrame, dict]:
     """Cached, resumable robustness curves of one model: the paper's PGD and, with
-    ``protocol="strongest"`` (the default), APGD-CE, FAB, APGD-T and the ``strongest`` curve
+    ``protocol="strongest"`` (the default), APGD-CE, FAB, APGD-T, FAB-T and the ``strongest`` curve
     (:func:`strong_sweep`). ``protocol="paper-v1"`` reproduces the legacy code-version-1 curves
     (PGD alone, step ``2.5 eps / steps``) only to keep the committed ones readable (:data:`PROTOCOLS`).
+
+    ``"strongest"`` upgrades rather than recomputes: where the same evaluation under
+    ``"strongest-v2"`` (no FAB-T) has rows, finished or in its scratch partial, each of its chunks
+    gets only :func:`fab_t_step`, which gives exactly the rows of a version-3 run from scratch. The
+    sidecar then names that run (``upgraded_from``) and its cost is included in the totals.
 
     Per-example results land chunk by chunk in ``results/<dataset>/robustness/<defense>-<id>-examples.csv``
     (atomic writes; a killed run resumes at the first missing chunk), then the curve in
@@ -450,10 +537,19 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
         return pd.read_csv(curve_csv), pd.read_csv(per_csv), ex.read_json(side)
     done = pd.read_csv(partial) if partial.exists() else pd.DataFrame()
     state = ex.read_json(partial.with_suffix(".json"), {"wall_time_s": 0.0, "grad_evals": 0})
-    by_attack = dict(state.get("grad_evals_by_attack", {}))
     reused: dict[str, Any] = {}
     if reuse_larger_runs and done.empty:
         done, reused = _donor_rows(curve_csv.parent, defense, params, seed, len(x), chunk, y, code)
+    strong = PROTOCOLS[protocol]["strong"]
+    older = pd.DataFrame()
+    if protocol == "strongest" and (not partial.exists() or "upgraded_from" in state):
+        # the version-2 rows of the same run, finished or in progress, are upgraded (fab_t_step)
+        older, upgraded = _version2_rows(dataset=dataset, defense=defense, model_id=model_id, eps_list=eps_list,
+                                         steps=steps, restarts=restarts, n=len(x), seed=seed, profile=profile)
+        if upgraded and "upgraded_from" not in state:
+            state = {"wall_time_s": upgraded["wall_time_s"], "grad_evals": upgraded["grad_evals"],
+                     "grad_evals_by_attack": upgraded["grad_evals_by_attack"], "upgraded_from": upgraded}
+    by_attack = dict(state.get("grad_evals_by_attack", {}))
     from tqdm.auto import tqdm
 
     model = copy.deepcopy(model).to(dev).eval()
@@ -467,6 +563,16 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
         stop_early = False
     for s in tqdm(starts, desc=f"{dataset}/{defense}", disable=not progress):
         xb, yb = x[s:s + chunk].to(dev), y[s:s + chunk].to(dev)
+        old = older[(older["index"] >= s) & (older["index"] < s + len(xb))] if not older.empty else older
+        if len(old) == len(xb) and np.array_equal(old["label"].to_numpy(), yb.cpu().numpy()):
+            part = old.reset_index(drop=True)                 # version 2's rows: only FAB-T's step is new
+            v2 = {key: {"min_norm": part[f"min_norm_{key}"].to_numpy(dtype=float)}
+                  for key in ("apgd_ce", "fab", "apgd_t", "strongest")}
+            upgraded_rows = fab_t_step(model, xb, yb, eps_pixel, v2, seed=seed, targets=strong["fab_targets"])
+            _add_strong(part, upgraded_rows, by_attack)
+            grad_evals += sum(int(r.get("grad_evals", 0)) for r in upgraded_rows.values())
+            done = _save_chunk(partial, done, part, state, t0, grad_evals, by_attack)
+            continue
         part = pd.DataFrame({"index": np.arange(s, s + len(xb)), "label": yb.cpu().numpy()})
         for loss in LOSSES:
             out = sweep(model, xb, yb, eps_pixel, loss=loss, steps=steps, restarts=restarts, seed=seed,
@@ -475,28 +581,22 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
             part[f"fooled_at_{loss}"] = out["fooled_at"]
             grad_evals += int(out["grad_evals"])
             by_attack[f"pgd-{loss}"] = by_attack.get(f"pgd-{loss}", 0) + int(out["grad_evals"])
-        if protocol == "strongest":
+        if strong:
             prior = np.minimum(part["min_norm_ce"].to_numpy(), part["min_norm_cw"].to_numpy())
-            strong = strong_sweep(model, xb, yb, eps_pixel, prior_norm=prior, seed=seed)
-            for key, res in strong.items():
-                part[f"min_norm_{key}"] = res["min_norm"]
-                part[f"fooled_at_{key}"] = res["fooled_at"]
-                if "grad_evals" in res:
-                    grad_evals += int(res["grad_evals"])
-                    name = {col: attack for attack, col in _COLUMNS.items()}[key]
-                    by_attack[name] = by_attack.get(name, 0) + int(res["grad_evals"])
-        done = pd.concat([done, part], ignore_index=True)
-        ex.atomic_write_text(partial, done.to_csv(index=False))
-        ex.atomic_write_json(partial.with_suffix(".json"),
-                             {"wall_time_s": state["wall_time_s"] + time.perf_counter() - t0, "grad_evals": grad_evals,
-                              "grad_evals_by_attack": by_attack})
+            res = strong_sweep(model, xb, yb, eps_pixel, prior_norm=prior, seed=seed,
+                               fab_targets=strong.get("fab_targets", 0))
+            _add_strong(part, res, by_attack)
+            grad_evals += sum(int(r.get("grad_evals", 0)) for r in res.values())
+        done = _save_chunk(partial, done, part, state, t0, grad_evals, by_attack)
     per = done.sort_values("index").reset_index(drop=True)
     if stop_early:
         return None, per, {"run_id": rid, "done": len(per), "n": len(x),
                            "wall_time_s": float(state["wall_time_s"]) + time.perf_counter() - t0, "partial": str(partial)}
     curve = curve_from_sweeps(per, eps, eps_pixel, defense=defense)
     wall = float(state["wall_time_s"]) + time.perf_counter() - t0
-    extra = {"grad_evals_by_attack": by_attack} if protocol == "strongest" else {}
+    extra = {"grad_evals_by_attack": by_attack} if strong else {}
+    if "upgraded_from" in state:
+        extra["upgraded_from"] = state["upgraded_from"]
     record = ex.provenance(params=params, seed=seed, profile=profile, wall_time_s=wall, run_id=rid, device=str(dev),
                            grad_evals=grad_evals, chunk=chunk, code=code, **extra,
                            **({"reused_from": reused} if reused else {}), naive_grad_evals=len(x) * len(LOSSES) * steps * restarts *
@@ -511,14 +611,53 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     return curve, per, record
 
 
+def _add_strong(part: pd.DataFrame, res: dict[str, Any], by_attack: dict[str, int]) -> None:
+    """Write :func:`strong_sweep`'s (or :func:`fab_t_step`'s) results into a chunk's rows; count grad rows."""
+    names = {col: attack for attack, col in _COLUMNS.items()}
+    for key, r in res.items():
+        part[f"min_norm_{key}"] = r["min_norm"]
+        part[f"fooled_at_{key}"] = r["fooled_at"]
+        if r.get("grad_evals"):
+            by_attack[names[key]] = by_attack.get(names[key], 0) + int(r["grad_evals"])
+
+
+def _save_chunk(partial: Path, done: pd.DataFrame, part: pd.DataFrame, state: dict, t0: float, grad_evals: int,
+                by_attack: dict[str, int]) -> pd.DataFrame:
+    """Append a chunk's rows to the scratch partial and its progress to the sidecar (atomic writes)."""
+    done = pd.concat([done, part], ignore_index=True)
+    ex.atomic_write_text(partial, done.to_csv(index=False))
+    ex.atomic_write_json(partial.with_suffix(".json"),
+                         {**state, "wall_time_s": state["wall_time_s"] + time.perf_counter() - t0,
+                          "grad_evals": grad_evals, "grad_evals_by_attack": by_attack})
+    return done
+
+
+def _version2_rows(*, dataset: str, defense: str, model_id: str, eps_list: Sequence[float], steps: int,
+                   restarts: int, n: int, seed: int, profile: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows of the same evaluation under ``"strongest-v2"`` (finished, else its scratch partial) and
+    their provenance (``run_id``, ``file``, ``images``, the cost already spent); empty when none."""
+    _, rid, (_, per_csv, side, partial) = _identity(
+        dataset=dataset, defense=defense, model_id=model_id, eps_list=eps_list, steps=steps, restarts=restarts,
+        n=n, seed=seed, profile=profile, protocol="strongest-v2")
+    for rows_file, meta_file in ((per_csv, side), (partial, partial.with_suffix(".json"))):
+        if rows_file.exists() and meta_file.exists():
+            rows, meta = pd.read_csv(rows_file), ex.read_json(meta_file, {})
+            return rows, {"run_id": rid, "file": ex.paths.relative_to_root(rows_file), "images": len(rows),
+                          "wall_time_s": float(meta.get("wall_time_s", 0.0)),
+                          "grad_evals": int(meta.get("grad_evals", 0)),
+                          "grad_evals_by_attack": dict(meta.get("grad_evals_by_attack", {}))}
+    return pd.DataFrame(), {}
+
+
 def _identity(*, dataset: str, defense: str, model_id: str, eps_list: Sequence[float], steps: int, restarts: int,
               n: int, seed: int, profile: str, protocol: str) -> tuple[dict, str, tuple[Path, Path, Path, Path]]:
     """Parameters, run id and files ``(curve csv, per-example csv, sidecar, scratch partial)`` of one evaluation."""
     code, step_fraction = PROTOCOLS[protocol]["code"], PROTOCOLS[protocol]["step_fraction"]
     params = {"dataset": dataset, "defense": defense, "model": model_id, "eps": list(eps_list), "steps": steps,
               "restarts": restarts, "n": n, "eps_unit": "paper", "losses": list(LOSSES)}
-    if protocol == "strongest":
-        params.update({"protocol": protocol, "step_fraction": step_fraction, "strong": dict(STRONG)})
+    if PROTOCOLS[protocol]["strong"]:     # version 2's identity named its protocol "strongest" too
+        params.update({"protocol": "strongest", "step_fraction": step_fraction,
+                       "strong": dict(PROTOCOLS[protocol]["strong"])})
     rid = ex.run_id({**params, "seed": seed, "profile": profile, "code": code})
     base = ex.paths.results_dir() / dataset / "robustness" / f"{defense}-{rid}"
     partial = ex.paths.scratch_dir() / f"eval-{dataset}-{defense}-{rid}.csv"
@@ -908,7 +1047,8 @@ def autoattack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
 
 def autoattack_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per_example: pd.DataFrame,
                          eps_grid_used: Sequence[float], eps_list: Sequence[float], *, dataset: str, defense: str,
-                         seed: int = 0, attack: str = "strongest", progress: bool = False) -> pd.DataFrame:
+                         seed: int = 0, attack: str = "strongest", progress: bool = False,
+                         return_per_example: bool = False):
     """AutoAttack from scratch against our ``attack`` curve, per example: how many images it fools that we call robust.
 
     AutoAttack's standard L2 version (APGD-CE, APGD-T, FAB-T, Square; PyPI ``pyautoattack``, seeded) at
@@ -920,7 +1060,10 @@ def autoattack_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per
     [0, 1] box, misclassified on a fresh forward pass).
 
     Returns one row per ε: ``defense, eps, eps_pixel, n, robust`` (ours), ``missed`` (of those,
-    fooled by AutoAttack), ``missed_share`` (``missed / n``), ``seconds``.
+    fooled by AutoAttack), ``missed_share`` (``missed / n``), ``seconds``. With ``return_per_example``
+    also AutoAttack's outcome on each image it attacked: ``(table, frame)``, the frame with columns
+    ``index`` (position in ``x``), ``eps`` (paper units), ``fooled`` (bool) and ``norm`` (pixel units,
+    the distance of AutoAttack's point; ``nan`` where it did not fool the image).
 
     Raises:
         ValueError: an ε not on the grid. RuntimeError: an AutoAttack point outside the ball or box.
@@ -932,7 +1075,7 @@ def autoattack_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per
     attacks_mod.check_eval_mode(model)
     grid = [round(g, 6) for g in eps_grid_used]
     pe = per_example.iloc[: len(x)]
-    rows = []
+    rows, outcomes = [], []
     from tqdm.auto import tqdm
 
     for e in tqdm(list(eps_list), desc=f"{defense} AutoAttack", disable=not progress, leave=False):
@@ -955,11 +1098,19 @@ def autoattack_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per
             if bool((delta > ep * (1 + 1e-4)).any()) or bool((x_adv < 0).any()) or bool((x_adv > 1).any()):
                 raise RuntimeError("AutoAttack returned points outside the ε-ball or the [0, 1] box")
             with torch.no_grad():
-                missed = int((model(x_adv).argmax(1) != ys).sum())
+                fooled = (model(x_adv).argmax(1) != ys).cpu()
+            missed = int(fooled.sum())
+            outcomes.append(pd.DataFrame({"index": idx.numpy(), "eps": e, "fooled": fooled.numpy(),
+                                          "norm": np.where(fooled.numpy(), delta.detach().cpu().double().numpy(),
+                                                           np.nan)}))
         rows.append({"defense": defense, "eps": e, "eps_pixel": ep, "n": len(x), "robust": int(idx.numel()),
                      "missed": missed, "missed_share": missed / len(x),
                      "seconds": round(time.perf_counter() - t0, 1)})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if not return_per_example:
+        return table
+    cols = ["index", "eps", "fooled", "norm"]
+    return table, (pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame(columns=cols))
 
 
 def masking_table(per_example: pd.DataFrame, k: int, *, defense: str = "",
@@ -967,7 +1118,7 @@ def masking_table(per_example: pd.DataFrame, k: int, *, defense: str = "",
     """What each attack alone fools at ``eps[k]``, and what it adds over the paper's PGD (either loss).
 
     ``per_example``: a ``strongest``-protocol per-example frame. One row per attack (``pgd-ce``,
-    ``pgd-cw``, ``apgd-ce``, ``fab``, ``apgd-t``, ``strongest`` and, with ``square_fooled``, the
+    ``pgd-cw``, ``apgd-ce``, ``fab``, ``fab-t`` (where the frame has it), ``apgd-t``, ``strongest`` and, with ``square_fooled``, the
     black-box ``square``): ``fooled`` (images it fooled, clean errors included), ``beyond_pgd``
     (fooled by it and by neither PGD attack), ``beyond_strongest`` (fooled by it, robust under
     ``strongest``: nonzero only for Square, which is not part of it). APGD-T runs only where the
@@ -978,7 +1129,8 @@ def masking_table(per_example: pd.DataFrame, k: int, *, defense: str = "",
     pe = per_example if square_fooled is None else per_example.iloc[: len(square_fooled)]
     pgd_robust = robust_at(pe, k, "worst-per-example")
     strong_robust = robust_at(pe, k, "strongest")
-    fooled_by = {a: ~robust_at(pe, k, a) for a in ("pgd-ce", "pgd-cw", "apgd-ce", "fab", "apgd-t", "strongest")}
+    fooled_by = {a: ~robust_at(pe, k, a) for a in ("pgd-ce", "pgd-cw", "apgd-ce", "fab", "fab-t", "apgd-t", "strongest")
+                 if a != "fab-t" or "fooled_at_fab_t" in pe}
     if square_fooled is not None:
         fooled_by["square"] = np.asarray(square_fooled, dtype=bool)
     rows = [{"defense": defense, "attack": a, "eps_index": k, "n": len(pe), "fooled": int(f.sum()),
@@ -1031,17 +1183,25 @@ def strong_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per_exampl
     """The AutoAttack agreement (:func:`autoattack_agreement`) and the masking table with Square
     (:func:`masking_table`) of one model on ``x`` (its first ``n`` test images), cached as one-model
     tables ``results/<dataset>/robustness/{agreement,masking}-<id>.csv`` with the parameters notebook
-    04 uses, so the notebook reuses them (:func:`per_model_rows`). For background runs
+    04 uses, so the notebook reuses them (:func:`per_model_rows`); AutoAttack's outcome on each image
+    it attacked goes to ``agreement-<id>-examples.csv`` beside the table. For background runs
     (``python -m crossholder.evaluation ... --checks``).
     """
     code = PROTOCOLS["strongest"]["code"]
     ids = {defense: model_id}
     aa_params = {"n": len(x), "eps": list(autoattack_eps), "grid": list(eps_list)}
-    agree, _, _ = ex.cached_table(
-        f"{dataset}/robustness/agreement", {"models": ids, **aa_params},
-        lambda: autoattack_agreement(model, x, y, per_example, eps_list, autoattack_eps, dataset=dataset,
-                                     defense=defense, seed=seed, progress=True),
-        seed=seed, profile=profile, code_version=code, device=device)
+    each: list[pd.DataFrame] = []
+
+    def _agree():
+        table, per_image = autoattack_agreement(model, x, y, per_example, eps_list, autoattack_eps, dataset=dataset,
+                                                defense=defense, seed=seed, progress=True, return_per_example=True)
+        each.append(per_image)
+        return table
+
+    agree, agree_csv, _ = ex.cached_table(f"{dataset}/robustness/agreement", {"models": ids, **aa_params}, _agree,
+                                          seed=seed, profile=profile, code_version=code, device=device)
+    if each:   # AutoAttack's outcome per attacked image, beside the table (for diagnosis and later sweeps)
+        ex.atomic_write_text(agree_csv.with_name(agree_csv.stem + "-examples.csv"), each[0].to_csv(index=False))
     k = [round(e, 6) for e in eps_list].index(round(masking_eps, 6))
     mask_params = {"n": len(x), "eps": masking_eps, "grid": list(eps_list)}
 
