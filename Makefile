@@ -1,6 +1,9 @@
 # crossholder: the whole pipeline as file rules.
 #   make figures   set up, fetch data, execute notebooks 01, 02, 04-07 (papermill), write results/ and figures/
-#   make selection the hyperparameter grid of notebook 03 (hours at the cpu profile)
+#   make selection the hyperparameter grid of notebook 03 (hours at the cpu profile; Ray tasks)
+#   make seeds     every configuration trained and evaluated with seeds 1 and 2 (Ray tasks; many hours)
+# Long runs go through Ray (crossholder.jobs): a local instance by default, a cluster with
+# ADDRESS=auto (or host:port, ray://host:port); results/ must then be on a shared file system.
 #   make test      set up, fetch data, run the test suite (unit tests, notebook checks, nbval)
 #   make lab       JupyterLab at the project root on the project kernel (LAB_ARGS for a remote machine)
 # Both main targets are idempotent: a second run skips what is done.
@@ -15,8 +18,10 @@ PROFILE ?= cpu
 DEVICE  ?= cpu
 PAPERMILL := $(VENV)/bin/papermill --kernel $(KERNEL) --log-level WARNING --request-save-on-cell-execute
 PMARGS  := -p profile $(PROFILE) -p device $(DEVICE)
+ADDRESS ?=
+JOBS    := $(PY) -m crossholder.jobs --profile $(PROFILE) --device $(DEVICE) $(if $(ADDRESS),--address $(ADDRESS),)
 
-.PHONY: all setup data test figures selection lab bench browser clean distclean
+.PHONY: all setup data test figures selection seeds lab bench browser clean distclean
 all: figures
 
 # ---------------------------------------------------------------- environment
@@ -66,8 +71,12 @@ $(STAMPS)/01.done: $(NB)/01_hessian_norm_estimation.ipynb $(LIB) | $(RAW)
 	$(call run,$<,,)
 	@mkdir -p $(STAMPS) && touch $@
 
-# 02: one run per (dataset, defense): fills results/models.json (the canonical MNIST Cross-Hölder run in place)
+# 02: one run per (dataset, defense): fills results/models.json (the canonical MNIST Cross-Hölder run in place).
+# The eight trainings run first as Ray tasks, in parallel (cached: with committed results they only load);
+# the notebooks then find them done.
+TRAIN_ALL := $(foreach ds,$(DATASETS),--dataset $(ds)) $(foreach def,$(DEFENSES),--defense $(def))
 $(STAMPS)/02.done: $(NB)/02_training.ipynb $(LIB) | $(RAW)
+	$(JOBS) train $(TRAIN_ALL)
 	for ds in $(DATASETS); do for def in $(DEFENSES); do \
 	  if [ $$ds-$$def = mnist-cross_holder ]; then name=""; else name="-$$ds-$$def"; fi; \
 	  $(call run,$<,$$name,-p dataset $$ds -p defense $$def) || exit 1; \
@@ -80,13 +89,16 @@ $(STAMPS)/02.done: $(NB)/02_training.ipynb $(LIB) | $(RAW)
 # per grid point; executed copies in notebooks/runs/), then redraws the source notebook, which
 # tables the points scored (grid=False, its default; seconds).
 $(STAMPS)/03.done: $(NB)/03_hyperparameter_selection.ipynb $(LIB) | $(RAW)
-	for ds in $(DATASETS); do $(call run,$<,-$$ds-grid,-p grid True -p dataset $$ds) || exit 1; done
+	for ds in $(DATASETS); do $(call run,$<,-$$ds-grid,-p grid True -p dataset $$ds -p address "$(ADDRESS)") || exit 1; done
 	$(call run,$<,,)
 	$(call run,$<,-fashion_mnist,-p dataset fashion_mnist)
 	@mkdir -p $(STAMPS) && touch $@
 
-# 04: robustness curves per dataset (needs the models of 02)
+# 04: robustness curves per dataset (needs the models of 02). The eight curves of the notebook's
+# protocol run first as Ray tasks, in parallel (cached: with committed results they only load).
+EVAL_PROTOCOL := $(shell sed -n 's/^protocol: str = "\([^"]*\)".*/\1/p' $(NB)/04_robustness.py)
 $(STAMPS)/04.done: $(NB)/04_robustness.ipynb $(STAMPS)/02.done $(LIB) | $(RAW)
+	$(JOBS) evaluate $(TRAIN_ALL) --protocol $(EVAL_PROTOCOL)
 	$(call run,$<,,)
 	$(call run,$<,-fashion_mnist,-p dataset fashion_mnist)
 	@mkdir -p $(STAMPS) && touch $@
@@ -102,6 +114,10 @@ $(STAMPS)/analyses.done: $(ANALYSES) $(LIB) | $(STAMP)
 FIGURE_STAMPS := $(STAMPS)/01.done $(STAMPS)/02.done $(STAMPS)/04.done $(STAMPS)/analyses.done
 figures: $(FIGURE_STAMPS)
 selection: $(STAMPS)/03.done
+# seeds 1 and 2 of every configuration, trained then evaluated (strongest protocol), as Ray tasks;
+# resumable: a rerun skips what is done
+seeds: $(STAMP) | $(RAW)
+	$(JOBS) seeds --seeds 1 2
 
 # ---------------------------------------------------------------- tests
 # One pytest run: unit tests, notebook checks (smoke runs) and nbval on every executed, committed

@@ -26,9 +26,10 @@
 # compiled), so the winner's run *is* the final model; the attack on the validation split is lighter
 # than the final evaluation (500 images, 20 steps × 2 restarts; `crossholder.selection.SELECTION`).
 # Every point is cached as it finishes (`results/<dataset>/selection/points/`), so the grid can be
-# filled by background jobs (`python -m crossholder.selection --dataset ... --defense ...`) and this
-# notebook shows whatever is done: with `grid=False` it computes nothing and tables the points
-# scored so far. The `paper` profile runs the full protocol.
+# filled by background jobs and this notebook shows whatever is done: with `grid=False` it computes
+# nothing and tables the points scored so far. With `grid=True` the missing points run as Ray tasks
+# (`crossholder.jobs.grid`: in parallel on this machine, or on a cluster with `address`; also
+# `python -m crossholder.jobs grid --dataset ...`). The `paper` profile runs the full protocol.
 #
 # It also tests our reading of the ε unit: adversarial training at ε = 5.0 read as standardized
 # units (1.54 in pixels) against ε = 5.0 read as pixels, and which one meets the 99% criterion.
@@ -40,6 +41,7 @@ seed: int = 0  # seed of every training run and attack
 dataset: str = "mnist"  # "mnist" or "fashion_mnist"
 grid: bool = False  # True: score every missing point (hours at "cpu"; `make selection`); False: table the points scored
 progress: bool = True  # progress bars (widgets in JupyterLab); `make` and CI turn them off
+address: str = ""  # where grid points run: empty for a local Ray instance, else a Ray cluster address (auto, host:port, ray://host:port)
 
 # %%
 from crossholder import notebooks
@@ -49,7 +51,7 @@ notebooks.check_parameters(globals())  # an unknown or mistyped parameter fails 
 # %%
 import pandas as pd
 
-from crossholder import data, experiments, notebooks, paths, selection, training
+from crossholder import data, experiments, jobs, notebooks, paths, selection, training
 
 if not isinstance(grid, bool):
     raise ValueError(f"grid={grid!r}; allowed values: True, False")
@@ -63,7 +65,10 @@ pd.set_option("display.width", 160)
 print(f"{len(selection.grid(dataset, profile))} grid points; selection settings: {selection.SELECTION[profile]}")
 
 # %%
-table = selection.run_grid(dataset, profile, seed=seed, progress=progress, device=device, cached_only=not grid)
+if grid:  # the missing points as Ray tasks, then the table of every cached point (as run_grid gives it)
+    table = jobs.grid(dataset, profile=profile, seed=seed, device=device, address=address or None, progress=progress)
+else:
+    table = selection.run_grid(dataset, profile, seed=seed, progress=progress, device=device, cached_only=True)
 missing = selection.missing_points(dataset, profile, seed=seed)
 table_csv = selection.write_table(table, dataset, profile, seed=seed, variant=variant)
 print(f"{len(table)} of {len(selection.grid(dataset, profile))} grid points scored, {len(missing)} missing; "

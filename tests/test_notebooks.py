@@ -21,7 +21,7 @@ COMMON = {"profile", "device", "seed", "progress"}
 EXPECTED = {
     "01_hessian_norm_estimation": COMMON | {"method", "iters", "step", "lanczos_iters", "exact_n", "n_images"},
     "02_training": COMMON | {"dataset", "defense", "lam1", "lam2", "eps", "epochs", "mode", "classes", "compiled"},
-    "03_hyperparameter_selection": COMMON | {"dataset", "grid"},
+    "03_hyperparameter_selection": COMMON | {"dataset", "grid", "address"},
     "04_robustness": COMMON | {"dataset", "protocol", "n_examples", "steps", "restarts", "eps_max", "eps_step", "sanity_n",
                                 "autoattack_n"},
     # analysis notebooks: they compute nothing, only show tables generated from results/ (crossholder.reports)

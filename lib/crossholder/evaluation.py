@@ -664,13 +664,14 @@ def _identity(*, dataset: str, defense: str, model_id: str, eps_list: Sequence[f
     return params, rid, (Path(f"{base}.csv"), Path(f"{base}-examples.csv"), Path(f"{base}.json"), partial)
 
 
-def _model_of(dataset: str, defense: str, profile: str, run_id: str | None) -> tuple[nn.Module, dict[str, Any]]:
+def _model_of(dataset: str, defense: str, profile: str, run_id: str | None,
+              seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """The model an evaluation of ``profile`` attacks: the finished run ``run_id``, else the one registered
-    for the profile (:func:`crossholder.training.profile_variant`); and its record."""
+    for the profile and training ``seed`` (:func:`crossholder.training.profile_variant`); and its record."""
     from . import training
 
     if run_id is None:
-        return training.load_registered(dataset, defense, training.profile_variant(profile))
+        return training.load_registered(dataset, defense, training.profile_variant(profile, seed))
     return training.load_run(dataset, defense, run_id)
 
 
@@ -684,7 +685,7 @@ def first_rows_so_far(dataset: str, defense: str, n_first: int, *, profile: str 
     """
     prof = ex.PROFILES[ex.check_profile(profile)]
     n = n_examples or prof["eval_n"] or len(data_mod.tensors(dataset, "test")[1])
-    rec = _model_of(dataset, defense, profile, run_id)[1]
+    rec = _model_of(dataset, defense, profile, run_id, seed)[1]
     _, _, (_, per_csv, side, partial) = _identity(
         dataset=dataset, defense=defense, model_id=rec["run_id"], eps_list=eps_grid(profile), steps=prof["eval_steps"],
         restarts=prof["eval_restarts"], n=n, seed=seed, profile=profile, protocol="strongest")
@@ -924,7 +925,8 @@ def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", see
     """:func:`evaluate_model` for the model registered as ``"<dataset>/<defense>"``, with the profile's protocol.
 
     The same cache identity as notebook 04 with the same arguments, so a background run started
-    here is picked up by the notebook. ``run_id``: evaluate the trained run
+    here is picked up by the notebook. ``seed``: the registered model's training seed (the registry of
+    :func:`crossholder.training.profile_variant`) and the attacks' seed. ``run_id``: evaluate the trained run
     ``results/<dataset>/models/<defense>-<run_id>.pt`` instead of the registered one (a model about to
     be registered: its curve is then already there when notebook 04 asks for it). ``until``: as in
     :func:`evaluate_model` (stop after the chunks below it; the curve is then ``None``).
@@ -936,7 +938,7 @@ def evaluate_registered(dataset: str, defense: str, *, profile: str = "cpu", see
     x, y = data_mod.tensors(dataset, "test")
     if n is not None:
         x, y = x[:n], y[:n]
-    model, rec = _model_of(dataset, defense, profile, run_id)
+    model, rec = _model_of(dataset, defense, profile, run_id, seed)
     return evaluate_model(model, x, y, dataset=dataset, defense=defense, eps_list=eps_grid(profile, eps_max, eps_step),
                           steps=steps or prof["eval_steps"], restarts=restarts or prof["eval_restarts"], seed=seed,
                           profile=profile, model_id=rec["run_id"], progress=progress,
@@ -997,7 +999,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _checks(args, per: pd.DataFrame) -> None:
     """``--checks N`` of :func:`main`: :func:`strong_checks` on the first N test images (cached tables)."""
-    model, rec = _model_of(args.dataset, args.defense, args.profile, args.run_id)
+    model, rec = _model_of(args.dataset, args.defense, args.profile, args.run_id, args.seed)
     x, y = data_mod.tensors(args.dataset, "test")
     agree, mask = strong_checks(model, x[:args.checks], y[:args.checks], per.iloc[:args.checks], dataset=args.dataset,
                                 defense=args.defense, model_id=rec["run_id"], eps_list=eps_grid(args.profile),

@@ -77,8 +77,9 @@ def check_parameters(namespace: dict[str, Any]) -> None:
 
 
 #: Parameters that never change a result: what to select (``dataset``, ``defense``), where to run
-#: (``device``), how to show it (``progress``), and whether to fill missing grid points (``grid``).
-NEUTRAL = ("dataset", "defense", "device", "progress", "grid")
+#: (``device``, ``address``: the Ray cluster), how to show it (``progress``), and whether to fill
+#: missing grid points (``grid``).
+NEUTRAL = ("dataset", "defense", "device", "progress", "grid", "address")
 
 #: The canonical run of each numbered notebook (besides ``profile="cpu"``): what the committed results
 #: and figures stand on. Equal to the defaults of the notebook's ``parameters`` cell

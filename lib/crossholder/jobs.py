@@ -1,0 +1,346 @@
+"""The project's long runs as Ray tasks: trainings, grid points, evaluations and seeds.
+
+Every step here already exists as a cached, resumable function (:func:`crossholder.training.train`,
+:func:`crossholder.selection.score_point`, :func:`crossholder.evaluation.evaluate_registered`); this
+module only submits them to Ray (https://docs.ray.io), which schedules them on the CPUs (and
+fractions of GPUs) of one machine or of a cluster, retries a task whose worker died and hands a
+task's exception, with its traceback, back to the caller.
+
+Where the tasks run (``address``):
+
+* ``None`` (the default): a local Ray instance started for the call and shut down after it, sized
+  to this machine (``num_cpus``: all its cores unless given). Nothing to set up.
+* ``"auto"``: the Ray cluster this machine belongs to (``ray start --head`` / ``ray start
+  --address=...`` run beforehand); ``"host:port"``: that cluster's head node (GCS port, 6379 by
+  default); ``"ray://host:port"``: a remote cluster through Ray Client (port 10001 by default).
+  An address nobody answers fails within seconds (:class:`ConnectionError`).
+
+**What a cluster needs: a shared file system.** Tasks write ``results/`` and their resume state
+(``CROSSHOLDER_SCRATCH``) directly, through the same atomic writers and file locks as a local run,
+so every node must see the same project directory at the same path (an NFS mount, say) with the
+package installed in the same environment, and the data sets downloaded (``make data``). The
+driver passes its ``CROSSHOLDER_*`` variables to every worker. Clusters without a shared file
+system are not supported: a retried task would not find its checkpoint.
+
+Resources: each task holds ``cpus`` CPUs (default 1) and runs torch with that many threads; on a GPU
+(``device="cuda"``) each task holds ``gpu_fraction`` of one (default :data:`GPU_FRACTION`: four small
+trainings share a GPU). A task whose worker process dies is retried up to ``retries`` times and
+resumes from its last checkpoint (trainings: the last finished epoch; evaluations: the last finished
+chunk of images); a task that raises is not retried, and its exception reaches the caller.
+
+Command line (``python -m crossholder.jobs --help``)::
+
+    python -m crossholder.jobs train --dataset mnist --defense cross_holder --seed 1
+    python -m crossholder.jobs evaluate --dataset mnist --defense cross_holder --checks 200
+    python -m crossholder.jobs grid --dataset mnist
+    python -m crossholder.jobs seeds --seeds 1 2 [--address auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable
+
+from . import data as data_mod
+from . import experiments as ex
+
+__all__ = ["GPU_FRACTION", "RETRIES", "session", "run_tasks", "train", "evaluate", "grid", "seeds", "main"]
+
+#: Default share of one GPU per task on a GPU machine: about four of the paper's small CNNs share one.
+GPU_FRACTION = 0.25
+#: Retries of a task whose worker process died (Ray's ``max_retries``); exceptions are not retried.
+RETRIES = 3
+#: Environment variables the workers get from the driver (where results, data and scratch live).
+_ENV = ("CROSSHOLDER_RESULTS", "CROSSHOLDER_FIGURES", "CROSSHOLDER_SCRATCH", "CROSSHOLDER_DATA")
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as err:  # pragma: no cover - ray is a core dependency
+        raise ImportError("crossholder.jobs needs Ray: pip install 'ray>=2.60'") from err
+    return ray
+
+
+def _check_address(address: str | None) -> None:
+    """Fail fast on an address nobody answers (Ray itself waits a long time before giving up)."""
+    if address is None or address == "auto":
+        return
+    if not isinstance(address, str) or not address:
+        raise ValueError(f"address={address!r}; allowed: None (a local Ray instance), 'auto', 'host:port' "
+                         "or 'ray://host:port'")
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"address={address!r}; allowed: None (a local Ray instance), 'auto', 'host:port' "
+                         "or 'ray://host:port'")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as err:
+        raise ConnectionError(f"address={address!r}: no Ray cluster answers there ({err}); start one with "
+                              "`ray start --head` or run locally with address=None") from err
+
+
+@contextlib.contextmanager
+def session(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None
+            ) -> Iterator[None]:
+    """Connect to Ray for the duration of the block: a local instance (``address=None``) or a cluster.
+
+    A local instance gets ``num_cpus`` (default: all cores) and ``num_gpus`` (default: what torch
+    sees) and is shut down at the end of the block, with every process it started. A cluster keeps
+    running; only this driver disconnects. If Ray is already initialised (a caller's own
+    ``ray.init``), that connection is used and left open.
+
+    Raises:
+        ValueError: a malformed ``address``. ConnectionError: nobody answers at ``address``.
+    """
+    ray = _ray()
+    _check_address(address)
+    if ray.is_initialized():
+        yield
+        return
+    env = {k: os.environ[k] for k in _ENV if k in os.environ}
+    kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning",
+                          "runtime_env": {"env_vars": env} if env else None}
+    if address is None:
+        import torch
+
+        kw.update(num_cpus=num_cpus or os.cpu_count() or 1,
+                  num_gpus=torch.cuda.device_count() if num_gpus is None else num_gpus)
+    try:
+        ray.init(address=address, **kw)
+    except ConnectionError as err:
+        raise ConnectionError(f"address={address!r}: could not join a Ray cluster ({err})") from err
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _options(cpus: int, device: str, gpu_fraction: float, retries: int) -> dict[str, Any]:
+    if not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 1:
+        raise ValueError(f"cpus={cpus!r} must be an integer >= 1")
+    if not 0 < gpu_fraction <= 1:
+        raise ValueError(f"gpu_fraction={gpu_fraction!r} must be in (0, 1]")
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries={retries!r} must be an integer >= 0")
+    ex.check_device(device)
+    return {"num_cpus": cpus, "num_gpus": gpu_fraction if device.startswith("cuda") else 0,
+            "max_retries": retries, "retry_exceptions": False}
+
+
+def _threads(cpus: int) -> None:
+    import torch
+
+    torch.set_num_threads(cpus)
+
+
+# ---------------------------------------------------------------- the tasks (run in Ray workers)
+def _train_task(dataset: str, defense: str, profile: str, seed: int, overrides: dict[str, Any], device: str,
+                register: bool, cpus: int) -> dict[str, Any]:
+    from . import training
+
+    _threads(cpus)
+    cfg = training.make_config(dataset, defense, profile=profile, seed=seed, **overrides)
+    res = training.train(cfg, register=register, progress=False, device=device)
+    return {"dataset": dataset, "defense": defense, "seed": seed, "run_id": cfg.run_id, "pid": os.getpid(),
+            "clean_test_accuracy": res.record.get("clean_test_accuracy"),
+            "checkpoint": ex.paths.relative_to_root(res.checkpoint)}
+
+
+def _score_task(dataset: str, defense: str, hp: dict[str, Any], profile: str, seed: int, device: str,
+                cpus: int) -> dict[str, Any]:
+    from . import selection
+
+    _threads(cpus)
+    return selection.score_point(dataset, defense, hp, profile, seed=seed, device=device)
+
+
+def _evaluate_task(dataset: str, defense: str, profile: str, seed: int, n: int, until: int | None, checks: int,
+                   protocol: str, device: str, cpus: int) -> dict[str, Any]:
+    from . import evaluation
+
+    _threads(cpus)
+    curve, per, side = evaluation.evaluate_registered(dataset, defense, profile=profile, seed=seed, n_examples=n,
+                                                      until=until, device=device, progress=False, protocol=protocol)
+    out = {"dataset": dataset, "defense": defense, "seed": seed, "done": len(per),
+           "finished": curve is not None, "files": side.get("files", [side.get("partial")])}
+    if checks and len(per) >= checks:
+        model, rec = evaluation._model_of(dataset, defense, profile, None, seed)
+        x, y = data_mod.tensors(dataset, "test")
+        agree, _ = evaluation.strong_checks(model, x[:checks], y[:checks], per.iloc[:checks], dataset=dataset,
+                                            defense=defense, model_id=rec["run_id"],
+                                            eps_list=evaluation.eps_grid(profile), seed=seed, profile=profile,
+                                            device=device)
+        out["agreement_missed_max"] = int(agree["missed"].max())
+    return out
+
+
+# ---------------------------------------------------------------- the driver
+def run_tasks(fn: Callable[..., Any], calls: Sequence[dict[str, Any]], *, address: str | None = None,
+              cpus: int = 1, device: str = "cpu", gpu_fraction: float = GPU_FRACTION, retries: int = RETRIES,
+              num_cpus: int | None = None, progress: bool = True, desc: str = "jobs") -> list[Any]:
+    """Run ``fn(**call)`` for every call as a Ray task; results in the order of ``calls``.
+
+    ``fn`` must be importable by the workers (a module-level function). Each call gets ``cpus``
+    (passed to ``fn`` as ``cpus``), ``device`` and a GPU share as in :func:`_options`. Waits for every
+    task; the first task that raised re-raises here (Ray's ``RayTaskError`` carries the worker's
+    traceback) once the others have finished, so finished work is never lost.
+    """
+    ray = _ray()
+    opts = _options(cpus, device, gpu_fraction, retries)
+    from tqdm.auto import tqdm
+
+    with session(address, num_cpus=num_cpus):
+        remote = ray.remote(fn).options(**opts)
+        refs = [remote.remote(**call, cpus=cpus) for call in calls]
+        pending = list(refs)
+        with tqdm(total=len(refs), desc=desc, disable=not progress) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                bar.update(len(done))
+        results, first_error = [], None
+        for ref in refs:
+            try:
+                results.append(ray.get(ref))
+            except Exception as err:       # noqa: BLE001 - re-raised below, after every task ended
+                results.append(err)
+                first_error = first_error or err
+        if first_error is not None:
+            raise first_error
+        return results
+
+
+def train(runs: Sequence[dict[str, Any]], *, profile: str = "cpu", register: bool = True, device: str = "cpu",
+          **kw: Any) -> list[dict[str, Any]]:
+    """Train several configurations as Ray tasks (cached and resumable, :func:`crossholder.training.train`).
+
+    ``runs``: dicts with ``dataset``, ``defense`` and optionally ``seed`` (default 0) and
+    ``overrides`` (:func:`crossholder.training.make_config`). ``kw``: :func:`run_tasks`'s options.
+    Returns one dict per run (``run_id``, ``clean_test_accuracy``, ``checkpoint``).
+    """
+    calls = [{"dataset": r["dataset"], "defense": r["defense"], "profile": ex.check_profile(profile),
+              "seed": int(r.get("seed", 0)), "overrides": dict(r.get("overrides", {})), "device": device,
+              "register": register} for r in runs]
+    for c in calls:
+        data_mod.check_dataset(c["dataset"])
+        ex.check_defense(c["defense"])
+    return run_tasks(_train_task, calls, device=device, desc="train", **kw)
+
+
+def evaluate(models: Sequence[dict[str, Any]], *, profile: str = "cpu", n: int = 0, until: int | None = None,
+             checks: int = 0, protocol: str = "strongest", device: str = "cpu", **kw: Any) -> list[dict[str, Any]]:
+    """Robustness curves of registered models as Ray tasks, under ``protocol`` (default ``"strongest"``,
+    :data:`crossholder.evaluation.PROTOCOLS`; :func:`crossholder.evaluation.evaluate_registered`, each
+    resuming at its last finished chunk).
+
+    ``models``: dicts with ``dataset``, ``defense`` and optionally ``seed`` (the model's training seed,
+    also the attacks' seed). ``n``: the first ``n`` test images (0: the profile's); ``until``: stop after
+    the chunks below it; ``checks``: then the AutoAttack agreement and the masking table on the
+    first ``checks`` images (``strongest`` only). ``kw``: :func:`run_tasks`'s options.
+    """
+    from . import evaluation
+
+    if protocol not in evaluation.PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r}; allowed values: {', '.join(map(repr, evaluation.PROTOCOLS))}")
+    if checks and protocol != "strongest":
+        raise ValueError(f"checks={checks!r} needs protocol='strongest' (got {protocol!r})")
+    calls = [{"dataset": m["dataset"], "defense": m["defense"], "profile": ex.check_profile(profile),
+              "seed": int(m.get("seed", 0)), "n": n, "until": until, "checks": checks, "protocol": protocol,
+              "device": device} for m in models]
+    return run_tasks(_evaluate_task, calls, device=device, desc="evaluate", **kw)
+
+
+def grid(dataset: str, *, profile: str = "cpu", seed: int = 0, defenses: tuple[str, ...] | None = None,
+         device: str = "cpu", **kw: Any):
+    """Score every missing point of ``dataset``'s hyperparameter grid as Ray tasks, then return the
+    table :func:`crossholder.selection.run_grid` builds from the cached points (the same table a
+    sequential run gives: each point is computed independently with the same seed)."""
+    from . import selection
+
+    todo = selection.missing_points(dataset, profile, seed=seed, defenses=defenses)
+    if todo:
+        calls = [{"dataset": dataset, "defense": d, "hp": hp, "profile": profile, "seed": seed, "device": device}
+                 for d, hp in todo]
+        run_tasks(_score_task, calls, device=device, desc=f"{dataset} grid", **kw)
+    return selection.run_grid(dataset, profile, seed=seed, progress=False, device=device, defenses=defenses,
+                              cached_only=True)
+
+
+def seeds(seed_list: Sequence[int] = (1, 2), *, datasets: Sequence[str] = data_mod.DATASETS,
+          defenses: Sequence[str] = ex.DEFENSES, profile: str = "cpu", n: int = 0, until: int | None = None,
+          device: str = "cpu", **kw: Any) -> list[dict[str, Any]]:
+    """Train every registered configuration with each seed of ``seed_list`` (registered in the
+    variant ``<profile>-seed=<s>``), then evaluate each with the ``strongest`` protocol on the same
+    first ``n`` test images (0: the profile's). Resumable: a rerun skips what is done."""
+    runs = [{"dataset": d, "defense": m, "seed": s} for s in seed_list for d in datasets for m in defenses]
+    train(runs, profile=profile, device=device, **kw)
+    return evaluate(runs, profile=profile, n=n, until=until, device=device, **kw)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m crossholder.jobs train|evaluate|grid|seeds ...``: the long runs through Ray."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--address", default=None,
+                    help="None (default): a local Ray instance; 'auto', 'host:port' or 'ray://host:port': a cluster")
+    ap.add_argument("--profile", default="cpu", choices=list(ex.PROFILES))
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda")
+    ap.add_argument("--cpus", type=int, default=1, help="CPUs (torch threads) per task")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local instance (default: all)")
+    ap.add_argument("--gpu-fraction", type=float, default=GPU_FRACTION, help="share of a GPU per task")
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train configurations (registered)")
+    t.add_argument("--dataset", action="append", choices=data_mod.DATASETS, required=True)
+    t.add_argument("--defense", action="append", choices=ex.DEFENSES, required=True)
+    t.add_argument("--seed", type=int, action="append", default=None)
+    e = sub.add_parser("evaluate", help="strongest-protocol curves of registered models")
+    e.add_argument("--dataset", action="append", choices=data_mod.DATASETS, required=True)
+    e.add_argument("--defense", action="append", choices=ex.DEFENSES, required=True)
+    e.add_argument("--seed", type=int, action="append", default=None)
+    e.add_argument("--n", type=int, default=0)
+    e.add_argument("--until", type=int, default=None)
+    e.add_argument("--checks", type=int, default=0)
+    e.add_argument("--protocol", default="strongest", help="strongest (default), strongest-v2 or paper-v1")
+    g = sub.add_parser("grid", help="score the hyperparameter grid (notebook 03's)")
+    g.add_argument("--dataset", action="append", choices=data_mod.DATASETS, required=True)
+    g.add_argument("--defense", action="append", default=None)
+    g.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("seeds", help="train and evaluate every configuration with more seeds")
+    s.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    s.add_argument("--dataset", action="append", choices=data_mod.DATASETS, default=None)
+    s.add_argument("--defense", action="append", choices=ex.DEFENSES, default=None)
+    s.add_argument("--n", type=int, default=0)
+    s.add_argument("--until", type=int, default=None)
+    args = ap.parse_args(argv)
+    kw = dict(address=args.address, cpus=args.cpus, num_cpus=args.num_cpus, gpu_fraction=args.gpu_fraction)
+    t0 = time.perf_counter()
+    if args.command in ("train", "evaluate"):
+        runs = [{"dataset": d, "defense": m, "seed": s} for s in (args.seed or [0]) for d in args.dataset
+                for m in args.defense]
+        if args.command == "train":
+            out = train(runs, profile=args.profile, device=args.device, **kw)
+        else:
+            out = evaluate(runs, profile=args.profile, n=args.n, until=args.until, checks=args.checks,
+                           protocol=args.protocol, device=args.device, **kw)
+        for r in out:
+            print(r)
+    elif args.command == "grid":
+        for d in args.dataset:
+            table = grid(d, profile=args.profile, seed=args.seed, device=args.device,
+                         defenses=tuple(args.defense) if args.defense else None, **kw)
+            print(table.to_string(index=False))
+    else:
+        for r in seeds(args.seeds, datasets=args.dataset or data_mod.DATASETS, defenses=args.defense or ex.DEFENSES,
+                       profile=args.profile, n=args.n, until=args.until, device=args.device, **kw):
+            print(r)
+    print(f"[jobs] {args.command} done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""crossholder.jobs on a local Ray instance at the smoke profile (issue 19, item 7)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from crossholder import experiments as ex  # noqa: E402
+from crossholder import jobs, selection, training  # noqa: E402
+
+
+def _ray_processes() -> list[int]:
+    """PIDs of Ray's own daemons (raylet, GCS server) and workers on this machine."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "raylet" in cmd or "gcs_server" in cmd or cmd.startswith("ray::"):
+            out.append(int(p.name))
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One local Ray instance for the module (start-up costs seconds), workers writing under a temp root."""
+    root = tmp_path_factory.mktemp("ray")
+    saved = {k: os.environ.get(k) for k in ("CROSSHOLDER_RESULTS", "CROSSHOLDER_SCRATCH")}
+    os.environ["CROSSHOLDER_RESULTS"] = str(root / "results")
+    os.environ["CROSSHOLDER_SCRATCH"] = str(root / "scratch")
+    try:
+        with jobs.session(num_cpus=4):
+            yield root
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    deadline = time.time() + 30
+    while _ray_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _ray_processes(), "Ray processes left behind after the session"
+
+
+def test_a_grid_through_ray_gives_the_sequential_table(local_ray, tmp_path, monkeypatch):
+    defenses = ("adversarial", "cross_lipschitz")
+    got = jobs.grid("mnist", profile="smoke", defenses=defenses, progress=False)
+    assert len(got) == 4
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("CROSSHOLDER_SCRATCH", str(tmp_path / "scratch"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                              # the tasks' one thread per CPU
+    try:
+        want = selection.run_grid("mnist", "smoke", defenses=defenses, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+
+
+def test_concurrent_registrations_lose_nothing(local_ray):
+    runs = [{"dataset": "mnist", "defense": d} for d in ex.DEFENSES]
+    out = jobs.train(runs, profile="smoke", progress=False)
+    assert len({r["pid"] for r in out}) > 1, "the trainings ran in parallel workers"
+    reg = ex.read_json(Path(local_ray) / "results" / "variants" / "smoke" / "models.json")
+    assert {f"mnist/{d}" for d in ex.DEFENSES} <= set(reg)
+    assert all(reg[f"mnist/{r['defense']}"]["run_id"] == r["run_id"] for r in out)
+
+
+def _worker_of(task_name: str) -> int | None:
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if (p / "cmdline").read_bytes().startswith(f"ray::{task_name}".encode()):
+                    return int(p.name)
+            except OSError:
+                continue
+    return None
+
+
+def test_a_killed_worker_is_retried_and_resumes_to_the_same_weights(local_ray, tmp_path, monkeypatch):
+    overrides = {"n_train": 2048, "epochs": 4}
+    cfg = training.make_config("mnist", "none", profile="smoke", seed=3, **overrides)
+    paths = training.run_paths(cfg)                    # the workers' paths (the module's environment)
+    result: dict = {}
+
+    def submit():
+        result["out"] = jobs.train([{"dataset": "mnist", "defense": "none", "seed": 3, "overrides": overrides}],
+                                   profile="smoke", register=False, progress=False)
+
+    t = threading.Thread(target=submit)
+    t.start()
+    killed, deadline = None, time.time() + 300
+    while killed is None and time.time() < deadline and t.is_alive():
+        pid = _worker_of("_train_task")
+        if pid and paths["state"].exists():                # at least one epoch saved, not finished
+            os.kill(pid, signal.SIGKILL)
+            killed = pid
+        time.sleep(0.05)
+    t.join(600)
+    assert killed is not None, "the training finished before it could be killed"
+    out = result["out"][0]
+    assert out["pid"] != killed, "the task was retried in another worker"
+    assert not paths["state"].exists(), "the resumed run finished and removed its state"
+    resumed = training.models_mod.load(paths["checkpoint"])
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("CROSSHOLDER_SCRATCH", str(tmp_path / "scratch"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plain = training.train(cfg, progress=False).model
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(resumed.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_task_that_raises_surfaces_its_traceback(local_ray):
+    with pytest.raises(ValueError, match="lam1") as err:
+        jobs.train([{"dataset": "mnist", "defense": "cross_lipschitz", "overrides": {"lam1": -1.0}}],
+                   profile="smoke", progress=False)
+    text = str(err.value)                                  # the worker's frames, down to the raise
+    assert "ray::_train_task()" in text and 'File "' in text and "in make_config" in text
+
+
+def test_bad_addresses_fail_fast_with_a_clear_error():
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError, match="address='127.0.0.1:1': no Ray cluster answers"):
+        with jobs.session("127.0.0.1:1"):
+            pass
+    assert time.perf_counter() - t0 < 10
+    with pytest.raises(ValueError, match="address='nowhere'; allowed"):
+        with jobs.session("nowhere"):
+            pass
+    with pytest.raises(ValueError, match="cpus=0 must be an integer >= 1"):
+        jobs.run_tasks(print, [], cpus=0)
