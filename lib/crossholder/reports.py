@@ -16,6 +16,8 @@ of :data:`TABLES`):
 * ``claims``: ``results/<dataset>/claims.csv`` (notebook 04's verdicts);
 * ``step_size``: ``results/step-size.csv`` (``tools/step_size_study.py``: PGD's step, measured);
 * ``autoattack``: ``results/<dataset>/robustness/autoattack-*.csv`` of the models in ``robustness.json``;
+* ``agreement``: ``results/<dataset>/robustness/agreement-*.csv`` (AutoAttack against the ``strongest``
+  sweep, per registered model, the newest sweep version);
 * ``selection``: ``results/<dataset>/selection/grid-cpu.csv`` (notebook 03's grid points scored so far);
 * ``all_classes``: the MNIST Cross-Lipschitz runs trained on every class (the paper's form) next to the
   registered runner-up run: sidecars in ``results/mnist/models/`` and their curves in
@@ -170,6 +172,49 @@ def autoattack_table(root: Path = ROOT) -> str:
                              f"{100 * r['autoattack']:.0f}% | {100 * r['ours_worst_per_example']:.0f}% | "
                              f"{int(round(100 * r['gap'])):+d} |")
     return "\n".join(lines)
+
+
+def agreement_table(root: Path = ROOT) -> str:
+    """AutoAttack against the ``strongest`` sweep, per registered robust model: on its first ``n`` test
+    images, how many images the sweep calls robust and how many of those AutoAttack fools (``missed``),
+    per ε; from ``results/<dataset>/robustness/agreement-*.csv`` of the ``cpu`` profile, the highest
+    code version of the sweep found for each model. Bold: more than 1% of ``n`` missed (the target)."""
+    models = json.loads((root / "results" / "models.json").read_text()) if (root / "results" / "models.json").exists() else {}
+    found: dict[tuple[str, str], tuple[int, pd.DataFrame]] = {}
+    for ds in NAMES:
+        for f in sorted((root / "results" / ds / "robustness").glob("agreement-*.json")):
+            meta = json.loads(f.read_text())
+            params = meta.get("params", {})
+            if meta.get("profile") != "cpu" or not f.with_suffix(".csv").exists():
+                continue
+            code = int(params.get("code", 0))
+            table = pd.read_csv(f.with_suffix(".csv"))
+            for defense, rid in params.get("models", {}).items():
+                if models.get(f"{ds}/{defense}", {}).get("run_id") != rid:
+                    continue
+                rows = table[table["defense"] == defense]
+                if len(rows) and code >= found.get((ds, defense), (-1, None))[0]:
+                    found[(ds, defense)] = (code, rows)
+    eps = sorted({float(e) for _, rows in found.values() for e in rows["eps"]})
+    lines = ["| data set | defense | n | sweep | " + " | ".join(f"ε = {e:g}" for e in eps) + " |",
+             "|---|---|---|---|" + "---|" * len(eps)]
+    for ds in NAMES:
+        for defense in DEFENSE_NAMES:
+            if (ds, defense) not in found:
+                continue
+            code, rows = found[(ds, defense)]
+            by = rows.set_index("eps")
+            n = int(rows["n"].iloc[0])
+            cells = []
+            for e in eps:
+                if e not in by.index:
+                    cells.append("")
+                    continue
+                r = by.loc[e]
+                cell = f"{int(r['robust'])} / {int(r['missed'])}"
+                cells.append(f"**{cell}**" if r["missed"] > 0.01 * n else cell)
+            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[defense]} | {n} | v{code} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else "(no AutoAttack agreement yet)"
 
 
 def selection_table(root: Path = ROOT) -> str:
@@ -492,7 +537,7 @@ def step_size_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"step_size": step_size_table, "speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "fidelity_robustness": fidelity_robustness_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "models": models_table, "robustness": robustness_table, "claims": claims_table,
+TABLES = {"step_size": step_size_table, "speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "fidelity_robustness": fidelity_robustness_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "agreement": agreement_table, "models": models_table, "robustness": robustness_table, "claims": claims_table,
           "verdicts": verdicts_table}
 
 
