@@ -3,7 +3,7 @@
 #   make selection the hyperparameter grid of notebook 03 (hours at the cpu profile; Ray tasks)
 #   make seeds     every configuration trained and evaluated with seeds 1 and 2 (Ray tasks; many hours)
 # Long runs go through Ray (crossholder.jobs): a local instance by default, a cluster with
-# ADDRESS=auto (or host:port, ray://host:port); results/ must then be on a shared file system.
+# RAY_CLUSTER=auto (or host:port, ray://host:port); results/ must then be on a shared file system.
 #   make test      set up, fetch data, run the test suite (unit tests, notebook checks, nbval)
 #   make lab       JupyterLab at the project root on the project kernel (LAB_ARGS for a remote machine)
 # Both main targets are idempotent: a second run skips what is done.
@@ -18,8 +18,8 @@ PROFILE ?= cpu
 DEVICE  ?= cpu
 PAPERMILL := $(VENV)/bin/papermill --kernel $(KERNEL) --log-level WARNING --request-save-on-cell-execute
 PMARGS  := -p profile $(PROFILE) -p device $(DEVICE)
-ADDRESS ?=
-JOBS    := $(PY) -m crossholder.jobs --profile $(PROFILE) --device $(DEVICE) $(if $(ADDRESS),--address $(ADDRESS),)
+RAY_CLUSTER ?=
+JOBS    := $(PY) -m crossholder.jobs --profile $(PROFILE) --device $(DEVICE)$(if $(RAY_CLUSTER), --address $(RAY_CLUSTER),)
 
 .PHONY: all setup data test figures selection seeds lab bench browser clean distclean
 all: figures
@@ -89,14 +89,14 @@ $(STAMPS)/02.done: $(NB)/02_training.ipynb $(LIB) | $(RAW)
 # per grid point; executed copies in notebooks/runs/), then redraws the source notebook, which
 # tables the points scored (grid=False, its default; seconds).
 $(STAMPS)/03.done: $(NB)/03_hyperparameter_selection.ipynb $(LIB) | $(RAW)
-	for ds in $(DATASETS); do $(call run,$<,-$$ds-grid,-p grid True -p dataset $$ds -p address "$(ADDRESS)") || exit 1; done
+	for ds in $(DATASETS); do $(call run,$<,-$$ds-grid,-p grid True -p dataset $$ds -p address "$(RAY_CLUSTER)") || exit 1; done
 	$(call run,$<,,)
 	$(call run,$<,-fashion_mnist,-p dataset fashion_mnist)
 	@mkdir -p $(STAMPS) && touch $@
 
 # 04: robustness curves per dataset (needs the models of 02). The eight curves of the notebook's
 # protocol run first as Ray tasks, in parallel (cached: with committed results they only load).
-EVAL_PROTOCOL := $(shell sed -n 's/^protocol: str = "\([^"]*\)".*/\1/p' $(NB)/04_robustness.py)
+EVAL_PROTOCOL := $(or $(shell sed -n 's/^protocol: str = "\([^"]*\)".*/\1/p' $(NB)/04_robustness.py),strongest)
 $(STAMPS)/04.done: $(NB)/04_robustness.ipynb $(STAMPS)/02.done $(LIB) | $(RAW)
 	$(JOBS) evaluate $(TRAIN_ALL) --protocol $(EVAL_PROTOCOL)
 	$(call run,$<,,)

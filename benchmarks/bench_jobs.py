@@ -39,8 +39,9 @@ def main() -> None:
 
     overrides = {"n_train": args.n_train, "epochs": args.epochs}
     runs = [{"dataset": "mnist", "defense": "none", "seed": s, "overrides": overrides} for s in range(args.n)]
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     out_json = paths.results_dir() / "mnist" / "benchmarks" / "jobs.json"
+    saved = {k: os.environ.get(k) for k in ("CROSSHOLDER_RESULTS", "CROSSHOLDER_SCRATCH")}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CROSSHOLDER_RESULTS"] = str(Path(tmp) / "seq" / "results")
         os.environ["CROSSHOLDER_SCRATCH"] = str(Path(tmp) / "seq" / "scratch")
@@ -61,7 +62,11 @@ def main() -> None:
             jobs.train(runs, profile="smoke", register=False, progress=False)
             through_ray = time.perf_counter() - t1
         assert not ray.is_initialized()
-        del os.environ["CROSSHOLDER_RESULTS"], os.environ["CROSSHOLDER_SCRATCH"]
+        for k, v in saved.items():                 # the caller's settings back
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     summary = {"n": args.n, "n_train": args.n_train, "epochs": args.epochs, "cores": cores,
                "sequential_s": round(sequential, 2), "ray_s": round(through_ray, 2),
                "ray_startup_s": round(startup, 2),

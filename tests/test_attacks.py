@@ -600,6 +600,7 @@ def test_version_3_upgrades_version_2_rows_to_exactly_a_fresh_run(tmp_path, monk
     assert run(tmp_path / "partial", protocol="strongest-v2", until=8)[0] is None     # one chunk, unfinished
     _, finished_v2, side_v2 = run(tmp_path / "finished", protocol="strongest-v2")
     assert side_v2["code"] == "2" and "min_norm_fab_t" not in finished_v2
+    run(tmp_path / "other-chunk", protocol="strongest-v2", chunk=16)
     calls = []
     real_sweep = evaluation.sweep
     monkeypatch.setattr(evaluation, "sweep", lambda *a, **k: calls.append(k.get("loss")) or real_sweep(*a, **k))
@@ -608,14 +609,22 @@ def test_version_3_upgrades_version_2_rows_to_exactly_a_fresh_run(tmp_path, monk
     calls.clear()
     _, from_finished, side_f = run(tmp_path / "finished")
     assert not calls, "every chunk is upgraded: neither PGD nor APGD-CE runs again"
-    for got in (from_partial, from_finished):
-        evaluation.pd.testing.assert_frame_equal(got[fresh.columns], fresh, check_dtype=False)
-    assert side_f["upgraded_from"]["run_id"] == side_v2["run_id"] and side_f["upgraded_from"]["images"] == 16
-    assert side_p["upgraded_from"]["images"] == 8
-    assert side_f["grad_evals"] == side_fresh["grad_evals"] and side_p["grad_evals"] == side_fresh["grad_evals"]
+    calls.clear()
+    _, from_other_chunk, side_o = run(tmp_path / "other-chunk")
+    assert calls.count("cw") == 2 and "upgraded_from" not in side_o, "rows of another chunk size are not upgraded"
+    for got in (from_partial, from_finished, from_other_chunk):   # the same columns, in the same order, bit for bit
+        evaluation.pd.testing.assert_frame_equal(got, fresh, check_exact=True)
+    assert side_f["upgraded_from"]["run_id"] == side_v2["run_id"] and side_f["upgraded_from"]["chunks"] == [0, 8]
+    assert side_p["upgraded_from"]["chunks"] == [0]
+    # the sidecar counts this run's own work; with the finished version-2 run's it is a fresh run's
+    assert side_f["grad_evals"] + side_f["upgraded_from"]["version2_totals"]["grad_evals"] == side_fresh["grad_evals"]
+    assert side_p["grad_evals"] < side_fresh["grad_evals"]
+    monkeypatch.setattr(evaluation, "sweep", real_sweep)
+    assert run(tmp_path / "resume", until=8)[0] is None
+    with pytest.raises(ValueError, match="chunk=16 but .* was computed with chunk=8"):
+        run(tmp_path / "resume", chunk=16)
 
 
-@pytest.mark.filterwarnings("ignore:APGD-T is not run")
 def test_evaluate_model_strongest_rows_and_legacy_protocol(linear_case, tmp_path, monkeypatch):
     """The default protocol adds APGD-CE, APGD-T, FAB and strongest rows (never above any attack's);
     ``paper-v1`` keeps the code-version-1 run identity and its step rule."""

@@ -18,18 +18,27 @@ from crossholder import experiments as ex  # noqa: E402
 from crossholder import jobs, selection, training  # noqa: E402
 
 
-def _ray_processes() -> list[int]:
-    """PIDs of Ray's own daemons (raylet, GCS server) and workers on this machine."""
-    out = []
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process on this machine."""
+    out = {}
     for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "raylet" in cmd or "gcs_server" in cmd or cmd.startswith("ray::"):
-            out.append(int(p.name))
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue
+            out[int(p.name)] = (ppid, cmd)
+    return out
+
+
+def _descendants(root: int = 0) -> dict[int, str]:
+    """The processes started, directly or not, by this test process (Ray's daemons and workers among them)."""
+    procs, root = _processes(), root or os.getpid()
+    out, frontier = {}, {root}
+    while frontier:
+        frontier = {pid for pid, (ppid, _) in procs.items() if ppid in frontier and pid not in out}
+        out.update({pid: procs[pid][1] for pid in frontier})
     return out
 
 
@@ -37,6 +46,7 @@ def _ray_processes() -> list[int]:
 def local_ray(tmp_path_factory):
     """One local Ray instance for the module (start-up costs seconds), workers writing under a temp root."""
     root = tmp_path_factory.mktemp("ray")
+    before = set(_descendants())
     saved = {k: os.environ.get(k) for k in ("CROSSHOLDER_RESULTS", "CROSSHOLDER_SCRATCH")}
     os.environ["CROSSHOLDER_RESULTS"] = str(root / "results")
     os.environ["CROSSHOLDER_SCRATCH"] = str(root / "scratch")
@@ -50,9 +60,10 @@ def local_ray(tmp_path_factory):
             else:
                 os.environ[k] = v
     deadline = time.time() + 30
-    while _ray_processes() and time.time() < deadline:
+    while set(_descendants()) - before and time.time() < deadline:
         time.sleep(0.5)
-    assert not _ray_processes(), "Ray processes left behind after the session"
+    left = {pid: cmd for pid, cmd in _descendants().items() if pid not in before}
+    assert not left, f"processes left behind after the Ray session: {left}"
 
 
 def test_a_grid_through_ray_gives_the_sequential_table(local_ray, tmp_path, monkeypatch):
@@ -70,29 +81,37 @@ def test_a_grid_through_ray_gives_the_sequential_table(local_ray, tmp_path, monk
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
 
 
-def test_concurrent_registrations_lose_nothing(local_ray):
+def test_registrations_through_ray_lose_nothing(local_ray):
+    """Trainings through jobs register in their variant's registry; and 8 tasks writing one registry
+    at the same instant (the registry's file lock, ``experiments.update_json``) lose no entry."""
     runs = [{"dataset": "mnist", "defense": d} for d in ex.DEFENSES]
     out = jobs.train(runs, profile="smoke", progress=False)
-    assert len({r["pid"] for r in out}) > 1, "the trainings ran in parallel workers"
     reg = ex.read_json(Path(local_ray) / "results" / "variants" / "smoke" / "models.json")
-    assert {f"mnist/{d}" for d in ex.DEFENSES} <= set(reg)
     assert all(reg[f"mnist/{r['defense']}"]["run_id"] == r["run_id"] for r in out)
+    registry = Path(local_ray) / "registry-race.json"
+
+    def register_at(key: str, when: float) -> int:
+        from crossholder import experiments
+
+        time.sleep(max(0.0, when - time.time()))           # every task writes at the same instant
+        experiments.update_json(registry, key, {"pid": os.getpid()})
+        return os.getpid()
+
+    task = ray.remote(register_at).options(num_cpus=0.5)         # all 8 fit the instance's 4 CPUs at once
+    when = time.time() + 15
+    pids = ray.get([task.remote(f"key-{i}", when) for i in range(8)])
+    assert len(set(pids)) == 8, "the writers ran in parallel worker processes"
+    assert set(ex.read_json(registry)) == {f"key-{i}" for i in range(8)}
 
 
 def _worker_of(task_name: str) -> int | None:
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if (p / "cmdline").read_bytes().startswith(f"ray::{task_name}".encode()):
-                    return int(p.name)
-            except OSError:
-                continue
-    return None
+    """The worker of this session running ``task_name`` (never another Ray's on the machine)."""
+    return next((pid for pid, cmd in _descendants().items() if cmd.startswith(f"ray::{task_name}")), None)
 
 
 def test_a_killed_worker_is_retried_and_resumes_to_the_same_weights(local_ray, tmp_path, monkeypatch):
     overrides = {"n_train": 2048, "epochs": 4}
-    cfg = training.make_config("mnist", "none", profile="smoke", seed=3, **overrides)
+    cfg = training.final_config("mnist", "none", profile="smoke", seed=3, **overrides)
     paths = training.run_paths(cfg)                    # the workers' paths (the module's environment)
     result: dict = {}
 
@@ -113,6 +132,7 @@ def test_a_killed_worker_is_retried_and_resumes_to_the_same_weights(local_ray, t
     assert killed is not None, "the training finished before it could be killed"
     out = result["out"][0]
     assert out["pid"] != killed, "the task was retried in another worker"
+    assert out["resumed_at_epoch"] >= 1, "the retry resumed from the killed attempt's checkpoint"
     assert not paths["state"].exists(), "the resumed run finished and removed its state"
     resumed = training.models_mod.load(paths["checkpoint"])
     monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "results"))
@@ -146,3 +166,16 @@ def test_bad_addresses_fail_fast_with_a_clear_error():
             pass
     with pytest.raises(ValueError, match="cpus=0 must be an integer >= 1"):
         jobs.run_tasks(print, [], cpus=0)
+
+
+def test_jobs_trains_exactly_the_registered_configurations(monkeypatch):
+    """jobs.train builds training.final_config: for every registered model it is the registered run,
+    in the canonical variant (so `make figures` only loads, and seeds land in `cpu-seed=<s>`)."""
+    monkeypatch.delenv("CROSSHOLDER_RESULTS", raising=False)       # the committed results/
+    registry = ex.read_json(training.registry_path(""), {}) or {}
+    assert registry, "results/models.json is committed"
+    for key, rec in registry.items():
+        dataset, defense = key.split("/")
+        cfg = training.final_config(dataset, defense)
+        assert cfg.run_id == rec["run_id"] and training.config_variant(cfg) == "", key
+        assert training.config_variant(training.final_config(dataset, defense, seed=1)) == "cpu-seed=1"

@@ -224,10 +224,17 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: float) -> to
         delta = delta * factor
     else:
         delta = delta.clamp(-eps, eps)
-    out = (x + delta).clamp(0.0, 1.0)
-    # in float32, x + delta rounds each coordinate of delta to the spacing of x (6e-8 near 0.5): at a
-    # small eps that moves the norm by more than the verification's tolerance. Only such points are
-    # pulled 1e-4 inside the ball; every other point is exactly as computed above.
+    return _pull_back((x + delta).clamp(0.0, 1.0), x, eps, norm)
+
+
+def _pull_back(out: torch.Tensor, x: torch.Tensor, eps: float, norm: float) -> torch.Tensor:
+    """``out`` with the points that float32 rounding put outside the ``eps``-ball pulled back inside.
+
+    In float32, ``x + delta`` rounds each coordinate of delta to the spacing of x (6e-8 near 0.5): at
+    a small ``eps`` (below about 0.006 in pixel units) that moves the norm by more than the
+    verification's tolerance. Only such points are pulled 1e-4 inside the ball; every other point is
+    returned exactly as given (so results at the evaluation's ε are unchanged).
+    """
     n = perturbation_norm(out - x, norm)
     over = n > eps * (1 + VERIFY_RTOL)
     if bool(over.any()):
@@ -273,7 +280,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm:
                     break
                 noise = _start_noise(x.shape, eps, norm, seed, r, x.dtype).to(x.device)
                 x0, y0 = x[idx], y[idx]
-                xa = (x0 + noise[idx]).clamp(0.0, 1.0)
+                xa = _pull_back((x0 + noise[idx]).clamp(0.0, 1.0), x0, eps, norm)
                 live = torch.arange(idx.numel(), device=x.device)        # positions into idx still running
                 for _ in range(steps):
                     xa_l = xa[live].requires_grad_(True)

@@ -80,7 +80,7 @@ STRONG = {"apgd_iter": 100, "apgd_targets": 9, "fab_iter": 100, "fab_targets": 9
 PROTOCOLS = {"strongest": {"code": EVAL_CODE_VERSION, "step_fraction": attacks_mod.DEFAULT_STEP_FRACTION,
                            "strong": STRONG},
              "strongest-v2": {"code": "2", "step_fraction": attacks_mod.DEFAULT_STEP_FRACTION,
-                              "strong": {k: v for k, v in STRONG.items() if k != "fab_targets"}},
+                              "strong": {"apgd_iter": 100, "apgd_targets": 9, "fab_iter": 100}},   # frozen
              "paper-v1": {"code": "1", "step_fraction": None, "strong": None}}
 EPS_UNITS = ("paper", "pixel")
 
@@ -497,8 +497,9 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
 
     ``"strongest"`` upgrades rather than recomputes: where the same evaluation under
     ``"strongest-v2"`` (no FAB-T) has rows, finished or in its scratch partial, each of its chunks
-    gets only :func:`fab_t_step`, which gives exactly the rows of a version-3 run from scratch. The
-    sidecar then names that run (``upgraded_from``) and its cost is included in the totals.
+    gets only :func:`fab_t_step`, which gives exactly the rows of a version-3 run from scratch (same
+    chunk size, device and library versions). The sidecar's costs are this run's own; ``upgraded_from``
+    names the version-2 run, the chunks taken from it and its totals (its cost is not included).
 
     Per-example results land chunk by chunk in ``results/<dataset>/robustness/<defense>-<id>-examples.csv``
     (atomic writes; a killed run resumes at the first missing chunk), then the curve in
@@ -537,18 +538,20 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
         return pd.read_csv(curve_csv), pd.read_csv(per_csv), ex.read_json(side)
     done = pd.read_csv(partial) if partial.exists() else pd.DataFrame()
     state = ex.read_json(partial.with_suffix(".json"), {"wall_time_s": 0.0, "grad_evals": 0})
+    if not done.empty and state.get("chunk", 100) != chunk:   # rows depend on the chunk (random starts per batch)
+        raise ValueError(f"chunk={chunk} but {partial} was computed with chunk={state.get('chunk', 100)}: "
+                         "resume with that chunk, or remove the partial to start over")
+    state["chunk"] = chunk
     reused: dict[str, Any] = {}
     if reuse_larger_runs and done.empty:
         done, reused = _donor_rows(curve_csv.parent, defense, params, seed, len(x), chunk, y, code)
     strong = PROTOCOLS[protocol]["strong"]
-    older = pd.DataFrame()
-    if protocol == "strongest" and (not partial.exists() or "upgraded_from" in state):
-        # the version-2 rows of the same run, finished or in progress, are upgraded (fab_t_step)
-        older, upgraded = _version2_rows(dataset=dataset, defense=defense, model_id=model_id, eps_list=eps_list,
-                                         steps=steps, restarts=restarts, n=len(x), seed=seed, profile=profile)
-        if upgraded and "upgraded_from" not in state:
-            state = {"wall_time_s": upgraded["wall_time_s"], "grad_evals": upgraded["grad_evals"],
-                     "grad_evals_by_attack": upgraded["grad_evals_by_attack"], "upgraded_from": upgraded}
+    older, v2_meta = pd.DataFrame(), {}
+    if protocol == "strongest":   # the version-2 rows of the same run, finished or in progress, are upgraded
+        older, v2_meta = _version2_rows(dataset=dataset, defense=defense, model_id=model_id, eps_list=eps_list,
+                                        steps=steps, restarts=restarts, n=len(x), seed=seed, profile=profile)
+        if v2_meta and v2_meta["chunk"] != chunk:
+            older = pd.DataFrame()                     # other chunks, other rows: computed afresh
     by_attack = dict(state.get("grad_evals_by_attack", {}))
     from tqdm.auto import tqdm
 
@@ -571,6 +574,9 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
             upgraded_rows = fab_t_step(model, xb, yb, eps_pixel, v2, seed=seed, targets=strong["fab_targets"])
             _add_strong(part, upgraded_rows, by_attack)
             grad_evals += sum(int(r.get("grad_evals", 0)) for r in upgraded_rows.values())
+            up = state.setdefault("upgraded_from", {"run_id": v2_meta["run_id"], "chunks": []})
+            up["chunks"] = sorted(set(up["chunks"]) | {int(s)})
+            up.update({"file": v2_meta["file"], "version2_totals": v2_meta["totals"]})
             done = _save_chunk(partial, done, part, state, t0, grad_evals, by_attack)
             continue
         part = pd.DataFrame({"index": np.arange(s, s + len(xb)), "label": yb.cpu().numpy()})
@@ -621,10 +627,16 @@ def _add_strong(part: pd.DataFrame, res: dict[str, Any], by_attack: dict[str, in
             by_attack[names[key]] = by_attack.get(names[key], 0) + int(r["grad_evals"])
 
 
+#: order of the per-example columns (a fresh run's): PGD, then the strongest protocol's attacks
+_ROW_ORDER = ["index", "label"] + [f"{k}_{c}" for c in ("ce", "cw", "apgd_ce", "fab", "apgd_t", "fab_t", "strongest")
+                                   for k in ("min_norm", "fooled_at")]
+
+
 def _save_chunk(partial: Path, done: pd.DataFrame, part: pd.DataFrame, state: dict, t0: float, grad_evals: int,
                 by_attack: dict[str, int]) -> pd.DataFrame:
     """Append a chunk's rows to the scratch partial and its progress to the sidecar (atomic writes)."""
     done = pd.concat([done, part], ignore_index=True)
+    done = done[[c for c in _ROW_ORDER if c in done] + [c for c in done if c not in _ROW_ORDER]]
     ex.atomic_write_text(partial, done.to_csv(index=False))
     ex.atomic_write_json(partial.with_suffix(".json"),
                          {**state, "wall_time_s": state["wall_time_s"] + time.perf_counter() - t0,
@@ -635,17 +647,19 @@ def _save_chunk(partial: Path, done: pd.DataFrame, part: pd.DataFrame, state: di
 def _version2_rows(*, dataset: str, defense: str, model_id: str, eps_list: Sequence[float], steps: int,
                    restarts: int, n: int, seed: int, profile: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The rows of the same evaluation under ``"strongest-v2"`` (finished, else its scratch partial) and
-    their provenance (``run_id``, ``file``, ``images``, the cost already spent); empty when none."""
+    their provenance (``run_id``, ``file``, ``chunk``, ``totals``: images, wall time and gradient rows of
+    that run so far); empty when none."""
     _, rid, (_, per_csv, side, partial) = _identity(
         dataset=dataset, defense=defense, model_id=model_id, eps_list=eps_list, steps=steps, restarts=restarts,
         n=n, seed=seed, profile=profile, protocol="strongest-v2")
     for rows_file, meta_file in ((per_csv, side), (partial, partial.with_suffix(".json"))):
         if rows_file.exists() and meta_file.exists():
             rows, meta = pd.read_csv(rows_file), ex.read_json(meta_file, {})
-            return rows, {"run_id": rid, "file": ex.paths.relative_to_root(rows_file), "images": len(rows),
-                          "wall_time_s": float(meta.get("wall_time_s", 0.0)),
-                          "grad_evals": int(meta.get("grad_evals", 0)),
-                          "grad_evals_by_attack": dict(meta.get("grad_evals_by_attack", {}))}
+            return rows, {"run_id": rid, "file": ex.paths.relative_to_root(rows_file),
+                          "chunk": int(meta.get("chunk", 100)),
+                          "totals": {"images": len(rows), "wall_time_s": float(meta.get("wall_time_s", 0.0)),
+                                     "grad_evals": int(meta.get("grad_evals", 0)),
+                                     "grad_evals_by_attack": dict(meta.get("grad_evals_by_attack", {}))}}
     return pd.DataFrame(), {}
 
 
@@ -1192,18 +1206,19 @@ def strong_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per_exampl
     code = PROTOCOLS["strongest"]["code"]
     ids = {defense: model_id}
     aa_params = {"n": len(x), "eps": list(autoattack_eps), "grid": list(eps_list)}
-    each: list[pd.DataFrame] = []
+    agree_params = {"models": ids, **aa_params}
+    per_image_csv = ex.cached_csv(f"{dataset}/robustness/agreement", agree_params, seed=seed, profile=profile,
+                                  code_version=code).with_suffix("")
 
     def _agree():
         table, per_image = autoattack_agreement(model, x, y, per_example, eps_list, autoattack_eps, dataset=dataset,
                                                 defense=defense, seed=seed, progress=True, return_per_example=True)
-        each.append(per_image)
+        # AutoAttack's outcome per attacked image, beside the table (written first: the table marks it done)
+        ex.atomic_write_text(Path(f"{per_image_csv}-examples.csv"), per_image.to_csv(index=False))
         return table
 
-    agree, agree_csv, _ = ex.cached_table(f"{dataset}/robustness/agreement", {"models": ids, **aa_params}, _agree,
-                                          seed=seed, profile=profile, code_version=code, device=device)
-    if each:   # AutoAttack's outcome per attacked image, beside the table (for diagnosis and later sweeps)
-        ex.atomic_write_text(agree_csv.with_name(agree_csv.stem + "-examples.csv"), each[0].to_csv(index=False))
+    agree, _, _ = ex.cached_table(f"{dataset}/robustness/agreement", agree_params, _agree,
+                                  seed=seed, profile=profile, code_version=code, device=device)
     k = [round(e, 6) for e in eps_list].index(round(masking_eps, 6))
     mask_params = {"n": len(x), "eps": masking_eps, "grid": list(eps_list)}
 

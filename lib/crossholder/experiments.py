@@ -342,6 +342,13 @@ def update_json(path: str | os.PathLike[str], key: str, value: Any) -> dict[str,
     return data
 
 
+def cached_csv(path_stem: str | os.PathLike[str], params: dict[str, Any], *, seed: int, profile: str,
+               code_version: str) -> Path:
+    """The CSV path :func:`cached_table` uses for these arguments (files beside it share its stem)."""
+    rid = run_id({**params, "seed": seed, "profile": profile, "code": code_version})
+    return paths.results_dir() / f"{path_stem}-{rid}.csv"
+
+
 def cached_table(path_stem: str | os.PathLike[str], params: dict[str, Any], compute, *, seed: int, profile: str,
                  code_version: str, device: str = "cpu", force: bool = False):
     """Load ``<results>/<path_stem>-<id>.csv`` if it exists, else ``compute()`` it and save it with a sidecar.
@@ -356,7 +363,7 @@ def cached_table(path_stem: str | os.PathLike[str], params: dict[str, Any], comp
     import pandas as pd
 
     rid = run_id({**params, "seed": seed, "profile": profile, "code": code_version})
-    csv = paths.results_dir() / f"{path_stem}-{rid}.csv"
+    csv = cached_csv(path_stem, params, seed=seed, profile=profile, code_version=code_version)
     side = csv.with_suffix(".json")
     if csv.exists() and side.exists() and not force:
         return pd.read_csv(csv), csv, read_json(side)

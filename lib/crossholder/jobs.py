@@ -11,16 +11,17 @@ Where the tasks run (``address``):
 * ``None`` (the default): a local Ray instance started for the call and shut down after it, sized
   to this machine (``num_cpus``: all its cores unless given). Nothing to set up.
 * ``"auto"``: the Ray cluster this machine belongs to (``ray start --head`` / ``ray start
-  --address=...`` run beforehand); ``"host:port"``: that cluster's head node (GCS port, 6379 by
-  default); ``"ray://host:port"``: a remote cluster through Ray Client (port 10001 by default).
-  An address nobody answers fails within seconds (:class:`ConnectionError`).
+  --address=...`` run beforehand); ``"host:port"``: that cluster's head node (its GCS port, 6379
+  unless ``ray start`` was told otherwise); ``"ray://host:port"``: a remote cluster through Ray
+  Client (port 10001 by default). An address nobody answers fails within seconds
+  (:class:`ConnectionError`); so does a task the cluster has no resources for (:class:`RuntimeError`).
 
 **What a cluster needs: a shared file system.** Tasks write ``results/`` and their resume state
 (``CROSSHOLDER_SCRATCH``) directly, through the same atomic writers and file locks as a local run,
 so every node must see the same project directory at the same path (an NFS mount, say) with the
 package installed in the same environment, and the data sets downloaded (``make data``). The
-driver passes its ``CROSSHOLDER_*`` variables to every worker. Clusters without a shared file
-system are not supported: a retried task would not find its checkpoint.
+driver passes its ``CROSSHOLDER_*`` variables (as absolute paths) to every task. Clusters without a
+shared file system are not supported: a retried task would not find its checkpoint.
 
 Resources: each task holds ``cpus`` CPUs (default 1) and runs torch with that many threads; on a GPU
 (``device="cuda"``) each task holds ``gpu_fraction`` of one (default :data:`GPU_FRACTION`: four small
@@ -34,6 +35,9 @@ Command line (``python -m crossholder.jobs --help``)::
     python -m crossholder.jobs evaluate --dataset mnist --defense cross_holder --checks 200
     python -m crossholder.jobs grid --dataset mnist
     python -m crossholder.jobs seeds --seeds 1 2 [--address auto]
+
+Trainings are the registered configurations (:func:`crossholder.training.final_config`), so a
+training here is the one notebook 02 and ``results/models.json`` know.
 """
 
 from __future__ import annotations
@@ -44,7 +48,10 @@ import os
 import socket
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Callable
+
+import pandas as pd
 
 from . import data as data_mod
 from . import experiments as ex
@@ -56,7 +63,8 @@ GPU_FRACTION = 0.25
 #: Retries of a task whose worker process died (Ray's ``max_retries``); exceptions are not retried.
 RETRIES = 3
 #: Environment variables the workers get from the driver (where results, data and scratch live).
-_ENV = ("CROSSHOLDER_RESULTS", "CROSSHOLDER_FIGURES", "CROSSHOLDER_SCRATCH", "CROSSHOLDER_DATA")
+_ENV = ("CROSSHOLDER_ROOT", "CROSSHOLDER_RESULTS", "CROSSHOLDER_FIGURES", "CROSSHOLDER_SCRATCH", "CROSSHOLDER_DATA")
+_ADDRESS_HELP = "allowed: None (a local Ray instance), 'auto', 'host:port' or 'ray://host[:port]'"
 
 
 def _ray():
@@ -72,15 +80,16 @@ def _check_address(address: str | None) -> None:
     if address is None or address == "auto":
         return
     if not isinstance(address, str) or not address:
-        raise ValueError(f"address={address!r}; allowed: None (a local Ray instance), 'auto', 'host:port' "
-                         "or 'ray://host:port'")
+        raise ValueError(f"address={address!r}; {_ADDRESS_HELP}")
+    client = address.startswith("ray://")
     hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"address={address!r}; allowed: None (a local Ray instance), 'auto', 'host:port' "
-                         "or 'ray://host:port'")
+    if client and not sep:
+        host, port = hostport, "10001"                  # Ray Client's default port
+    if not host or not port.isdigit():
+        raise ValueError(f"address={address!r}; {_ADDRESS_HELP}")
     try:
-        with socket.create_connection((host, int(port)), timeout=5):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
             pass
     except OSError as err:
         raise ConnectionError(f"address={address!r}: no Ray cluster answers there ({err}); start one with "
@@ -92,8 +101,9 @@ def session(address: str | None = None, *, num_cpus: int | None = None, num_gpus
             ) -> Iterator[None]:
     """Connect to Ray for the duration of the block: a local instance (``address=None``) or a cluster.
 
-    A local instance gets ``num_cpus`` (default: all cores) and ``num_gpus`` (default: what torch
-    sees) and is shut down at the end of the block, with every process it started. A cluster keeps
+    A local instance (never an existing cluster, even where ``RAY_ADDRESS`` is set) gets ``num_cpus``
+    (default: the cores this process may use) and ``num_gpus`` (default: what torch sees) and is shut
+    down at the end of the block, with every process it started. A cluster keeps
     running; only this driver disconnects. If Ray is already initialised (a caller's own
     ``ray.init``), that connection is used and left open.
 
@@ -105,16 +115,14 @@ def session(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     if ray.is_initialized():
         yield
         return
-    env = {k: os.environ[k] for k in _ENV if k in os.environ}
-    kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning",
-                          "runtime_env": {"env_vars": env} if env else None}
+    kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning"}
     if address is None:
         import torch
 
-        kw.update(num_cpus=num_cpus or os.cpu_count() or 1,
+        kw.update(num_cpus=num_cpus or len(os.sched_getaffinity(0)),
                   num_gpus=torch.cuda.device_count() if num_gpus is None else num_gpus)
     try:
-        ray.init(address=address, **kw)
+        ray.init(address="local" if address is None else address, **kw)
     except ConnectionError as err:
         raise ConnectionError(f"address={address!r}: could not join a Ray cluster ({err})") from err
     try:
@@ -124,15 +132,33 @@ def session(address: str | None = None, *, num_cpus: int | None = None, num_gpus
 
 
 def _options(cpus: int, device: str, gpu_fraction: float, retries: int) -> dict[str, Any]:
+    """Ray task options: resources, retries of dead workers (not of exceptions), the driver's paths."""
     if not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 1:
         raise ValueError(f"cpus={cpus!r} must be an integer >= 1")
     if not 0 < gpu_fraction <= 1:
         raise ValueError(f"gpu_fraction={gpu_fraction!r} must be in (0, 1]")
-    if not isinstance(retries, int) or retries < 0:
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ValueError(f"retries={retries!r} must be an integer >= 0")
-    ex.check_device(device)
+    if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"device={device!r}; allowed values: 'cpu', 'cuda' (a share of one GPU per task)")
+    env = {k: str(Path(os.environ[k]).resolve()) for k in _ENV if os.environ.get(k)}
     return {"num_cpus": cpus, "num_gpus": gpu_fraction if device.startswith("cuda") else 0,
-            "max_retries": retries, "retry_exceptions": False}
+            "max_retries": retries, "retry_exceptions": False,
+            **({"runtime_env": {"env_vars": env}} if env else {})}
+
+
+def _check_fits(opts: dict[str, Any]) -> None:
+    """Raise instead of waiting forever for resources the Ray instance or cluster does not have."""
+    have = _ray().cluster_resources()
+    for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+        if opts[key] and have.get(name, 0) < opts[key]:
+            raise RuntimeError(f"each task asks for {opts[key]} {name}, the Ray cluster has {have.get(name, 0)}: "
+                               f"{'use --device cpu' if name == 'GPU' else 'lower cpus'} or add resources")
+
+
+def _task_device(device: str) -> str:
+    """Inside a task Ray shows only the GPU it assigned (``CUDA_VISIBLE_DEVICES``): it is ``cuda``."""
+    return "cuda" if device.startswith("cuda") else device
 
 
 def _threads(cpus: int) -> None:
@@ -147,9 +173,13 @@ def _train_task(dataset: str, defense: str, profile: str, seed: int, overrides: 
     from . import training
 
     _threads(cpus)
-    cfg = training.make_config(dataset, defense, profile=profile, seed=seed, **overrides)
-    res = training.train(cfg, register=register, progress=False, device=device)
+    cfg = training.final_config(dataset, defense, profile=profile, seed=seed, **overrides)
+    p = training.run_paths(cfg)
+    # epochs already done by an earlier attempt (a killed worker's retry resumes there)
+    resumed = len(pd.read_csv(p["log"])) if p["state"].exists() and p["log"].exists() else 0
+    res = training.train(cfg, register=register, progress=False, device=_task_device(device))
     return {"dataset": dataset, "defense": defense, "seed": seed, "run_id": cfg.run_id, "pid": os.getpid(),
+            "resumed_at_epoch": resumed,
             "clean_test_accuracy": res.record.get("clean_test_accuracy"),
             "checkpoint": ex.paths.relative_to_root(res.checkpoint)}
 
@@ -159,7 +189,7 @@ def _score_task(dataset: str, defense: str, hp: dict[str, Any], profile: str, se
     from . import selection
 
     _threads(cpus)
-    return selection.score_point(dataset, defense, hp, profile, seed=seed, device=device)
+    return selection.score_point(dataset, defense, hp, profile, seed=seed, device=_task_device(device))
 
 
 def _evaluate_task(dataset: str, defense: str, profile: str, seed: int, n: int, until: int | None, checks: int,
@@ -167,6 +197,7 @@ def _evaluate_task(dataset: str, defense: str, profile: str, seed: int, n: int, 
     from . import evaluation
 
     _threads(cpus)
+    device = _task_device(device)
     curve, per, side = evaluation.evaluate_registered(dataset, defense, profile=profile, seed=seed, n_examples=n,
                                                       until=until, device=device, progress=False, protocol=protocol)
     out = {"dataset": dataset, "defense": defense, "seed": seed, "done": len(per),
@@ -198,6 +229,7 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[dict[str, Any]], *, addres
     from tqdm.auto import tqdm
 
     with session(address, num_cpus=num_cpus):
+        _check_fits(opts)
         remote = ray.remote(fn).options(**opts)
         refs = [remote.remote(**call, cpus=cpus) for call in calls]
         pending = list(refs)
@@ -217,17 +249,29 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[dict[str, Any]], *, addres
         return results
 
 
+def _unique(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``calls`` without repeats (two tasks must never run the same step at once)."""
+    seen, out = set(), []
+    for c in calls:
+        key = repr(sorted(c.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
 def train(runs: Sequence[dict[str, Any]], *, profile: str = "cpu", register: bool = True, device: str = "cpu",
           **kw: Any) -> list[dict[str, Any]]:
     """Train several configurations as Ray tasks (cached and resumable, :func:`crossholder.training.train`).
 
     ``runs``: dicts with ``dataset``, ``defense`` and optionally ``seed`` (default 0) and
-    ``overrides`` (:func:`crossholder.training.make_config`). ``kw``: :func:`run_tasks`'s options.
+    ``overrides`` on top of the registered configuration (:func:`crossholder.training.final_config`).
+    ``kw``: :func:`run_tasks`'s options.
     Returns one dict per run (``run_id``, ``clean_test_accuracy``, ``checkpoint``).
     """
-    calls = [{"dataset": r["dataset"], "defense": r["defense"], "profile": ex.check_profile(profile),
-              "seed": int(r.get("seed", 0)), "overrides": dict(r.get("overrides", {})), "device": device,
-              "register": register} for r in runs]
+    calls = _unique([{"dataset": r["dataset"], "defense": r["defense"], "profile": ex.check_profile(profile),
+                      "seed": int(r.get("seed", 0)), "overrides": dict(r.get("overrides", {})), "device": device,
+                      "register": register} for r in runs])
     for c in calls:
         data_mod.check_dataset(c["dataset"])
         ex.check_defense(c["defense"])
@@ -251,9 +295,9 @@ def evaluate(models: Sequence[dict[str, Any]], *, profile: str = "cpu", n: int =
         raise ValueError(f"protocol={protocol!r}; allowed values: {', '.join(map(repr, evaluation.PROTOCOLS))}")
     if checks and protocol != "strongest":
         raise ValueError(f"checks={checks!r} needs protocol='strongest' (got {protocol!r})")
-    calls = [{"dataset": m["dataset"], "defense": m["defense"], "profile": ex.check_profile(profile),
-              "seed": int(m.get("seed", 0)), "n": n, "until": until, "checks": checks, "protocol": protocol,
-              "device": device} for m in models]
+    calls = _unique([{"dataset": m["dataset"], "defense": m["defense"], "profile": ex.check_profile(profile),
+                      "seed": int(m.get("seed", 0)), "n": n, "until": until, "checks": checks, "protocol": protocol,
+                      "device": device} for m in models])
     return run_tasks(_evaluate_task, calls, device=device, desc="evaluate", **kw)
 
 
@@ -280,26 +324,30 @@ def seeds(seed_list: Sequence[int] = (1, 2), *, datasets: Sequence[str] = data_m
     variant ``<profile>-seed=<s>``), then evaluate each with the ``strongest`` protocol on the same
     first ``n`` test images (0: the profile's). Resumable: a rerun skips what is done."""
     runs = [{"dataset": d, "defense": m, "seed": s} for s in seed_list for d in datasets for m in defenses]
-    train(runs, profile=profile, device=device, **kw)
-    return evaluate(runs, profile=profile, n=n, until=until, device=device, **kw)
+    with session(kw.pop("address", None), num_cpus=kw.pop("num_cpus", None)):      # one Ray instance for both
+        train(runs, profile=profile, device=device, **kw)
+        return evaluate(runs, profile=profile, n=n, until=until, device=device, **kw)
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m crossholder.jobs train|evaluate|grid|seeds ...``: the long runs through Ray."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--address", default=None,
-                    help="None (default): a local Ray instance; 'auto', 'host:port' or 'ray://host:port': a cluster")
-    ap.add_argument("--profile", default="cpu", choices=list(ex.PROFILES))
-    ap.add_argument("--device", default="cpu", help="cpu (default), cuda")
-    ap.add_argument("--cpus", type=int, default=1, help="CPUs (torch threads) per task")
-    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local instance (default: all)")
-    ap.add_argument("--gpu-fraction", type=float, default=GPU_FRACTION, help="share of a GPU per task")
+    common = argparse.ArgumentParser(add_help=False)   # accepted before or after the command
+    common.add_argument("--address", default=argparse.SUPPRESS,
+                        help="none (default): a local Ray instance; 'auto', 'host:port' or 'ray://host:port': a cluster")
+    common.add_argument("--profile", default=argparse.SUPPRESS, choices=list(ex.PROFILES))
+    common.add_argument("--device", default=argparse.SUPPRESS, help="cpu (default) or cuda")
+    common.add_argument("--cpus", type=int, default=argparse.SUPPRESS, help="CPUs (torch threads) per task (1)")
+    common.add_argument("--num-cpus", type=int, default=argparse.SUPPRESS,
+                        help="CPUs of the local instance (default: all this process may use)")
+    common.add_argument("--gpu-fraction", type=float, default=argparse.SUPPRESS,
+                        help=f"share of a GPU per task ({GPU_FRACTION})")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[common])
     sub = ap.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train configurations (registered)")
+    t = sub.add_parser("train", help="train registered configurations", parents=[common])
     t.add_argument("--dataset", action="append", choices=data_mod.DATASETS, required=True)
     t.add_argument("--defense", action="append", choices=ex.DEFENSES, required=True)
     t.add_argument("--seed", type=int, action="append", default=None)
-    e = sub.add_parser("evaluate", help="strongest-protocol curves of registered models")
+    e = sub.add_parser("evaluate", help="robustness curves of registered models", parents=[common])
     e.add_argument("--dataset", action="append", choices=data_mod.DATASETS, required=True)
     e.add_argument("--defense", action="append", choices=ex.DEFENSES, required=True)
     e.add_argument("--seed", type=int, action="append", default=None)
@@ -307,17 +355,21 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--until", type=int, default=None)
     e.add_argument("--checks", type=int, default=0)
     e.add_argument("--protocol", default="strongest", help="strongest (default), strongest-v2 or paper-v1")
-    g = sub.add_parser("grid", help="score the hyperparameter grid (notebook 03's)")
+    g = sub.add_parser("grid", help="score the hyperparameter grid (notebook 03's)", parents=[common])
     g.add_argument("--dataset", action="append", choices=data_mod.DATASETS, required=True)
     g.add_argument("--defense", action="append", default=None)
     g.add_argument("--seed", type=int, default=0)
-    s = sub.add_parser("seeds", help="train and evaluate every configuration with more seeds")
+    s = sub.add_parser("seeds", help="train and evaluate every configuration with more seeds", parents=[common])
     s.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     s.add_argument("--dataset", action="append", choices=data_mod.DATASETS, default=None)
     s.add_argument("--defense", action="append", choices=ex.DEFENSES, default=None)
     s.add_argument("--n", type=int, default=0)
     s.add_argument("--until", type=int, default=None)
     args = ap.parse_args(argv)
+    for name, default in (("address", None), ("profile", "cpu"), ("device", "cpu"), ("cpus", 1), ("num_cpus", None),
+                          ("gpu_fraction", GPU_FRACTION)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
     kw = dict(address=args.address, cpus=args.cpus, num_cpus=args.num_cpus, gpu_fraction=args.gpu_fraction)
     t0 = time.perf_counter()
     if args.command in ("train", "evaluate"):

@@ -65,7 +65,7 @@ from . import regularizers
 from .regularizers import DirectionStore, hein_cross_lipschitz, regularized_loss
 
 __all__ = ["TrainConfig", "TrainResult", "make_config", "train", "load_registered", "load_run", "selected_models",
-           "config_variant", "profile_variant", "registry_path",
+           "config_variant", "profile_variant", "registry_path", "final_config",
            "accuracy", "run_paths", "TRAIN_CODE_VERSION"]
 
 TRAIN_CODE_VERSION = "1"
@@ -557,6 +557,15 @@ def _remove_state(state: Path) -> None:
         state.parent.rmdir()
 
 
+def final_config(dataset: str, defense: str, *, profile: str = "cpu", seed: int = 0, **overrides: Any) -> TrainConfig:
+    """The configuration registered for ``"<dataset>/<defense>"``: :func:`make_config` with, at the ``cpu``
+    profile, the final choices of :data:`crossholder.experiments.FINAL` (what notebook 02 trains by
+    default), then ``overrides``. With ``seed`` 0 and no overrides at ``cpu`` it is the canonical
+    configuration (``config_variant == ""``); other seeds register in ``<profile>-seed=<s>``."""
+    base = dict(ex.FINAL[data_mod.check_dataset(dataset)].get(defense, {})) if profile == "cpu" else {}
+    return make_config(dataset, defense, profile=profile, seed=seed, **{**base, **overrides})
+
+
 def config_variant(cfg: TrainConfig) -> str:
     """The variant (:func:`crossholder.experiments.variant_name`) a run registers under.
 
@@ -666,7 +675,7 @@ def selected_models(dataset: str, profile: str, *, seed: int = 0, progress: bool
                                f"notebook 02 (papermill -p dataset {dataset} -p defense {defense} -p profile "
                                f"{profile} -p seed {seed}) or `python -m crossholder.training --dataset {dataset} "
                                f"--defense {defense} --profile {profile} --seed {seed}`")
-            rec = train(make_config(dataset, defense, profile=profile, seed=seed), register=True,
+            rec = train(final_config(dataset, defense, profile=profile, seed=seed), register=True,
                         progress=progress).record
         out[defense] = rec
     return out
