@@ -55,7 +55,7 @@ from .attacks import LOSSES, pgd
 
 __all__ = ["to_pixel", "wilson_interval", "sweep", "strong_sweep", "curve_from_sweeps", "robustness_curve",
            "evaluate_model", "per_model_rows", "robust_both", "robust_at", "paired_comparison", "fooled_at_from_norm",
-           "autoattack_agreement", "masking_table", "paired_table", "strong_checks", "PAIRS", "PAIRED_EPS",
+           "autoattack_agreement", "masking_table", "paired_table", "strong_checks", "registered_checks", "PAIRS", "PAIRED_EPS",
            "ATTACKS", "PAPER_ATTACKS", "STRONG_ATTACKS", "PROTOCOLS", "EVAL_CODE_VERSION", "STRONG"]
 
 #: Code version of the ``strongest`` protocol's curves. 2: PGD step eps / 4, APGD-CE, FAB, APGD-T.
@@ -1011,13 +1011,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 
+def registered_checks(dataset: str, defense: str, per_example: pd.DataFrame, n: int, *, profile: str = "cpu",
+                      seed: int = 0, run_id: str | None = None, device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`strong_checks` of the model :func:`evaluate_registered` attacks, on the first ``n`` test images
+    (``per_example``: its rows for at least those images). For ``--checks`` and ``crossholder.jobs``."""
+    model, rec = _model_of(dataset, defense, profile, run_id, seed)
+    x, y = data_mod.tensors(dataset, "test")
+    return strong_checks(model, x[:n], y[:n], per_example.iloc[:n], dataset=dataset, defense=defense,
+                         model_id=rec["run_id"], eps_list=eps_grid(profile), seed=seed, profile=profile, device=device)
+
+
 def _checks(args, per: pd.DataFrame) -> None:
-    """``--checks N`` of :func:`main`: :func:`strong_checks` on the first N test images (cached tables)."""
-    model, rec = _model_of(args.dataset, args.defense, args.profile, args.run_id, args.seed)
-    x, y = data_mod.tensors(args.dataset, "test")
-    agree, mask = strong_checks(model, x[:args.checks], y[:args.checks], per.iloc[:args.checks], dataset=args.dataset,
-                                defense=args.defense, model_id=rec["run_id"], eps_list=eps_grid(args.profile),
-                                seed=args.seed, profile=args.profile, device=args.device)
+    """``--checks N`` of :func:`main`: :func:`registered_checks` on the first N test images (cached tables)."""
+    agree, mask = registered_checks(args.dataset, args.defense, per, args.checks, profile=args.profile, seed=args.seed,
+                                    run_id=args.run_id, device=args.device)
     print(agree.to_string(index=False))
     print(mask.to_string(index=False))
 

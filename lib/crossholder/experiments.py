@@ -362,8 +362,8 @@ def cached_table(path_stem: str | os.PathLike[str], params: dict[str, Any], comp
 
     import pandas as pd
 
-    rid = run_id({**params, "seed": seed, "profile": profile, "code": code_version})
     csv = cached_csv(path_stem, params, seed=seed, profile=profile, code_version=code_version)
+    rid = csv.stem.rsplit("-", 1)[1]
     side = csv.with_suffix(".json")
     if csv.exists() and side.exists() and not force:
         return pd.read_csv(csv), csv, read_json(side)

@@ -203,12 +203,8 @@ def _evaluate_task(dataset: str, defense: str, profile: str, seed: int, n: int, 
     out = {"dataset": dataset, "defense": defense, "seed": seed, "done": len(per),
            "finished": curve is not None, "files": side.get("files", [side.get("partial")])}
     if checks and len(per) >= checks:
-        model, rec = evaluation._model_of(dataset, defense, profile, None, seed)
-        x, y = data_mod.tensors(dataset, "test")
-        agree, _ = evaluation.strong_checks(model, x[:checks], y[:checks], per.iloc[:checks], dataset=dataset,
-                                            defense=defense, model_id=rec["run_id"],
-                                            eps_list=evaluation.eps_grid(profile), seed=seed, profile=profile,
-                                            device=device)
+        agree, _ = evaluation.registered_checks(dataset, defense, per, checks, profile=profile, seed=seed,
+                                                device=device)
         out["agreement_missed_max"] = int(agree["missed"].max())
     return out
 

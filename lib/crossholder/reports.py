@@ -179,7 +179,7 @@ def agreement_table(root: Path = ROOT) -> str:
     images, how many images the sweep calls robust and how many of those AutoAttack fools (``missed``),
     per ε; from ``results/<dataset>/robustness/agreement-*.csv`` of the ``cpu`` profile, the highest
     code version of the sweep found for each model. Bold: more than 1% of ``n`` missed (the target)."""
-    models = json.loads((root / "results" / "models.json").read_text()) if (root / "results" / "models.json").exists() else {}
+    models = json.loads((root / "results" / "models.json").read_text())
     found: dict[tuple[str, str], tuple[int, pd.DataFrame]] = {}
     for ds in NAMES:
         for f in sorted((root / "results" / ds / "robustness").glob("agreement-*.json")):
