@@ -215,3 +215,32 @@ def test_exploring_never_clobbers_committed_results(tmp_path, monkeypatch):
     after4 = _digests(results, figures)
     changed = sorted(k for k, v in before.items() if after4.get(k) != v)
     assert not changed, f"re-running notebook 04 on unchanged results changed files: {changed}"
+
+
+def test_verdicts_and_paired_tables_put_the_two_protocols_side_by_side(tmp_path):
+    """The README's verdict table has one row per claim with the paper's PGD and strongest side by side;
+    the paired table prints Δ = A − B in points and the McNemar p-value from paired.csv."""
+    import pandas as pd
+
+    from crossholder import reports
+
+    ds = tmp_path / "results" / "mnist"
+    ds.mkdir(parents=True)
+    pd.DataFrame([
+        {"claim": "M6", "statement": "Worst case: A above B", "attack": "worst-min", "evidence": "", "supported": True, "beyond_ci": True},
+        {"claim": "M6", "statement": "Worst case: A above B", "attack": "worst-per-example", "evidence": "", "supported": True, "beyond_ci": False},
+        {"claim": "M6", "statement": "Worst case: A above B", "attack": "strongest", "evidence": "", "supported": False, "beyond_ci": True},
+        {"claim": "M1", "statement": "PGD-CE: |x| ok", "attack": "pgd-ce", "evidence": "", "supported": None, "beyond_ci": None},
+    ]).to_csv(ds / "claims.csv", index=False)
+    pd.DataFrame([
+        {"dataset": "mnist", "a": "cross_holder", "b": "cross_lipschitz", "attack": "worst-per-example", "eps": 5.0,
+         "n": 200, "a_robust": 150, "b_robust": 120, "only_a": 40, "only_b": 10, "p_value": 0.0001},
+        {"dataset": "mnist", "a": "cross_holder", "b": "cross_lipschitz", "attack": "strongest", "eps": 5.0,
+         "n": 200, "a_robust": 100, "b_robust": 101, "only_a": 5, "only_b": 6, "p_value": 1.0},
+    ]).to_csv(ds / "paired.csv", index=False)
+    v = reports.verdicts_table(tmp_path).splitlines()
+    assert v[2] == "| M6 | Worst case: A above B | **yes**, within CIs | **no**, beyond CIs |"
+    assert v[3] == "| M1 | PGD-CE: \\|x\\| ok | not evaluated | not evaluated |"
+    assert v[4].startswith("| Fashion-MNIST | not evaluated yet")
+    p = reports.paired_table(tmp_path).splitlines()
+    assert p[2] == "| MNIST | Cross-Lipschitz | 5 | 200 | +15.0 (< 0.001) | -0.5 (1.00) |"
