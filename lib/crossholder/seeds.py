@@ -1,0 +1,142 @@
+"""Verdicts across training seeds: every registered configuration trained with seeds 0, 1 and 2
+(``python -m crossholder.jobs seeds``, ``make seeds``) and evaluated with the ``strongest`` protocol
+on the same first ``n`` test images.
+
+* :func:`per_examples_by_seed`: each model's per-example rows (the ``-examples.csv`` of its
+  ``strongest`` evaluation, or the first ``n`` rows of a larger one: each chunk of 100 images is
+  attacked independently, so these are the rows a run on ``n`` images gives);
+* :func:`seeds_table`: the tidy table of ``results/<dataset>/seeds.csv`` (defense, seed, attack, ε,
+  n, robust, accuracy, 95% Wilson interval);
+* :func:`claims_across_seeds`: each claim of :data:`crossholder.evaluation.CLAIMS` judged on each
+  seed's curves: "holds in k of 3 seeds";
+* :func:`pooled_paired`: the exact McNemar test of two defenses pooled over seeds (each seed's
+  discordant images added up: a stratified sign test, paired within each seed).
+
+Seed ``s`` is both the model's training seed and its attacks' seed
+(:func:`crossholder.evaluation.evaluate_registered`). ε in the paper's units.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import data as data_mod
+from . import evaluation as ev
+from . import experiments as ex
+
+__all__ = ["per_examples_by_seed", "seeds_table", "claims_across_seeds", "pooled_paired", "SEEDS", "SEEDS_N"]
+
+#: The training seeds of the seed study (seed 0: the registered models).
+SEEDS = (0, 1, 2)
+#: Images per seed: the first 500 test images (seed 0's 1,000-image curves contribute their first 500).
+SEEDS_N = 500
+
+
+def per_examples_by_seed(dataset: str, *, seeds: Sequence[int] = SEEDS, n: int = SEEDS_N, profile: str = "cpu",
+                         defenses: Sequence[str] = ex.DEFENSES) -> tuple[dict[tuple[str, int], pd.DataFrame],
+                                                                        list[tuple[str, int]]]:
+    """The ``strongest`` per-example rows of the first ``n`` test images for each (defense, seed) model
+    whose evaluation has them (finished, or in progress with those chunks done), and the list of the
+    (defense, seed) pairs still missing. Seed 0 reads the profile's evaluation (1,000 images at
+    ``cpu``), the others an evaluation on ``n`` images (``jobs seeds --n 500``)."""
+    data_mod.check_dataset(dataset)
+    if n < 1:
+        raise ValueError(f"n={n!r} must be >= 1 (test images per seed)")
+    found, missing = {}, []
+    for d in defenses:
+        for s in seeds:
+            try:
+                rows = ev.first_rows_so_far(dataset, d, n, profile=profile, seed=s, n_examples=0 if s == 0 else n)
+            except (KeyError, FileNotFoundError):      # the seed's model is not trained (registered) yet
+                rows = None
+            if rows is None:
+                missing.append((d, s))
+            else:
+                found[(d, s)] = rows
+    return found, missing
+
+
+def seeds_table(per_examples: dict[tuple[str, int], pd.DataFrame], eps: Sequence[float], *,
+                dataset: str) -> pd.DataFrame:
+    """Tidy curves per (defense, seed): columns ``defense, seed, attack, eps, eps_pixel, n, robust,
+    accuracy, ci_low, ci_high`` (:func:`crossholder.evaluation.curve_from_sweeps`), for ``eps`` the
+    grid (paper units) the per-example rows were computed on.
+
+    Raises:
+        ValueError: the frames are not all on the same images (their ``index`` columns differ).
+    """
+    frames = list(per_examples.items())
+    if not frames:
+        return pd.DataFrame(columns=["defense", "seed", "attack", "eps", "eps_pixel", "n", "robust", "accuracy",
+                                     "ci_low", "ci_high"])
+    ref = frames[0][1]["index"].to_numpy()
+    out = []
+    for (d, s), per in frames:
+        if not np.array_equal(per["index"].to_numpy(), ref):
+            raise ValueError(f"per_examples[({d!r}, {s})] is not on the same images as the others "
+                             f"(n = {len(per)} against {len(ref)}, or a different 'index' order)")
+        c = ev.curve_from_sweeps(per, list(eps), ev.to_pixel(list(eps), dataset), defense=d)
+        c.insert(1, "seed", s)
+        out.append(c)
+    return pd.concat(out, ignore_index=True)
+
+
+def claims_across_seeds(table: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Each claim of ``dataset`` (:func:`crossholder.evaluation.claims_table`) judged on every seed's
+    curves in ``table`` (:func:`seeds_table`): columns ``claim, attack, seeds, supported_in``
+    (how many seeds support it), ``beyond_ci_in`` (in how many the verdict also holds with the
+    95% intervals) and ``per_seed`` (e.g. ``"0: yes, 1: no, 2: yes"``). A seed missing a defense
+    the claim names does not count in ``seeds``."""
+    rows = {}
+    for s, g in table.groupby("seed"):
+        for _, r in ev.claims_table(g.drop(columns="seed"), dataset).iterrows():
+            key = (r["claim"], r["attack"])
+            rec = rows.setdefault(key, {"claim": r["claim"], "statement": r["statement"], "attack": r["attack"],
+                                        "seeds": 0, "supported_in": 0, "beyond_ci_in": 0, "per_seed": []})
+            if r["supported"] is None or pd.isna(r["supported"]):
+                continue
+            rec["seeds"] += 1
+            rec["supported_in"] += int(bool(r["supported"]))
+            rec["beyond_ci_in"] += int(bool(r["beyond_ci"]))
+            rec["per_seed"].append(f"{s}: {'yes' if r['supported'] else 'no'}")
+    for rec in rows.values():
+        rec["per_seed"] = ", ".join(rec["per_seed"])
+    return pd.DataFrame(list(rows.values()))
+
+
+def pooled_paired(per_examples: dict[tuple[str, int], pd.DataFrame], eps: Sequence[float], *, dataset: str,
+                  attacks: Sequence[str] = ("worst-per-example", "strongest"), pairs=ev.PAIRS,
+                  eps_points: Sequence[float] = ev.PAIRED_EPS) -> pd.DataFrame:
+    """Exact McNemar tests of each pair of ``pairs`` (Cross-Hölder against the others) pooled over the
+    seeds both defenses have: the discordant images of every seed (robust for one model only, each
+    seed's two models on the same images) are added up and tested as one sign test,
+    ``p = min(1, 2 P(X <= min(only_a, only_b)))``, ``X ~ Binomial(only_a + only_b, 1/2)``. Columns
+    ``dataset, a, b, attack, eps, seeds, n, a_robust, b_robust, only_a, only_b, p_value`` (``n``:
+    image-seed pairs)."""
+    grid = [round(float(e), 6) for e in eps]
+    rows = []
+    for a, b in pairs:
+        common = sorted({s for d, s in per_examples if d == a} & {s for d, s in per_examples if d == b})
+        if not common:
+            continue
+        for attack in attacks:
+            for e in eps_points:
+                if round(e, 6) not in grid:
+                    raise ValueError(f"eps={e!r} is not on the grid {list(eps)!r}")
+                k = grid.index(round(e, 6))
+                tot = {"both": 0, "only_a": 0, "only_b": 0, "neither": 0}
+                for s in common:
+                    c = ev.paired_comparison(per_examples[(a, s)], per_examples[(b, s)], k, attack)
+                    for key in tot:
+                        tot[key] += c[key]
+                m = tot["only_a"] + tot["only_b"]
+                tail = sum(math.comb(m, i) for i in range(min(tot["only_a"], tot["only_b"]) + 1)) / 2 ** m if m else 1.0
+                rows.append({"dataset": dataset, "a": a, "b": b, "attack": attack, "eps": e, "seeds": len(common),
+                             "n": sum(tot.values()), "a_robust": tot["both"] + tot["only_a"],
+                             "b_robust": tot["both"] + tot["only_b"], "only_a": tot["only_a"],
+                             "only_b": tot["only_b"], "p_value": min(1.0, 2 * tail)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,67 @@
+"""Verdicts across training seeds (crossholder.seeds) on synthetic per-example rows."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crossholder import evaluation, seeds
+
+EPS = [0.0, 2.0, 4.0, 5.0, 6.0]
+
+
+def _per(fooled_at: np.ndarray) -> pd.DataFrame:
+    """Per-example rows where every attack fools each image first at grid index ``fooled_at``."""
+    n = len(fooled_at)
+    return pd.DataFrame({"index": np.arange(n), "label": np.zeros(n, int), "fooled_at_ce": fooled_at,
+                         "fooled_at_cw": fooled_at, "fooled_at_strongest": fooled_at})
+
+
+def test_seeds_table_is_tidy_and_rejects_different_images():
+    per = {("cross_holder", 0): _per(np.array([5, 5, 3, 1])), ("cross_holder", 1): _per(np.array([5, 2, 2, 1]))}
+    t = seeds.seeds_table(per, EPS, dataset="mnist")
+    assert list(t.columns[:3]) == ["defense", "seed", "attack"]
+    s = t[(t["attack"] == "strongest") & (t["eps"] == 4.0)].set_index("seed")
+    assert s.loc[0, "robust"] == 3 and s.loc[1, "robust"] == 1 and (s["n"] == 4).all()   # fooled_at > k=2
+    bad = {**per, ("cross_lipschitz", 0): _per(np.array([5, 5, 5]))}
+    with pytest.raises(ValueError, match="same images"):
+        seeds.seeds_table(bad, EPS, dataset="mnist")
+
+
+def test_claims_across_seeds_counts_the_seeds_that_support_each_claim():
+    # F1 (Fashion-MNIST): Cross-Hölder above Cross-Lipschitz at every ε in [0.5, 6]
+    n = 50
+    strong, weak = np.full(n, 5), np.full(n, 5)
+    weak[:20] = 1                                       # Cross-Lipschitz fooled earlier on 20 images
+    per = {("cross_holder", 0): _per(strong), ("cross_lipschitz", 0): _per(weak),   # seed 0: supported
+           ("cross_holder", 1): _per(weak), ("cross_lipschitz", 1): _per(strong)}   # seed 1: the reverse
+    t = seeds.seeds_table(per, EPS, dataset="fashion_mnist")
+    c = seeds.claims_across_seeds(t, "fashion_mnist").set_index(["claim", "attack"])
+    row = c.loc[("F1", "strongest")]
+    assert row["seeds"] == 2 and row["supported_in"] == 1 and row["per_seed"] == "0: yes, 1: no"
+    assert c.loc[("F2", "strongest"), "seeds"] == 0    # adversarial training is in neither seed
+
+
+def test_pooled_paired_adds_each_seeds_discordant_images():
+    a0, b0 = np.array([5, 5, 5, 1, 5]), np.array([1, 1, 5, 1, 5])   # only_a = 2, only_b = 0
+    a1, b1 = np.array([5, 1, 5, 5]), np.array([1, 5, 5, 1])         # only_a = 2, only_b = 1
+    per = {("cross_holder", 0): _per(a0), ("cross_lipschitz", 0): _per(b0),
+           ("cross_holder", 1): _per(a1), ("cross_lipschitz", 1): _per(b1)}
+    t = seeds.pooled_paired(per, EPS, dataset="mnist", attacks=("strongest",), eps_points=(4.0,))
+    r = t.iloc[0]
+    assert (r["seeds"], r["n"], r["only_a"], r["only_b"]) == (2, 9, 4, 1)
+    assert r["a_robust"] == 7 and r["b_robust"] == 4
+    assert math.isclose(r["p_value"], 2 * (1 + 5) / 2 ** 5)            # exact: 2 P(X <= 1), X ~ Bin(5, 1/2)
+    # one seed alone is the ordinary paired test
+    one = seeds.pooled_paired({k: v for k, v in per.items() if k[1] == 0}, EPS, dataset="mnist",
+                              attacks=("strongest",), eps_points=(4.0,)).iloc[0]
+    c = evaluation.paired_comparison(per[("cross_holder", 0)], per[("cross_lipschitz", 0)], 2, "strongest")
+    assert math.isclose(one["p_value"], c["p_value"]) and one["only_a"] == c["only_a"]
+    with pytest.raises(ValueError, match="eps=4.5"):
+        seeds.pooled_paired(per, EPS, dataset="mnist", eps_points=(4.5,))
+
+
+def test_per_examples_by_seed_validates_n():
+    with pytest.raises(ValueError, match="n=0"):
+        seeds.per_examples_by_seed("mnist", n=0)
