@@ -65,3 +65,17 @@ def test_pooled_paired_adds_each_seeds_discordant_images():
 def test_per_examples_by_seed_validates_n():
     with pytest.raises(ValueError, match="n=0"):
         seeds.per_examples_by_seed("mnist", n=0)
+
+
+def test_seeds_figure_draws_every_seed_and_names_a_missing_attack(tmp_path, monkeypatch):
+    from crossholder import plotting
+
+    monkeypatch.setenv("CROSSHOLDER_FIGURES", str(tmp_path))
+    per = {("cross_holder", s): _per(np.array([5, 5 - s, 3, 1])) for s in (0, 1, 2)}
+    t = seeds.seeds_table(per, EPS, dataset="mnist")
+    fig = plotting.seeds_figure(t, std=0.3081, name="seeds_test", title="t")
+    ax = fig.axes[0]
+    assert len([ln for ln in ax.get_lines() if len(ln.get_xdata()) == len(EPS)]) == 3
+    assert (tmp_path / "seeds_test.png").exists() and (tmp_path / "seeds_test.pdf").exists()
+    with pytest.raises(ValueError, match="attack='fab'"):
+        plotting.seeds_figure(t, std=0.3081, name="x", title="t", attack="fab")

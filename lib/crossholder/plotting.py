@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 
 from . import paths  # noqa: E402
 
-__all__ = ["save", "fig3a", "fig3b", "hessian_convergence", "direction_images", "robustness_panel", "strongest_figure",
+__all__ = ["save", "fig3a", "fig3b", "hessian_convergence", "direction_images", "robustness_panel", "strongest_figure", "seeds_figure",
            "DEFENSE_LABELS", "DEFENSE_COLORS"]
 
 DEFENSE_LABELS = {"none": "Undefended", "cross_lipschitz": "Cross-Lipschitz", "cross_holder": "Cross-Hölder",
@@ -225,6 +225,41 @@ def strongest_figure(curves: pd.DataFrame, *, dataset: str, std: float, name: st
         handles.append(Line2D([], [], color=c, lw=6, alpha=0.6, label=DEFENSE_LABELS[defense]))
     handles += [Line2D([], [], color="0.2", marker="o", ms=3, label="strongest: no attack we run finds a witness"),
                 Line2D([], [], color="0.2", ls="--", label="paper's worst case: min(PGD-CE, PGD-CW)")]
+    ax.legend(handles=handles, fontsize=7, loc="lower left")
+    _accuracy_axes(ax, std, title)
+    fig.tight_layout()
+    save(fig, name)
+    return fig
+
+
+SEED_STYLES = ("-", "--", ":", "-.")
+
+
+def seeds_figure(table: pd.DataFrame, *, std: float, name: str, title: str, attack: str = "strongest"):
+    """The seed study (:func:`crossholder.seeds.seeds_table`): per defense, the ``attack`` curve of each
+    training seed (one line style per seed) and the band between the seeds' lowest and highest
+    accuracy at each ε. ε in paper units (pixels on the top axis)."""
+    from matplotlib.lines import Line2D
+
+    sub = table[table["attack"] == attack]
+    if sub.empty:
+        raise ValueError(f"attack={attack!r} has no rows in the seeds table (attacks: {sorted(set(table['attack']))})")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    seed_list = sorted(set(sub["seed"]))
+    handles = []
+    for defense in [d for d in DEFENSE_LABELS if d in set(sub["defense"])]:
+        c = DEFENSE_COLORS[defense]
+        g = sub[sub["defense"] == defense]
+        span = g.groupby("eps")["accuracy"].agg(["min", "max"]).sort_index()
+        ax.fill_between(span.index, span["min"], span["max"], color=c, alpha=0.18, lw=0)
+        for i, s in enumerate(seed_list):
+            gs = g[g["seed"] == s].sort_values("eps")
+            if len(gs):
+                ax.plot(gs["eps"], gs["accuracy"], SEED_STYLES[i % len(SEED_STYLES)], lw=1.2, color=c)
+        handles.append(Line2D([], [], color=c, lw=6, alpha=0.6,
+                              label=f"{DEFENSE_LABELS[defense]} ({g['seed'].nunique()} seeds)"))
+    handles += [Line2D([], [], color="0.2", ls=SEED_STYLES[i % len(SEED_STYLES)], label=f"seed {s}")
+                for i, s in enumerate(seed_list)]
     ax.legend(handles=handles, fontsize=7, loc="lower left")
     _accuracy_axes(ax, std, title)
     fig.tight_layout()
