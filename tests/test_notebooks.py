@@ -244,3 +244,31 @@ def test_verdicts_and_paired_tables_put_the_two_protocols_side_by_side(tmp_path)
     assert v[4].startswith("| Fashion-MNIST | not evaluated yet")
     p = reports.paired_table(tmp_path).splitlines()
     assert p[2] == "| MNIST | Cross-Lipschitz | 5 | 200 | +15.0 (< 0.001) | -0.5 (1.00) |"
+
+
+def test_masking_table_reads_the_newest_table_of_each_registered_model(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from crossholder import reports
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "models.json").write_text(json.dumps({"mnist/cross_holder": {"run_id": "aaa"}}))
+    rob = tmp_path / "results" / "mnist" / "robustness"
+    rob.mkdir(parents=True)
+
+    def table(name, code, rid, square):
+        rows = [("pgd-ce", 40, 0, 0), ("pgd-cw", 41, 0, 0), ("strongest", 50, 8, 0), ("square", *square)]
+        pd.DataFrame([{"defense": "cross_holder", "attack": a, "eps_index": 10, "n": 200, "fooled": f,
+                       "beyond_pgd": bp, "beyond_strongest": bs} for a, f, bp, bs in rows]).to_csv(rob / f"{name}.csv", index=False)
+        (rob / f"{name}.json").write_text(json.dumps({"profile": "cpu", "params": {"code": code, "eps": 5.0,
+                                                                                   "models": {"cross_holder": rid}}}))
+
+    table("masking-old", "2", "aaa", (30, 0, 0))
+    table("masking-new", "3", "aaa", (30, 2, 0))
+    table("masking-other", "9", "zzz", (30, 0, 5))          # not the registered model
+    lines = reports.masking_table(tmp_path).splitlines()
+    assert len(lines) == 3
+    assert lines[2] == ("| MNIST | Cross-Hölder | 5 | 200 | 42 | – / – / – / – / 8 | 30 (2, 0) | "
+                        "PGD partly masked: Square fools 2 PGD calls robust |")

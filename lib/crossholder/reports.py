@@ -15,6 +15,7 @@ of :data:`TABLES`):
   the paper's PGD (per-example worst case); for legacy curves the per-example and the paper's worst case;
 * ``claims``: ``results/<dataset>/claims.csv`` (notebook 04's verdicts); ``verdicts``: the same, each
   claim once, the paper's PGD and ``strongest`` side by side;
+* ``masking``: ``results/<dataset>/robustness/masking-*.csv`` (gradient masking, measured, per model);
 * ``paired``: ``results/<dataset>/paired.csv`` (exact McNemar tests of Cross-Hölder against the others);
 * ``step_size``: ``results/step-size.csv`` (``tools/step_size_study.py``: PGD's step, measured);
 * ``autoattack``: ``results/<dataset>/robustness/autoattack-*.csv`` of the models in ``robustness.json``;
@@ -155,6 +156,61 @@ def verdicts_table(root: Path = ROOT) -> str:
             paper = next((by[a] for a in ("worst-per-example", "pgd-ce", "pgd-cw") if a in by), None)
             lines.append(f"| {cid} | {_cell(g['statement'].iloc[0])} | {cell(paper)} | {cell(by.get('strongest'))} |")
     return "\n".join(lines)
+
+
+def masking_table(root: Path = ROOT) -> str:
+    """Gradient masking, measured (notebook 04, ``strongest`` protocol): per registered model, at the
+    table's ε (paper units), on its first ``n`` test images: how many images the paper's PGD (either
+    loss) fools, how many more each stronger attack fools beyond it (APGD-T and FAB-T only where
+    the sweep runs them, :func:`crossholder.evaluation.strong_sweep`), and the black-box Square
+    attack (no gradients): fooled, beyond PGD, beyond ``strongest``. From
+    ``results/<dataset>/robustness/masking-*.csv`` of the ``cpu`` profile, the newest code version
+    per model. The last column reads it: Square beyond ``strongest`` would mean every gradient
+    attack is blinded (masking); Square beyond PGD alone, that PGD's gradients are; neither, that
+    whatever PGD missed is attack weakness (no targets, no minimum-norm search), not masking."""
+    models = json.loads((root / "results" / "models.json").read_text())
+    found: dict[tuple[str, str], tuple[int, float, pd.DataFrame]] = {}
+    for ds in NAMES:
+        for f in sorted((root / "results" / ds / "robustness").glob("masking-*.json")):
+            meta = json.loads(f.read_text())
+            params = meta.get("params", {})
+            if meta.get("profile") != "cpu" or not f.with_suffix(".csv").exists():
+                continue
+            code = int(params.get("code", 0))
+            table = pd.read_csv(f.with_suffix(".csv"))
+            for defense, rid in params.get("models", {}).items():
+                if models.get(f"{ds}/{defense}", {}).get("run_id") != rid:
+                    continue
+                rows = table[table["defense"] == defense]
+                if len(rows) and code >= found.get((ds, defense), (-1,))[0]:
+                    found[(ds, defense)] = (code, float(params.get("eps", float("nan"))), rows)
+    stronger = ("apgd-ce", "fab", "fab-t", "apgd-t", "strongest")
+    lines = ["| data set | defense | ε | n | PGD fools | beyond PGD: " + " / ".join(stronger)
+             + " | Square fools (beyond PGD, beyond strongest) | reading |", "|---|---|---|---|---|---|---|---|"]
+    for ds in NAMES:
+        for defense in DEFENSE_NAMES:
+            if (ds, defense) not in found:
+                continue
+            _, eps, rows = found[(ds, defense)]
+            by = rows.set_index("attack")
+            n = int(rows["n"].iloc[0])
+            pgd = int(by.loc["strongest", "fooled"] - by.loc["strongest", "beyond_pgd"])
+            beyond = " / ".join(str(int(by.loc[a, "beyond_pgd"])) if a in by.index else "–" for a in stronger)
+            sq = by.loc["square"] if "square" in by.index else None
+            if sq is None:
+                square, reading = "not run", ""
+            else:
+                square = f"{int(sq['fooled'])} ({int(sq['beyond_pgd'])}, {int(sq['beyond_strongest'])})"
+                extra = int(by.loc["strongest", "beyond_pgd"])
+                if sq["beyond_strongest"] > 0:
+                    reading = f"**masking**: Square fools {int(sq['beyond_strongest'])} that no gradient attack does"
+                elif sq["beyond_pgd"] > 0:
+                    reading = f"PGD partly masked: Square fools {int(sq['beyond_pgd'])} PGD calls robust"
+                else:
+                    reading = (f"none seen; PGD's gap ({extra} images, {100 * extra / n:.1f} points) is attack weakness"
+                               if extra else "none seen; PGD misses nothing")
+            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[defense]} | {eps:g} | {n} | {pgd} | {beyond} | {square} | {reading} |")
+    return "\n".join(lines) if len(lines) > 2 else "(no masking table yet)"
 
 
 def paired_table(root: Path = ROOT) -> str:
@@ -590,7 +646,8 @@ def step_size_table(root: Path = ROOT) -> str:
 
 
 TABLES = {"step_size": step_size_table, "speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "fidelity_robustness": fidelity_robustness_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "agreement": agreement_table, "models": models_table, "robustness": robustness_table, "claims": claims_table,
-          "verdicts": verdicts_table, "paired": paired_table}
+          "verdicts": verdicts_table, "paired": paired_table,
+          "masking": masking_table}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
