@@ -240,8 +240,11 @@ def test_verdicts_and_paired_tables_put_the_two_protocols_side_by_side(tmp_path)
     ]).to_csv(ds / "paired.csv", index=False)
     v = reports.verdicts_table(tmp_path).splitlines()
     assert v[2] == "| M6 | Worst case: A above B | **yes**, within CIs | **no**, beyond CIs |"
-    assert v[3] == "| M1 | PGD-CE: \\|x\\| ok | not evaluated | not evaluated |"
+    assert v[3] == "| M1 | PGD-CE: \\|x\\| ok | not evaluated | not evaluated |"   # strongest ran, not for M1
     assert v[4].startswith("| Fashion-MNIST | not evaluated yet")
+    legacy = pd.read_csv(ds / "claims.csv")
+    legacy[legacy["attack"] != "strongest"].to_csv(ds / "claims.csv", index=False)
+    assert reports.verdicts_table(tmp_path).splitlines()[2].endswith("| **yes**, within CIs | not run yet |")
     p = reports.paired_table(tmp_path).splitlines()
     assert p[2] == "| MNIST | Cross-Lipschitz | 5 | 200 | +15.0 (< 0.001) | -0.5 (1.00) |"
 
@@ -271,4 +274,28 @@ def test_masking_table_reads_the_newest_table_of_each_registered_model(tmp_path)
     lines = reports.masking_table(tmp_path).splitlines()
     assert len(lines) == 3
     assert lines[2] == ("| MNIST | Cross-Hölder | 5 | 200 | 42 | – / – / – / – / 8 | 30 (2, 0) | "
-                        "PGD partly masked: Square fools 2 PGD calls robust |")
+                        "PGD's gradients partly blind: Square fools 2 PGD misses (the other gradient attacks find them) |")
+    table("masking-newest", "4", "aaa", (30, 3, 1))
+    assert reports.masking_table(tmp_path).splitlines()[2].endswith(
+        "| 30 (3, 1) | **masking**: Square fools 1 that no gradient attack does |")
+    table("masking-newest", "4", "aaa", (30, 0, 0))
+    assert reports.masking_table(tmp_path).splitlines()[2].endswith(
+        "no sign of masking: Square finds nothing beyond PGD; the stronger attacks add 4.0 points |")
+
+
+def test_robustness_table_says_what_each_row_is_judged_on(tmp_path):
+    import pandas as pd
+
+    from crossholder import reports
+
+    ds = tmp_path / "results" / "mnist"
+    ds.mkdir(parents=True)
+    rows = [{"defense": "cross_holder", "attack": a, "eps": e, "n": 1000, "accuracy": acc}
+            for e in reports.HEADLINE_EPS for a, acc in (("strongest", 0.5), ("worst-per-example", 0.6),
+                                                          ("worst-min", 0.7))]
+    pd.DataFrame(rows).to_csv(ds / "robustness.csv", index=False)
+    lines = reports.robustness_table(tmp_path).splitlines()
+    assert lines[2] == "| MNIST | Cross-Hölder | 1000 | strongest (PGD) | " + " | ".join(["50.0 (60.0)"] * 5) + " |"
+    pd.DataFrame([r for r in rows if r["attack"] != "strongest"]).to_csv(ds / "robustness.csv", index=False)
+    assert reports.robustness_table(tmp_path).splitlines()[2] == \
+        "| MNIST | Cross-Hölder | 1000 | PGD per example (worst-min) | " + " | ".join(["60.0 (70.0)"] * 5) + " |"

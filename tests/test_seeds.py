@@ -39,7 +39,9 @@ def test_claims_across_seeds_counts_the_seeds_that_support_each_claim():
     t = seeds.seeds_table(per, EPS, dataset="fashion_mnist")
     c = seeds.claims_across_seeds(t, "fashion_mnist").set_index(["claim", "attack"])
     row = c.loc[("F1", "strongest")]
-    assert row["seeds"] == 2 and row["supported_in"] == 1 and row["per_seed"] == "0: yes, 1: no"
+    assert row["seeds"] == 2 and row["supported_in"] == 1
+    # seed 0 clearly for (20 of 50 apart), seed 1 clearly against: counted apart, never added up
+    assert row["clear_for_in"] == 1 and row["clear_against_in"] == 1 and row["per_seed"] == "0: yes*, 1: no*"
     assert c.loc[("F2", "strongest"), "seeds"] == 0    # adversarial training is in neither seed
 
 
@@ -51,13 +53,17 @@ def test_pooled_paired_adds_each_seeds_discordant_images():
     t = seeds.pooled_paired(per, EPS, dataset="mnist", attacks=("strongest",), eps_points=(4.0,))
     r = t.iloc[0]
     assert (r["seeds"], r["n"], r["only_a"], r["only_b"]) == (2, 9, 4, 1)
-    assert r["a_robust"] == 7 and r["b_robust"] == 4
+    assert r["a_robust"] == 7 and r["b_robust"] == 4 and r["per_seed"] == "0: 2/0, 1: 2/1"
     assert math.isclose(r["p_value"], 2 * (1 + 5) / 2 ** 5)            # exact: 2 P(X <= 1), X ~ Bin(5, 1/2)
     # one seed alone is the ordinary paired test
     one = seeds.pooled_paired({k: v for k, v in per.items() if k[1] == 0}, EPS, dataset="mnist",
                               attacks=("strongest",), eps_points=(4.0,)).iloc[0]
     c = evaluation.paired_comparison(per[("cross_holder", 0)], per[("cross_lipschitz", 0)], 2, "strongest")
     assert math.isclose(one["p_value"], c["p_value"]) and one["only_a"] == c["only_a"]
+    # a seed only one of the two defenses has is left out of the pooled test
+    lone = {**per, ("cross_holder", 2): _per(np.array([5, 5, 5, 5]))}
+    assert seeds.pooled_paired(lone, EPS, dataset="mnist", attacks=("strongest",),
+                               eps_points=(4.0,)).iloc[0]["seeds"] == 2
     with pytest.raises(ValueError, match="eps=4.5"):
         seeds.pooled_paired(per, EPS, dataset="mnist", eps_points=(4.5,))
 

@@ -87,22 +87,25 @@ def seeds_table(per_examples: dict[tuple[str, int], pd.DataFrame], eps: Sequence
 
 def claims_across_seeds(table: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Each claim of ``dataset`` (:func:`crossholder.evaluation.claims_table`) judged on every seed's
-    curves in ``table`` (:func:`seeds_table`): columns ``claim, attack, seeds, supported_in``
-    (how many seeds support it), ``beyond_ci_in`` (in how many the verdict also holds with the
-    95% intervals) and ``per_seed`` (e.g. ``"0: yes, 1: no, 2: yes"``). A seed missing a defense
-    the claim names does not count in ``seeds``."""
+    curves in ``table`` (:func:`seeds_table`): columns ``claim, statement, attack, seeds`` (the seeds
+    with every defense the claim names), ``supported_in`` (how many of them support it),
+    ``clear_for_in`` (supported, and beyond the 95% intervals), ``clear_against_in`` (refuted beyond
+    the intervals) and ``per_seed`` (e.g. ``"0: yes*, 1: no, 2: yes"``; ``*``: beyond the intervals)."""
     rows = {}
     for s, g in table.groupby("seed"):
         for _, r in ev.claims_table(g.drop(columns="seed"), dataset).iterrows():
             key = (r["claim"], r["attack"])
             rec = rows.setdefault(key, {"claim": r["claim"], "statement": r["statement"], "attack": r["attack"],
-                                        "seeds": 0, "supported_in": 0, "beyond_ci_in": 0, "per_seed": []})
+                                        "seeds": 0, "supported_in": 0, "clear_for_in": 0, "clear_against_in": 0,
+                                        "per_seed": []})
             if r["supported"] is None or pd.isna(r["supported"]):
                 continue
+            sup, clear = bool(r["supported"]), bool(r["beyond_ci"])
             rec["seeds"] += 1
-            rec["supported_in"] += int(bool(r["supported"]))
-            rec["beyond_ci_in"] += int(bool(r["beyond_ci"]))
-            rec["per_seed"].append(f"{s}: {'yes' if r['supported'] else 'no'}")
+            rec["supported_in"] += int(sup)
+            rec["clear_for_in"] += int(sup and clear)
+            rec["clear_against_in"] += int(not sup and clear)
+            rec["per_seed"].append(f"{s}: {'yes' if sup else 'no'}{'*' if clear else ''}")
     for rec in rows.values():
         rec["per_seed"] = ", ".join(rec["per_seed"])
     return pd.DataFrame(list(rows.values()))
@@ -114,9 +117,14 @@ def pooled_paired(per_examples: dict[tuple[str, int], pd.DataFrame], eps: Sequen
     """Exact McNemar tests of each pair of ``pairs`` (Cross-Hölder against the others) pooled over the
     seeds both defenses have: the discordant images of every seed (robust for one model only, each
     seed's two models on the same images) are added up and tested as one sign test,
-    ``p = min(1, 2 P(X <= min(only_a, only_b)))``, ``X ~ Binomial(only_a + only_b, 1/2)``. Columns
-    ``dataset, a, b, attack, eps, seeds, n, a_robust, b_robust, only_a, only_b, p_value`` (``n``:
-    image-seed pairs)."""
+    ``p = min(1, 2 P(X <= min(only_a, only_b)))``, ``X ~ Binomial(only_a + only_b, 1/2)``.
+
+    The null hypothesis is that on each of these fixed images, with independently trained models
+    per seed, either defense is equally likely to be the robust one. The same images recur in every
+    seed, so ``n`` (image-seed pairs) overstates the sample size for a claim about images in
+    general; ``per_seed`` keeps each seed's ``only_a/only_b`` so a disagreement between seeds stays
+    visible. Columns ``dataset, a, b, attack, eps, seeds, n, a_robust, b_robust, only_a, only_b,
+    p_value, per_seed``."""
     grid = [round(float(e), 6) for e in eps]
     rows = []
     for a, b in pairs:
@@ -129,14 +137,16 @@ def pooled_paired(per_examples: dict[tuple[str, int], pd.DataFrame], eps: Sequen
                     raise ValueError(f"eps={e!r} is not on the grid {list(eps)!r}")
                 k = grid.index(round(e, 6))
                 tot = {"both": 0, "only_a": 0, "only_b": 0, "neither": 0}
+                per_seed = []
                 for s in common:
                     c = ev.paired_comparison(per_examples[(a, s)], per_examples[(b, s)], k, attack)
                     for key in tot:
                         tot[key] += c[key]
+                    per_seed.append(f"{s}: {c['only_a']}/{c['only_b']}")
                 m = tot["only_a"] + tot["only_b"]
                 tail = sum(math.comb(m, i) for i in range(min(tot["only_a"], tot["only_b"]) + 1)) / 2 ** m if m else 1.0
                 rows.append({"dataset": dataset, "a": a, "b": b, "attack": attack, "eps": e, "seeds": len(common),
                              "n": sum(tot.values()), "a_robust": tot["both"] + tot["only_a"],
                              "b_robust": tot["both"] + tot["only_b"], "only_a": tot["only_a"],
-                             "only_b": tot["only_b"], "p_value": min(1.0, 2 * tail)})
+                             "only_b": tot["only_b"], "p_value": min(1.0, 2 * tail), "per_seed": ", ".join(per_seed)})
     return pd.DataFrame(rows)
