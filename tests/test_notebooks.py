@@ -246,7 +246,10 @@ def test_verdicts_and_paired_tables_put_the_two_protocols_side_by_side(tmp_path)
     legacy[legacy["attack"] != "strongest"].to_csv(ds / "claims.csv", index=False)
     assert reports.verdicts_table(tmp_path).splitlines()[2].endswith("| **yes**, within CIs | not run yet |")
     p = reports.paired_table(tmp_path).splitlines()
-    assert p[2] == "| MNIST | Cross-Lipschitz | 5 | 200 | +15.0 (< 0.001) | -0.5 (1.00) |"
+    assert p[0] == "| data set | Cross-Hölder vs | judged on | n | ε = 5 |"
+    assert p[2:4] == ["| MNIST | Cross-Lipschitz | the paper's PGD | 200 | +15.0 (< 0.001) |",
+                      "| MNIST | Cross-Lipschitz | strongest | 200 | -0.5 (1.00) |"]
+    assert p[4].startswith("| Fashion-MNIST | not evaluated yet")
 
 
 def test_masking_table_reads_the_newest_table_of_each_registered_model(tmp_path):

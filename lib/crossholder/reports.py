@@ -230,25 +230,34 @@ def masking_table(root: Path = ROOT) -> str:
 
 def paired_table(root: Path = ROOT) -> str:
     """``results/<dataset>/paired.csv`` (notebook 04, ``strongest`` protocol): Cross-Hölder against
-    Cross-Lipschitz and against adversarial training on the same images, per ε (paper units): the
-    difference in robust accuracy (points) and the exact McNemar p-value, under the paper's PGD
-    (per-example worst case) and under ``strongest``. Twelve tests per data set, uncorrected."""
-    lines = ["| data set | Cross-Hölder vs | ε | n | the paper's PGD: Δ (p) | strongest: Δ (p) |",
-             "|---|---|---|---|---|---|"]
+    Cross-Lipschitz and against adversarial training on the same ``n`` images, per ε (paper units):
+    the difference in robust accuracy Δ = Cross-Hölder − the other (points) and the exact McNemar
+    p-value, judged on the paper's PGD (per-example worst case) and on ``strongest``. Twelve tests
+    per data set, uncorrected."""
+    lines = []
+    eps_all: list[float] = []
+    body = []
     for ds in NAMES:
         f = root / "results" / ds / "paired.csv"
         if not f.exists():
-            lines.append(f"| {NAMES[ds]} | not evaluated yet | | | | |")
+            body.append((ds, None, None, None))
             continue
         df = pd.read_csv(f)
-        for (b, e), g in df.groupby(["b", "eps"], sort=False):
-            by = {r["attack"]: r for _, r in g.iterrows()}
-            cells = []
-            for att in ("worst-per-example", "strongest"):
-                r = by.get(att)
-                cells.append("" if r is None else
-                             f"{100 * (r['a_robust'] - r['b_robust']) / r['n']:+.1f} ({_p(r['p_value'])})")
-            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[b]} | {e:g} | {int(g['n'].iloc[0])} | " + " | ".join(cells) + " |")
+        eps_all += [e for e in df["eps"].drop_duplicates() if e not in eps_all]
+        for (b, att), g in df.groupby(["b", "attack"], sort=False):
+            body.append((ds, b, att, g.set_index("eps")))
+    head = "| data set | Cross-Hölder vs | judged on | n | " + " | ".join(f"ε = {e:g}" for e in eps_all) + " |"
+    lines += [head, "|---|---|---|---|" + "---|" * len(eps_all)]
+    names = {"worst-per-example": "the paper's PGD", "strongest": "strongest"}
+    for ds, b, att, g in body:
+        if g is None:
+            lines.append(f"| {NAMES[ds]} | not evaluated yet | | |" + " |" * len(eps_all))
+            continue
+        cells = ["" if e not in g.index else
+                 f"{100 * (g.loc[e, 'a_robust'] - g.loc[e, 'b_robust']) / g.loc[e, 'n']:+.1f} ({_p(g.loc[e, 'p_value'])})"
+                 for e in eps_all]
+        lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[b]} | {names.get(att, att)} | {int(g['n'].iloc[0])} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
