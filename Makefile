@@ -116,8 +116,12 @@ figures: $(FIGURE_STAMPS)
 selection: $(STAMPS)/03.done
 # seeds 1 and 2 of every configuration, trained then evaluated (strongest protocol), as Ray tasks;
 # resumable: a rerun skips what is done
+# (seeds 1 and 2 on the first 500 test images, seed 0's 1,000-image curves contributing their first
+# 500; then the tables and figures of the seed study, crossholder.seeds)
+SEEDS_N ?= 500
 seeds: $(STAMP) | $(RAW)
-	$(JOBS) seeds --seeds 1 2
+	$(JOBS) seeds --seeds 1 2 --n $(SEEDS_N)
+	$(PY) -m crossholder.seeds --n $(SEEDS_N)
 
 # ---------------------------------------------------------------- tests
 # One pytest run: unit tests, notebook checks (smoke runs) and nbval on every executed, committed

@@ -85,3 +85,26 @@ def test_seeds_figure_draws_every_seed_and_names_a_missing_attack(tmp_path, monk
     assert (tmp_path / "seeds_test.png").exists() and (tmp_path / "seeds_test.pdf").exists()
     with pytest.raises(ValueError, match="attack='fab'"):
         plotting.seeds_figure(t, std=0.3081, name="x", title="t", attack="fab")
+
+
+def test_write_puts_tables_and_figure_in_place_from_the_rows_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("CROSSHOLDER_FIGURES", str(tmp_path / "figures"))
+    n = 40
+    per = {(d, s): _per(np.where(np.arange(n) < 10 * (s + 1), 3, 9)) for d in ("cross_holder", "cross_lipschitz")
+           for s in (0, 1)}
+    monkeypatch.setattr(seeds, "per_examples_by_seed",
+                        lambda dataset, **kw: (per, [("cross_holder", 2), ("cross_lipschitz", 2)]))
+    st = seeds.write("mnist", n=n)
+    assert st["missing"] == [("cross_holder", 2), ("cross_lipschitz", 2)]
+    folder = tmp_path / "results" / "mnist"
+    t = pd.read_csv(folder / "seeds.csv")
+    assert set(t["seed"]) == {0, 1} and (t["n"] == n).all()
+    import json
+    side = json.loads((folder / "seeds.json").read_text())
+    assert side["params"]["missing"] == ["cross_holder/2", "cross_lipschitz/2"]
+    assert (folder / "claims-seeds.csv").exists() and (folder / "paired-seeds.csv").exists()
+    assert (tmp_path / "figures" / "seeds_mnist.png").exists()
+    monkeypatch.setattr(seeds, "per_examples_by_seed", lambda dataset, **kw: ({}, [("none", 0)]))
+    assert seeds.write("fashion_mnist")["found"] == []
+    assert not (tmp_path / "results" / "fashion_mnist").exists()

@@ -19,7 +19,7 @@ Seed ``s`` is both the model's training seed and its attacks' seed
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,7 @@ from . import data as data_mod
 from . import evaluation as ev
 from . import experiments as ex
 
-__all__ = ["per_examples_by_seed", "seeds_table", "claims_across_seeds", "pooled_paired", "SEEDS", "SEEDS_N"]
+__all__ = ["per_examples_by_seed", "seeds_table", "claims_across_seeds", "pooled_paired", "write", "SEEDS", "SEEDS_N"]
 
 #: The training seeds of the seed study (seed 0: the registered models).
 SEEDS = (0, 1, 2)
@@ -150,3 +150,56 @@ def pooled_paired(per_examples: dict[tuple[str, int], pd.DataFrame], eps: Sequen
                              "b_robust": tot["both"] + tot["only_b"], "only_a": tot["only_a"],
                              "only_b": tot["only_b"], "p_value": min(1.0, 2 * tail), "per_seed": ", ".join(per_seed)})
     return pd.DataFrame(rows)
+
+
+def write(dataset: str, *, seeds: Sequence[int] = SEEDS, n: int = SEEDS_N, profile: str = "cpu") -> dict[str, Any]:
+    """Write the seed study of ``dataset`` from the per-example rows found so far:
+    ``results/<dataset>/seeds.csv`` (:func:`seeds_table`, with a provenance sidecar naming each
+    model's run and the missing ones), ``claims-seeds.csv`` (:func:`claims_across_seeds`),
+    ``paired-seeds.csv`` (:func:`pooled_paired`) and ``figures/seeds_<dataset>.png``/``.pdf``
+    drawn from ``seeds.csv``. Returns ``{"found": [...], "missing": [...]}``. Nothing is written when
+    no model has its rows yet."""
+    from . import plotting
+
+    eps = ev.eps_grid(profile)
+    found, missing = per_examples_by_seed(dataset, seeds=seeds, n=n, profile=profile)
+    status = {"found": sorted(found), "missing": missing}
+    if not found:
+        return status
+    folder = ex.paths.results_dir() / dataset
+    table = seeds_table(found, eps, dataset=dataset)
+    ex.atomic_write_text(folder / "seeds.csv", table.to_csv(index=False))
+    ex.atomic_write_json(folder / "seeds.json", ex.provenance(
+        params={"dataset": dataset, "seeds": list(seeds), "n": n, "eps": eps, "protocol": "strongest",
+                "found": [f"{d}/{s}" for d, s in sorted(found)], "missing": [f"{d}/{s}" for d, s in missing]},
+        seed=0, profile=profile))
+    table = pd.read_csv(folder / "seeds.csv")                    # everything below from the file
+    ex.atomic_write_text(folder / "claims-seeds.csv", claims_across_seeds(table, dataset).to_csv(index=False))
+    ex.atomic_write_text(folder / "paired-seeds.csv",
+                         pooled_paired(found, eps, dataset=dataset).to_csv(index=False))
+    k = table.groupby("defense")["seed"].nunique()
+    plotting.seeds_figure(table, std=data_mod.MEAN_STD[dataset][1], name=f"seeds_{dataset}",
+                          title=f"{dataset}: strongest, per training seed (n = {n}; seeds per defense: "
+                                f"{', '.join(f'{d} {k[d]}' for d in k.index)})")
+    return status
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m crossholder.seeds [--dataset D ...] [--n 500]``: write the seed study's tables and
+    figures from the evaluations found so far (``python -m crossholder.jobs seeds`` runs them)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m crossholder.seeds", description=main.__doc__)
+    ap.add_argument("--dataset", action="append", choices=data_mod.DATASETS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    ap.add_argument("--n", type=int, default=SEEDS_N)
+    ap.add_argument("--profile", default="cpu", choices=list(ex.PROFILES))
+    args = ap.parse_args(argv)
+    for ds in args.dataset or data_mod.DATASETS:
+        st = write(ds, seeds=args.seeds, n=args.n, profile=args.profile)
+        print(f"{ds}: {len(st['found'])} models with their first {args.n} images, missing: "
+              f"{', '.join(f'{d}/seed {s}' for d, s in st['missing']) or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
