@@ -179,3 +179,23 @@ def test_jobs_trains_exactly_the_registered_configurations(monkeypatch):
         cfg = training.final_config(dataset, defense)
         assert cfg.run_id == rec["run_id"] and training.config_variant(cfg) == "", key
         assert training.config_variant(training.final_config(dataset, defense, seed=1)) == "cpu-seed=1"
+
+
+def test_training_cli_trains_the_registered_configuration(monkeypatch):
+    """python -m crossholder.training trains what notebook 02 and jobs train do (final_config), so the
+    Fashion-MNIST picks that FINAL replaces are not silently retrained from the paper's values."""
+    from crossholder import experiments as ex
+    from crossholder import training
+
+    seen = {}
+
+    def fake_train(cfg, **kw):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(training, "train", fake_train)
+    for defense in ex.FINAL["fashion_mnist"]:
+        with pytest.raises(SystemExit):
+            training.main(["--dataset", "fashion_mnist", "--defense", defense, "--seed", "1"])
+        assert seen["cfg"] == training.final_config("fashion_mnist", defense, seed=1)
+        assert training.config_variant(seen["cfg"]) == "cpu-seed=1"

@@ -623,7 +623,9 @@ def load_run(dataset: str, defense: str, run_id: str) -> tuple[nn.Module, dict[s
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Train one model (resumes if interrupted).")
+    ap = argparse.ArgumentParser(description="Train one model (resumes if interrupted): the registered "
+                                 "configuration (final_config: at cpu the final choices of experiments.FINAL, "
+                                 "as notebook 02 and crossholder.jobs train), then the --set overrides.")
     ap.add_argument("--dataset", required=True, choices=data_mod.DATASETS)
     ap.add_argument("--defense", required=True, choices=ex.DEFENSES)
     ap.add_argument("--profile", default="cpu", choices=list(ex.PROFILES))
@@ -648,7 +650,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
         else:
             overrides[k] = None if v == "None" else v
-    cfg = make_config(args.dataset, args.defense, profile=args.profile, seed=args.seed, **overrides)
+    cfg = final_config(args.dataset, args.defense, profile=args.profile, seed=args.seed, **overrides)
     res = train(cfg, register=not args.no_register, threads=args.threads, device=args.device)
     print(f"[{cfg.dataset}/{cfg.defense}] done: clean test accuracy {res.record.get('clean_test_accuracy')}, "
           f"checkpoint {paths.relative_to_root(res.checkpoint)}", flush=True)
