@@ -1,5 +1,5 @@
 # crossholder: the whole pipeline as file rules.
-#   make figures   set up, fetch data, execute notebooks 01, 02, 04-07 (papermill), write results/ and figures/
+#   make figures   set up, fetch data, execute notebooks 01, 02, 04-08 (papermill), write results/ and figures/
 #   make selection the hyperparameter grid of notebook 03 (hours at the cpu profile; Ray tasks)
 #   make seeds     every configuration trained and evaluated with seeds 1 and 2 (Ray tasks; many hours)
 # Long runs go through Ray (crossholder.jobs): a local instance by default, a cluster with
@@ -103,11 +103,11 @@ $(STAMPS)/04.done: $(NB)/04_robustness.ipynb $(STAMPS)/02.done $(LIB) | $(RAW)
 	$(call run,$<,-fashion_mnist,-p dataset fashion_mnist)
 	@mkdir -p $(STAMPS) && touch $@
 
-# 05-07: analysis notebooks; they compute nothing and show tables generated from results/ (crossholder.reports)
+# 05-08: analysis notebooks; they compute nothing and show tables generated from results/ (crossholder.reports)
 ANALYSES := $(sort $(wildcard $(NB)/0[5-9]_*.ipynb))
 # (they show the committed cpu results, so they run only in the canonical run: in place, no parameters)
 $(STAMPS)/analyses.done: $(ANALYSES) $(LIB) | $(STAMP)
-	@if [ -z "$(CANONICAL)" ]; then echo "notebooks 05-07 show the committed cpu results: skipped"; else \
+	@if [ -z "$(CANONICAL)" ]; then echo "notebooks 05-08 show the committed cpu results: skipped"; else \
 	  for nb in $(ANALYSES); do $(PAPERMILL) $$nb $$nb && $(STRIP) $$nb || exit 1; done; \
 	  mkdir -p $(STAMPS) && touch $@; fi
 

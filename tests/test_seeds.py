@@ -108,3 +108,25 @@ def test_write_puts_tables_and_figure_in_place_from_the_rows_found(tmp_path, mon
     monkeypatch.setattr(seeds, "per_examples_by_seed", lambda dataset, **kw: ({}, [("none", 0)]))
     assert seeds.write("fashion_mnist")["found"] == []
     assert not (tmp_path / "results" / "fashion_mnist").exists()
+
+
+def test_seed_tables_in_reports_read_what_write_wrote(tmp_path, monkeypatch):
+    from crossholder import reports
+
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("CROSSHOLDER_FIGURES", str(tmp_path / "figures"))
+    n = 50
+    strong, weak = np.full(n, 99), np.full(n, 99)
+    weak[:20] = 1
+    per = {("cross_holder", 0): _per(strong), ("cross_lipschitz", 0): _per(weak),
+           ("cross_holder", 1): _per(weak), ("cross_lipschitz", 1): _per(strong)}
+    monkeypatch.setattr(seeds, "per_examples_by_seed", lambda dataset, **kw: (per, []))
+    seeds.write("fashion_mnist", n=n)
+    curves = reports.seed_curves_table(tmp_path).splitlines()
+    assert "| Fashion-MNIST | Cross-Hölder | 0 | 50 | 100.0 | 100.0 | 100.0 | 100.0 |" in curves
+    assert "| Fashion-MNIST | Cross-Hölder | mean (range) | 50 | 80.0 (60.0–100.0) | 80.0 (60.0–100.0) | " \
+           "80.0 (60.0–100.0) | 80.0 (60.0–100.0) |" in curves
+    claims = reports.claims_seeds_table(tmp_path)
+    assert "| F1 | Worst case: Cross-Hölder above Cross-Lipschitz | strongest | 1 of 2 | 0: yes*, 1: no* |" in claims
+    paired = reports.paired_seeds_table(tmp_path)
+    assert "| Fashion-MNIST | Cross-Lipschitz | strongest | 5 | 2 | +0.0 (1.00) | 0: 20/0, 1: 0/20 |" in paired

@@ -16,6 +16,8 @@ of :data:`TABLES`):
 * ``claims``: ``results/<dataset>/claims.csv`` (notebook 04's verdicts); ``verdicts``: the same, each
   claim once, the paper's PGD and ``strongest`` side by side;
 * ``masking``: ``results/<dataset>/robustness/masking-*.csv`` (gradient masking, measured, per model);
+* ``seed_curves``, ``claims_seeds``, ``paired_seeds``: ``results/<dataset>/seeds.csv``, ``claims-seeds.csv``,
+  ``paired-seeds.csv`` (the seed study, ``python -m crossholder.seeds``);
 * ``paired``: ``results/<dataset>/paired.csv`` (exact McNemar tests of Cross-Hölder against the others);
 * ``step_size``: ``results/step-size.csv`` (``tools/step_size_study.py``: PGD's step, measured);
 * ``autoattack``: ``results/<dataset>/robustness/autoattack-*.csv`` of the models in ``robustness.json``;
@@ -258,6 +260,74 @@ def paired_table(root: Path = ROOT) -> str:
                  for e in eps_all]
         lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[b]} | {names.get(att, att)} | {int(g['n'].iloc[0])} | "
                      + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seed_curves_table(root: Path = ROOT) -> str:
+    """``results/<dataset>/seeds.csv`` (``python -m crossholder.seeds``): ``strongest`` robust accuracy
+    (%) of each defense and training seed at ε = 3, 4, 5, 6 (paper units), on the same first ``n``
+    test images; the last row per defense is the mean and the range over its seeds."""
+    eps = (3.0, 4.0, 5.0, 6.0)
+    lines = ["| data set | defense | seed | n | " + " | ".join(f"ε = {e:g}" for e in eps) + " |",
+             "|---|---|---|---|" + "---|" * len(eps)]
+    for ds in NAMES:
+        f = root / "results" / ds / "seeds.csv"
+        if not f.exists():
+            lines.append(f"| {NAMES[ds]} | not computed yet (`make seeds`) | | |" + " |" * len(eps))
+            continue
+        t = pd.read_csv(f)
+        t = t[t["attack"] == "strongest"]
+        for d in DEFENSE_NAMES:
+            g = t[t["defense"] == d]
+            if g.empty:
+                continue
+            acc = g.pivot_table(index="seed", columns="eps", values="accuracy") * 100
+            n = int(g["n"].iloc[0])
+            for seed, row in acc.iterrows():
+                lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[d]} | {seed} | {n} | "
+                             + " | ".join(f"{row[e]:.1f}" if e in row.index else "" for e in eps) + " |")
+            if len(acc) > 1:
+                lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[d]} | mean (range) | {n} | " + " | ".join(
+                    f"{acc[e].mean():.1f} ({acc[e].min():.1f}–{acc[e].max():.1f})" if e in acc.columns else ""
+                    for e in eps) + " |")
+    return "\n".join(lines)
+
+
+def claims_seeds_table(root: Path = ROOT) -> str:
+    """``results/<dataset>/claims-seeds.csv``: each claim judged on each training seed's curves
+    (``strongest`` and the paper's PGD), how many seeds support it, and per seed (``*``: the verdict
+    also holds with the 95% intervals)."""
+    lines = ["| claim | the paper says | judged on | holds in | per seed |", "|---|---|---|---|---|"]
+    for ds in NAMES:
+        f = root / "results" / ds / "claims-seeds.csv"
+        if not f.exists():
+            lines.append(f"| {NAMES[ds]} | not computed yet (`make seeds`) | | | |")
+            continue
+        for _, r in pd.read_csv(f).iterrows():
+            if r["attack"] == "worst-min":
+                continue
+            held = f"{int(r['supported_in'])} of {int(r['seeds'])}" if r["seeds"] else "not evaluated"
+            per = "" if pd.isna(r["per_seed"]) else r["per_seed"]
+            lines.append(f"| {r['claim']} | {_cell(r['statement'])} | {r['attack']} | {held} | {per} |")
+    return "\n".join(lines)
+
+
+def paired_seeds_table(root: Path = ROOT) -> str:
+    """``results/<dataset>/paired-seeds.csv``: Cross-Hölder against the others, the exact McNemar test
+    pooled over training seeds (:func:`crossholder.seeds.pooled_paired`: the null is that on these
+    fixed images either defense is equally likely to be the robust one): Δ (points, over image-seed
+    pairs), p, and each seed's discordant counts ``only Cross-Hölder / only the other``."""
+    lines = ["| data set | Cross-Hölder vs | judged on | ε | seeds | Δ (p) | per seed |", "|---|---|---|---|---|---|---|"]
+    names = {"worst-per-example": "the paper's PGD", "strongest": "strongest"}
+    for ds in NAMES:
+        f = root / "results" / ds / "paired-seeds.csv"
+        if not f.exists():
+            lines.append(f"| {NAMES[ds]} | not computed yet (`make seeds`) | | | | | |")
+            continue
+        for _, r in pd.read_csv(f).iterrows():
+            d = 100 * (r["a_robust"] - r["b_robust"]) / r["n"]
+            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[r['b']]} | {names.get(r['attack'], r['attack'])} | "
+                         f"{r['eps']:g} | {int(r['seeds'])} | {d:+.1f} ({_p(r['p_value'])}) | {r['per_seed']} |")
     return "\n".join(lines)
 
 
@@ -671,7 +741,8 @@ def step_size_table(root: Path = ROOT) -> str:
 
 TABLES = {"step_size": step_size_table, "speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "fidelity_robustness": fidelity_robustness_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "agreement": agreement_table, "models": models_table, "robustness": robustness_table, "claims": claims_table,
           "verdicts": verdicts_table, "paired": paired_table,
-          "masking": masking_table}
+          "masking": masking_table, "seed_curves": seed_curves_table, "claims_seeds": claims_seeds_table,
+          "paired_seeds": paired_seeds_table}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
