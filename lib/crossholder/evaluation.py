@@ -54,7 +54,7 @@ from . import attacks as attacks_mod
 from .attacks import LOSSES, pgd
 
 __all__ = ["to_pixel", "wilson_interval", "sweep", "strong_sweep", "curve_from_sweeps", "robustness_curve",
-           "evaluate_model", "per_model_rows", "robust_both", "robust_at", "paired_comparison", "fooled_at_from_norm",
+           "evaluate_model", "per_model_rows", "robust_both", "robust_at", "paired_comparison", "mcnemar_exact", "fooled_at_from_norm",
            "autoattack_agreement", "masking_table", "paired_table", "strong_checks", "registered_checks", "PAIRS", "PAIRED_EPS",
            "ATTACKS", "PAPER_ATTACKS", "STRONG_ATTACKS", "PROTOCOLS", "EVAL_CODE_VERSION", "STRONG"]
 
@@ -291,10 +291,17 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, k: int, attack: str = "w
                          "'index' order)")
     ra, rb = robust_at(a, k, attack), robust_at(b, k, attack)
     only_a, only_b = int((ra & ~rb).sum()), int((~ra & rb).sum())
+    return {"both": int((ra & rb).sum()), "only_a": only_a, "only_b": only_b, "neither": int((~ra & ~rb).sum()),
+            "p_value": mcnemar_exact(only_a, only_b)}
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """The exact two-sided McNemar test on the discordant counts: ``min(1, 2 P(X <= min(only_a,
+    only_b)))`` with ``X ~ Binomial(only_a + only_b, 1/2)``; 1.0 when nothing is discordant. Exact
+    (integer arithmetic) for any count."""
     n = only_a + only_b
     tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
-    return {"both": int((ra & rb).sum()), "only_a": only_a, "only_b": only_b, "neither": int((~ra & ~rb).sum()),
-            "p_value": min(1.0, 2 * tail)}
+    return min(1.0, 2 * tail)
 
 
 def strong_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Sequence[float], *,

@@ -172,6 +172,29 @@ def verdicts_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
+def _newest_per_model(root: Path, kind: str) -> dict[tuple[str, str], tuple[int, dict, pd.DataFrame]]:
+    """For each registered model (``results/models.json``), the rows of the newest one-model table
+    ``results/<dataset>/robustness/<kind>-*.csv`` of the ``cpu`` profile: the highest code version,
+    then the largest ``n``, then the last file name. Values: ``(code, params, rows)``."""
+    models = json.loads((root / "results" / "models.json").read_text())
+    found: dict[tuple[str, str], tuple[tuple[int, int], dict, pd.DataFrame]] = {}
+    for ds in NAMES:
+        for f in sorted((root / "results" / ds / "robustness").glob(f"{kind}-*.json")):
+            meta = json.loads(f.read_text())
+            params = meta.get("params", {})
+            if meta.get("profile") != "cpu" or not f.with_suffix(".csv").exists():
+                continue
+            key = (int(params.get("code", 0)), int(params.get("n", 0)))
+            table = pd.read_csv(f.with_suffix(".csv"))
+            for defense, rid in params.get("models", {}).items():
+                if models.get(f"{ds}/{defense}", {}).get("run_id") != rid:
+                    continue
+                rows = table[table["defense"] == defense]
+                if len(rows) and key >= found.get((ds, defense), ((-1, -1),))[0]:
+                    found[(ds, defense)] = (key, params, rows)
+    return {k: (v[0][0], v[1], v[2]) for k, v in found.items()}
+
+
 def masking_table(root: Path = ROOT) -> str:
     """Gradient masking, measured (notebook 04, ``strongest`` protocol): per registered model, at the
     table's ε (paper units), on its first ``n`` test images: how many images the paper's PGD (either
@@ -183,23 +206,7 @@ def masking_table(root: Path = ROOT) -> str:
     mean every gradient attack is blinded (masking); Square beyond PGD alone, that PGD's gradients
     are; neither is no sign of masking, weak evidence on its own since Square (5,000 queries) fools
     fewer images than PGD."""
-    models = json.loads((root / "results" / "models.json").read_text())
-    found: dict[tuple[str, str], tuple[int, int, float, pd.DataFrame]] = {}
-    for ds in NAMES:
-        for f in sorted((root / "results" / ds / "robustness").glob("masking-*.json")):
-            meta = json.loads(f.read_text())
-            params = meta.get("params", {})
-            if meta.get("profile") != "cpu" or not f.with_suffix(".csv").exists():
-                continue
-            code = int(params.get("code", 0))
-            table = pd.read_csv(f.with_suffix(".csv"))
-            for defense, rid in params.get("models", {}).items():
-                if models.get(f"{ds}/{defense}", {}).get("run_id") != rid:
-                    continue
-                rows = table[table["defense"] == defense]
-                n = int(params.get("n", 0))
-                if len(rows) and (code, n) >= found.get((ds, defense), (-1, -1))[:2]:
-                    found[(ds, defense)] = (code, n, float(params.get("eps", float("nan"))), rows)
+    found = _newest_per_model(root, "masking")
     stronger = ("apgd-ce", "fab", "fab-t", "apgd-t", "strongest")
     lines = ["| data set | defense | ε | n | PGD fools | beyond PGD: " + " / ".join(stronger)
              + " | Square fools (beyond PGD, beyond strongest) | reading |", "|---|---|---|---|---|---|---|---|"]
@@ -207,7 +214,8 @@ def masking_table(root: Path = ROOT) -> str:
         for defense in DEFENSE_NAMES:
             if (ds, defense) not in found:
                 continue
-            _, _, eps, rows = found[(ds, defense)]
+            _, params, rows = found[(ds, defense)]
+            eps = float(params.get("eps", float("nan")))
             by = rows.set_index("attack")
             n = int(rows["n"].iloc[0])
             pgd = int(by.loc["strongest", "fooled"] - by.loc["strongest", "beyond_pgd"])
@@ -380,23 +388,9 @@ def agreement_table(root: Path = ROOT) -> str:
     """AutoAttack against the ``strongest`` sweep, per registered robust model: on its first ``n`` test
     images, how many images the sweep calls robust and how many of those AutoAttack fools (``missed``),
     per ε; from ``results/<dataset>/robustness/agreement-*.csv`` of the ``cpu`` profile, the highest
-    code version of the sweep found for each model. Bold: more than 1% of ``n`` missed (the target)."""
-    models = json.loads((root / "results" / "models.json").read_text())
-    found: dict[tuple[str, str], tuple[int, pd.DataFrame]] = {}
-    for ds in NAMES:
-        for f in sorted((root / "results" / ds / "robustness").glob("agreement-*.json")):
-            meta = json.loads(f.read_text())
-            params = meta.get("params", {})
-            if meta.get("profile") != "cpu" or not f.with_suffix(".csv").exists():
-                continue
-            code = int(params.get("code", 0))
-            table = pd.read_csv(f.with_suffix(".csv"))
-            for defense, rid in params.get("models", {}).items():
-                if models.get(f"{ds}/{defense}", {}).get("run_id") != rid:
-                    continue
-                rows = table[table["defense"] == defense]
-                if len(rows) and code >= found.get((ds, defense), (-1, None))[0]:
-                    found[(ds, defense)] = (code, rows)
+    code version of the sweep found for each model (:func:`_newest_per_model`). Bold: more than 1% of
+    ``n`` missed (the target)."""
+    found = {k: (code, rows) for k, (code, _, rows) in _newest_per_model(root, "agreement").items()}
     eps = sorted({float(e) for _, rows in found.values() for e in rows["eps"]})
     lines = ["| data set | defense | n | sweep | " + " | ".join(f"ε = {e:g}" for e in eps) + " |",
              "|---|---|---|---|" + "---|" * len(eps)]

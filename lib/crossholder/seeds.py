@@ -18,7 +18,6 @@ Seed ``s`` is both the model's training seed and its attacks' seed
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -143,12 +142,11 @@ def pooled_paired(per_examples: dict[tuple[str, int], pd.DataFrame], eps: Sequen
                     for key in tot:
                         tot[key] += c[key]
                     per_seed.append(f"{s}: {c['only_a']}/{c['only_b']}")
-                m = tot["only_a"] + tot["only_b"]
-                tail = sum(math.comb(m, i) for i in range(min(tot["only_a"], tot["only_b"]) + 1)) / 2 ** m if m else 1.0
                 rows.append({"dataset": dataset, "a": a, "b": b, "attack": attack, "eps": e, "seeds": len(common),
                              "n": sum(tot.values()), "a_robust": tot["both"] + tot["only_a"],
                              "b_robust": tot["both"] + tot["only_b"], "only_a": tot["only_a"],
-                             "only_b": tot["only_b"], "p_value": min(1.0, 2 * tail), "per_seed": ", ".join(per_seed)})
+                             "only_b": tot["only_b"],
+                             "p_value": ev.mcnemar_exact(tot["only_a"], tot["only_b"]), "per_seed": ", ".join(per_seed)})
     return pd.DataFrame(rows)
 
 
