@@ -76,20 +76,27 @@ def test_smoke_run(nb, smoke_env):
         assert any(figs.glob("*.png")) and any(figs.glob("*.pdf"))
         assert not any((smoke_env / "figures").glob("*.png")), "a variant never draws the canonical figures"
     assert not any((ROOT / "results").rglob(f"*{smoke_env.name}*"))
+    if nb.stem == "04_robustness":   # the default protocol, "strongest": APGD, FAB, AutoAttack agreement, masking
+        rob = smoke_env / "results" / "mnist" / "robustness"
+        assert any(rob.glob("agreement-*.csv")) and any(rob.glob("masking-*.csv"))
+        summaries = smoke_env / "results" / "variants" / "smoke" / "mnist"
+        assert (summaries / "paired.csv").exists()
+        curves = pd.read_csv(summaries / "robustness.csv")
+        assert {"strongest", "apgd-ce", "apgd-t", "fab", "fab-t"} <= set(curves["attack"])
 
 
-def test_smoke_run_of_the_strongest_protocol(smoke_env):
-    """Notebook 04 with protocol="strongest" (APGD, FAB, the AutoAttack agreement, the masking table)."""
+def test_smoke_run_of_the_legacy_protocol(smoke_env):
+    """Notebook 04 with protocol="paper-v1" (the paper's PGD alone at Madry et al.'s step, AutoAttack
+    beside it); the default protocol, "strongest", is what test_smoke_run executes."""
     nb = ROOT / "notebooks" / "04_robustness.ipynb"
     pm.execute_notebook(str(nb), str(smoke_env / nb.name),
-                        parameters={"profile": "smoke", "protocol": "strongest", "progress": False},
+                        parameters={"profile": "smoke", "protocol": "paper-v1", "progress": False},
                         kernel_name="crossholder", cwd=str(smoke_env), progress_bar=False)
     rob = smoke_env / "results" / "mnist" / "robustness"
-    assert any(rob.glob("agreement-*.csv")) and any(rob.glob("masking-*.csv"))
-    summaries = smoke_env / "results" / "variants" / "smoke-protocol=strongest" / "mnist"
-    assert (summaries / "paired.csv").exists()
+    assert any(rob.glob("autoattack-*.csv")) and not any(rob.glob("masking-*.csv"))
+    summaries = smoke_env / "results" / "variants" / "smoke-protocol=paper-v1" / "mnist"
     curves = pd.read_csv(summaries / "robustness.csv")
-    assert {"strongest", "apgd-ce", "apgd-t", "fab"} <= set(curves["attack"])
+    assert set(curves["attack"]) == {"pgd-ce", "pgd-cw", "worst-min", "worst-per-example"}
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
@@ -251,6 +258,9 @@ def test_verdicts_and_paired_tables_put_the_two_protocols_side_by_side(tmp_path)
     assert p[2:4] == ["| MNIST | Cross-Lipschitz | the paper's PGD | 200 | +15.0 (< 0.001) |",
                       "| MNIST | Cross-Lipschitz | strongest | 200 | -0.5 (1.00) |"]
     assert p[4].startswith("| Fashion-MNIST | not evaluated yet")
+    assert reports.paired_strongest_table(tmp_path).splitlines()[2] == "| MNIST | Cross-Lipschitz | strongest | 200 | -0.5 (1.00) |"
+    with pytest.raises(ValueError, match="judged_on=.*'pgd-ce'"):
+        reports.paired_table(tmp_path, judged_on=("pgd-ce",))
 
 
 def test_masking_table_reads_the_newest_table_of_each_registered_model(tmp_path):

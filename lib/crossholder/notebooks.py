@@ -90,7 +90,7 @@ CANONICAL: dict[str, dict[str, Any]] = {
     "01_hessian_norm_estimation": {"seed": 0, "method": "ascent", "iters": 10, "step": 0.1, "lanczos_iters": 20,
                                    "exact_n": 0, "n_images": 8},
     "03_hyperparameter_selection": {"seed": 0},
-    "04_robustness": {"seed": 0, "protocol": "paper-v1", "n_examples": 0, "steps": 0, "restarts": 0,
+    "04_robustness": {"seed": 0, "protocol": "strongest", "n_examples": 0, "steps": 0, "restarts": 0,
                       "eps_max": 6.0, "eps_step": 0.5, "sanity_n": 0, "autoattack_n": 0},
 }
 

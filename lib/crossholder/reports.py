@@ -238,12 +238,19 @@ def masking_table(root: Path = ROOT) -> str:
     return "\n".join(lines) if len(lines) > 2 else "(no masking table yet)"
 
 
-def paired_table(root: Path = ROOT) -> str:
+def paired_table(root: Path = ROOT, *, judged_on: tuple[str, ...] = ("worst-per-example", "strongest")) -> str:
     """``results/<dataset>/paired.csv`` (notebook 04, ``strongest`` protocol): Cross-Hölder against
     Cross-Lipschitz and against adversarial training on the same ``n`` images, per ε (paper units):
     the difference in robust accuracy Δ = Cross-Hölder − the other (points) and the exact McNemar
-    p-value, judged on the paper's PGD (per-example worst case) and on ``strongest``. Twelve tests
-    per data set, uncorrected."""
+    p-value, judged on the paper's PGD (per-example worst case, ``"worst-per-example"``) and on
+    ``"strongest"``: the rows of the attacks in ``judged_on``. Twelve tests per data set, uncorrected.
+
+    Raises:
+        ValueError: ``judged_on`` names an attack other than those two.
+    """
+    bad = sorted(set(judged_on) - {"worst-per-example", "strongest"})
+    if bad or not judged_on:
+        raise ValueError(f"judged_on={judged_on!r}; allowed: a non-empty subset of ('worst-per-example', 'strongest')")
     lines = []
     eps_all: list[float] = []
     body = []
@@ -255,7 +262,8 @@ def paired_table(root: Path = ROOT) -> str:
         df = pd.read_csv(f)
         eps_all += [e for e in df["eps"].drop_duplicates() if e not in eps_all]
         for (b, att), g in df.groupby(["b", "attack"], sort=False):
-            body.append((ds, b, att, g.set_index("eps")))
+            if att in judged_on:
+                body.append((ds, b, att, g.set_index("eps")))
     head = "| data set | Cross-Hölder vs | judged on | n | " + " | ".join(f"ε = {e:g}" for e in eps_all) + " |"
     lines += [head, "|---|---|---|---|" + "---|" * len(eps_all)]
     names = {"worst-per-example": "the paper's PGD", "strongest": "strongest"}
@@ -269,6 +277,11 @@ def paired_table(root: Path = ROOT) -> str:
         lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[b]} | {names.get(att, att)} | {int(g['n'].iloc[0])} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def paired_strongest_table(root: Path = ROOT) -> str:
+    """:func:`paired_table`'s ``strongest`` rows only (the README's, for length)."""
+    return paired_table(root, judged_on=("strongest",))
 
 
 def seed_curves_table(root: Path = ROOT) -> str:
@@ -734,7 +747,7 @@ def step_size_table(root: Path = ROOT) -> str:
 
 
 TABLES = {"step_size": step_size_table, "speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "fidelity_robustness": fidelity_robustness_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "agreement": agreement_table, "models": models_table, "robustness": robustness_table, "claims": claims_table,
-          "verdicts": verdicts_table, "paired": paired_table,
+          "verdicts": verdicts_table, "paired": paired_table, "paired_strongest": paired_strongest_table,
           "masking": masking_table, "seed_curves": seed_curves_table, "claims_seeds": claims_seeds_table,
           "paired_seeds": paired_seeds_table}
 
