@@ -294,7 +294,7 @@ def test_masking_table_reads_the_newest_table_of_each_registered_model(tmp_path)
         "| 30 (3, 1) | **masking**: Square fools 1 that no gradient attack does |")
     table("masking-newest", "4", "aaa", (30, 0, 0))
     assert reports.masking_table(tmp_path).splitlines()[2].endswith(
-        "no sign of masking: Square finds nothing beyond PGD; the stronger attacks add 4.0 points |")
+        "no sign of masking: Square finds nothing beyond PGD; the stronger attacks fool 4.0% more of the images |")
 
 
 def test_robustness_table_says_what_each_row_is_judged_on(tmp_path):

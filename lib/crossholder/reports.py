@@ -233,7 +233,7 @@ def masking_table(root: Path = ROOT) -> str:
                                "(the other gradient attacks find them)")
                 else:
                     reading = "no sign of masking: Square finds nothing beyond PGD" + (
-                        f"; the stronger attacks add {100 * extra / n:.1f} points" if extra else "")
+                        f"; the stronger attacks fool {100 * extra / n:.1f}% more of the images" if extra else "")
             lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[defense]} | {eps:g} | {n} | {pgd} | {beyond} | {square} | {reading} |")
     return "\n".join(lines) if len(lines) > 2 else "(no masking table yet)"
 
