@@ -238,6 +238,10 @@ def masking_table(root: Path = ROOT) -> str:
     return "\n".join(lines) if len(lines) > 2 else "(no masking table yet)"
 
 
+#: the attacks a paired test is judged on (``paired.csv``'s ``attack``) and their names in the tables
+_JUDGED_ON = {"worst-per-example": "the paper's PGD", "strongest": "strongest"}
+
+
 def paired_table(root: Path = ROOT, *, judged_on: tuple[str, ...] = ("worst-per-example", "strongest")) -> str:
     """``results/<dataset>/paired.csv`` (notebook 04, ``strongest`` protocol): Cross-Hölder against
     Cross-Lipschitz and against adversarial training on the same ``n`` images, per ε (paper units):
@@ -248,9 +252,8 @@ def paired_table(root: Path = ROOT, *, judged_on: tuple[str, ...] = ("worst-per-
     Raises:
         ValueError: ``judged_on`` names an attack other than those two.
     """
-    bad = sorted(set(judged_on) - {"worst-per-example", "strongest"})
-    if bad or not judged_on:
-        raise ValueError(f"judged_on={judged_on!r}; allowed: a non-empty subset of ('worst-per-example', 'strongest')")
+    if not judged_on or set(judged_on) - set(_JUDGED_ON):
+        raise ValueError(f"judged_on={judged_on!r}; allowed: a non-empty subset of {tuple(_JUDGED_ON)!r}")
     lines = []
     eps_all: list[float] = []
     body = []
@@ -266,7 +269,6 @@ def paired_table(root: Path = ROOT, *, judged_on: tuple[str, ...] = ("worst-per-
                 body.append((ds, b, att, g.set_index("eps")))
     head = "| data set | Cross-Hölder vs | judged on | n | " + " | ".join(f"ε = {e:g}" for e in eps_all) + " |"
     lines += [head, "|---|---|---|---|" + "---|" * len(eps_all)]
-    names = {"worst-per-example": "the paper's PGD", "strongest": "strongest"}
     for ds, b, att, g in body:
         if g is None:
             lines.append(f"| {NAMES[ds]} | not evaluated yet | | |" + " |" * len(eps_all))
@@ -274,7 +276,7 @@ def paired_table(root: Path = ROOT, *, judged_on: tuple[str, ...] = ("worst-per-
         cells = ["" if e not in g.index else
                  f"{100 * (g.loc[e, 'a_robust'] - g.loc[e, 'b_robust']) / g.loc[e, 'n']:+.1f} ({_p(g.loc[e, 'p_value'])})"
                  for e in eps_all]
-        lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[b]} | {names.get(att, att)} | {int(g['n'].iloc[0])} | "
+        lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[b]} | {_JUDGED_ON[att]} | {int(g['n'].iloc[0])} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -339,7 +341,6 @@ def paired_seeds_table(root: Path = ROOT) -> str:
     fixed images either defense is equally likely to be the robust one): Δ (points, over image-seed
     pairs), p, and each seed's discordant counts ``only Cross-Hölder / only the other``."""
     lines = ["| data set | Cross-Hölder vs | judged on | ε | seeds | Δ (p) | per seed |", "|---|---|---|---|---|---|---|"]
-    names = {"worst-per-example": "the paper's PGD", "strongest": "strongest"}
     for ds in NAMES:
         f = root / "results" / ds / "paired-seeds.csv"
         if not f.exists():
@@ -347,7 +348,7 @@ def paired_seeds_table(root: Path = ROOT) -> str:
             continue
         for _, r in pd.read_csv(f).iterrows():
             d = 100 * (r["a_robust"] - r["b_robust"]) / r["n"]
-            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[r['b']]} | {names.get(r['attack'], r['attack'])} | "
+            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[r['b']]} | {_JUDGED_ON.get(r['attack'], r['attack'])} | "
                          f"{r['eps']:g} | {int(r['seeds'])} | {d:+.1f} ({_p(r['p_value'])}) | {r['per_seed']} |")
     return "\n".join(lines)
 
