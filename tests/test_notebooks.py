@@ -225,6 +225,50 @@ def test_exploring_never_clobbers_committed_results(tmp_path, monkeypatch):
     assert not changed, f"re-running notebook 04 on unchanged results changed files: {changed}"
 
 
+def test_verdicts_gain_the_seed_column_and_agreement_names_mixed_sweeps(tmp_path):
+    """The verdict table gains "k of m" seeds (strongest rows of claims-seeds.csv) once a seed study
+    exists, and no column before; the agreement table names the sweep's code version only when the
+    models' versions differ."""
+    import json
+
+    import pandas as pd
+
+    from crossholder import reports
+
+    ds = tmp_path / "results" / "mnist"
+    (ds / "robustness").mkdir(parents=True)
+    pd.DataFrame([{"claim": "M6", "statement": "Worst case: A above B", "attack": "strongest", "evidence": "",
+                   "supported": True, "beyond_ci": True}]).to_csv(ds / "claims.csv", index=False)
+    assert reports.verdicts_table(tmp_path).splitlines()[0] == "| claim | the paper says | the paper's PGD | strongest |"
+    pd.DataFrame([
+        {"claim": "M6", "statement": "Worst case: A above B", "attack": "worst-per-example", "seeds": 3,
+         "supported_in": 3, "clear_for_in": 3, "clear_against_in": 0, "per_seed": "0: yes*, 1: yes*, 2: yes*"},
+        {"claim": "M6", "statement": "Worst case: A above B", "attack": "strongest", "seeds": 3,
+         "supported_in": 2, "clear_for_in": 1, "clear_against_in": 0, "per_seed": "0: yes*, 1: no, 2: yes"},
+    ]).to_csv(ds / "claims-seeds.csv", index=False)
+    v = reports.verdicts_table(tmp_path).splitlines()
+    assert v[0] == "| claim | the paper says | the paper's PGD | strongest | seeds |"
+    assert v[2] == "| M6 | Worst case: A above B | not evaluated | **yes**, beyond CIs | 2 of 3 |"
+    assert v[3] == "| Fashion-MNIST | not evaluated yet | | | |"
+
+    (tmp_path / "results" / "models.json").write_text(json.dumps(
+        {"mnist/cross_holder": {"run_id": "aaa"}, "mnist/adversarial": {"run_id": "bbb"}}))
+    for name, defense, rid, code in (("agreement-1", "cross_holder", "aaa", 3), ("agreement-2", "adversarial", "bbb", 3)):
+        pd.DataFrame([{"defense": defense, "eps": 5.0, "n": 200, "robust": 90, "missed": 3}]).to_csv(
+            ds / "robustness" / f"{name}.csv", index=False)
+        (ds / "robustness" / f"{name}.json").write_text(json.dumps(
+            {"profile": "cpu", "params": {"code": code, "n": 200, "models": {defense: rid}}}))
+    a = reports.agreement_table(tmp_path).splitlines()
+    assert a[0] == "| data set | defense | n | ε = 5 |"
+    assert a[2] == "| MNIST | Cross-Hölder | 200 | **90 / 3** |"
+    (ds / "robustness" / "agreement-2.json").write_text(json.dumps(
+        {"profile": "cpu", "params": {"code": 2, "n": 200, "models": {"adversarial": "bbb"}}}))
+    a = reports.agreement_table(tmp_path).splitlines()
+    assert a[0] == "| data set | defense | n | sweep | ε = 5 |"
+    assert a[2:4] == ["| MNIST | Cross-Hölder | 200 | v3 | **90 / 3** |",
+                      "| MNIST | PGD adversarial training | 200 | v2 | **90 / 3** |"]
+
+
 def test_verdicts_and_paired_tables_put_the_two_protocols_side_by_side(tmp_path):
     """The README's verdict table has one row per claim with the paper's PGD and strongest side by side;
     the paired table prints Δ = A − B in points and the McNemar p-value from paired.csv."""

@@ -143,8 +143,23 @@ def verdicts_table(root: Path = ROOT) -> str:
     cell is the verdict on the point estimates, then whether it also holds with the 95% Wilson
     intervals. "The paper's PGD" of a worst-case claim is the per-example worst case of its two
     attacks (the paper's ``worst-min``, never below it, is in :func:`claims_table`). The evidence is
-    in :func:`claims_table` (notebook 07)."""
+    in :func:`claims_table` (notebook 07).
+
+    Once a ``results/<dataset>/claims-seeds.csv`` exists (``python -m crossholder.seeds``), a last
+    column says in how many of the evaluated training seeds the claim holds under ``strongest``
+    (``k of m``; :func:`claims_seeds_table` has each seed's verdict)."""
     from crossholder.evaluation import CLAIMS
+
+    seeds = {ds: pd.read_csv(root / "results" / ds / "claims-seeds.csv") for ds in NAMES
+             if (root / "results" / ds / "claims-seeds.csv").exists()}
+
+    def held(ds: str, cid: str) -> str:
+        if ds not in seeds:
+            return "not run yet"
+        r = seeds[ds][(seeds[ds]["claim"] == cid) & (seeds[ds]["attack"] == "strongest")]
+        if r.empty or not int(r["seeds"].iloc[0]):
+            return "not evaluated"
+        return f"{int(r['supported_in'].iloc[0])} of {int(r['seeds'].iloc[0])}"
 
     def cell(r, missing: str = "not evaluated") -> str:
         if r is None:
@@ -155,11 +170,13 @@ def verdicts_table(root: Path = ROOT) -> str:
         ci = _bool(r.get("beyond_ci"))
         return ("**yes**" if sup else "**no**") + {True: ", beyond CIs", False: ", within CIs"}.get(ci, "")
 
-    lines = ["| claim | the paper says | the paper's PGD | strongest |", "|---|---|---|---|"]
+    extra = bool(seeds)
+    lines = ["| claim | the paper says | the paper's PGD | strongest |" + (" seeds |" if extra else ""),
+             "|---|---|---|---|" + ("---|" if extra else "")]
     for ds in NAMES:
         f = root / "results" / ds / "claims.csv"
         if not f.exists():
-            lines.append(f"| {NAMES[ds]} | not evaluated yet | | |")
+            lines.append(f"| {NAMES[ds]} | not evaluated yet | | |" + (" |" if extra else ""))
             continue
         df = pd.read_csv(f)
         attack_of = {c[0]: c[2] for c in CLAIMS[ds]}
@@ -168,7 +185,8 @@ def verdicts_table(root: Path = ROOT) -> str:
             by = {r["attack"]: r for _, r in g.iterrows()}
             paper = by.get({"worst": "worst-per-example"}.get(attack_of.get(cid), attack_of.get(cid)))
             lines.append(f"| {cid} | {_cell(g['statement'].iloc[0])} | {cell(paper)} | "
-                         f"{cell(by.get('strongest'), 'not evaluated' if strong else 'not run yet')} |")
+                         f"{cell(by.get('strongest'), 'not evaluated' if strong else 'not run yet')} |"
+                         + (f" {held(ds, cid)} |" if extra else ""))
     return "\n".join(lines)
 
 
@@ -402,12 +420,13 @@ def agreement_table(root: Path = ROOT) -> str:
     """AutoAttack against the ``strongest`` sweep, per registered robust model: on its first ``n`` test
     images, how many images the sweep calls robust and how many of those AutoAttack fools (``missed``),
     per ε; from ``results/<dataset>/robustness/agreement-*.csv`` of the ``cpu`` profile, the highest
-    code version of the sweep found for each model (:func:`_newest_per_model`). Bold: more than 1% of
-    ``n`` missed (the target)."""
+    code version of the sweep found for each model (:func:`_newest_per_model`; a ``sweep`` column
+    names it when the models' versions differ). Bold: more than 1% of ``n`` missed (the target)."""
     found = {k: (code, rows) for k, (code, _, rows) in _newest_per_model(root, "agreement").items()}
     eps = sorted({float(e) for _, rows in found.values() for e in rows["eps"]})
-    lines = ["| data set | defense | n | sweep | " + " | ".join(f"ε = {e:g}" for e in eps) + " |",
-             "|---|---|---|---|" + "---|" * len(eps)]
+    mixed = len({code for code, _ in found.values()}) > 1
+    lines = ["| data set | defense | n | " + ("sweep | " if mixed else "") + " | ".join(f"ε = {e:g}" for e in eps) + " |",
+             "|---|---|---|" + ("---|" if mixed else "") + "---|" * len(eps)]
     for ds in NAMES:
         for defense in DEFENSE_NAMES:
             if (ds, defense) not in found:
@@ -423,7 +442,8 @@ def agreement_table(root: Path = ROOT) -> str:
                 r = by.loc[e]
                 cell = f"{int(r['robust'])} / {int(r['missed'])}"
                 cells.append(f"**{cell}**" if r["missed"] > 0.01 * n else cell)
-            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[defense]} | {n} | v{code} | " + " | ".join(cells) + " |")
+            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[defense]} | {n} | " + (f"v{code} | " if mixed else "")
+                         + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else "(no AutoAttack agreement yet)"
 
 
