@@ -65,7 +65,9 @@ display(Markdown(reports.seed_curves_table(root)))
 #
 # Each claim judged on each seed's curves, as in notebook 04 (thresholds in
 # `crossholder.evaluation.CLAIMS`): in how many seeds it holds on the point estimates; `*` marks a
-# seed where the verdict (either way) also holds with the 95% Wilson intervals.
+# seed where the verdict also holds with the 95% Wilson intervals. The two bars differ, as the claims
+# do: "A above B" is supported beyond the intervals when they separate at half of its ε range or
+# more, and refuted beyond them when they separate the other way at any one ε (`evaluation.claims_table`).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -77,7 +79,9 @@ display(Markdown(reports.claims_seeds_table(root)))
 # The exact McNemar test with every seed's discordant images added up (Δ in points over all
 # image-seed pairs). Its null: on these fixed images, either defense is equally likely to be the
 # robust one. The same images recur in every seed, so the pooled count overstates the sample size
-# for images in general; the per-seed counts show whether the seeds agree.
+# for images in general, and one seed with a large effect can carry the pooled p-value: the column
+# `p < 0.05 alone` counts the seeds whose own test is significant in the pooled direction, and the
+# per-seed counts show whether the seeds agree. No correction for the 12 tests per data set.
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -147,7 +147,8 @@ def verdicts_table(root: Path = ROOT) -> str:
 
     Once a ``results/<dataset>/claims-seeds.csv`` exists (``python -m crossholder.seeds``), a last
     column says in how many of the evaluated training seeds the claim holds under ``strongest``
-    (``k of m``; :func:`claims_seeds_table` has each seed's verdict)."""
+    (``k of m``; :func:`claims_seeds_table` has each seed's verdict), on the first ``n`` test images
+    of ``seeds.csv`` (named in the header), while the other columns stand on seed 0's full curves."""
     from crossholder.evaluation import CLAIMS
 
     seeds = {ds: pd.read_csv(root / "results" / ds / "claims-seeds.csv") for ds in NAMES
@@ -171,7 +172,10 @@ def verdicts_table(root: Path = ROOT) -> str:
         return ("**yes**" if sup else "**no**") + {True: ", beyond CIs", False: ", within CIs"}.get(ci, "")
 
     extra = bool(seeds)
-    lines = ["| claim | the paper says | the paper's PGD | strongest |" + (" seeds |" if extra else ""),
+    ns = {int(n) for ds in seeds if (root / "results" / ds / "seeds.csv").exists()
+          for n in pd.read_csv(root / "results" / ds / "seeds.csv")["n"].unique()}
+    head = f" seeds (n = {ns.pop()}) |" if len(ns) == 1 else " seeds |"
+    lines = ["| claim | the paper says | the paper's PGD | strongest |" + (head if extra else ""),
              "|---|---|---|---|" + ("---|" if extra else "")]
     for ds in NAMES:
         f = root / "results" / ds / "claims.csv"
@@ -357,17 +361,20 @@ def paired_seeds_table(root: Path = ROOT) -> str:
     """``results/<dataset>/paired-seeds.csv``: Cross-Hölder against the others, the exact McNemar test
     pooled over training seeds (:func:`crossholder.seeds.pooled_paired`: the null is that on these
     fixed images either defense is equally likely to be the robust one): Δ (points, over image-seed
-    pairs), p, and each seed's discordant counts ``only Cross-Hölder / only the other``."""
-    lines = ["| data set | Cross-Hölder vs | judged on | ε | seeds | Δ (p) | per seed |", "|---|---|---|---|---|---|---|"]
+    pairs), p, how many seeds alone give p < 0.05 in the pooled direction, and each seed's
+    discordant counts ``only Cross-Hölder / only the other``."""
+    lines = ["| data set | Cross-Hölder vs | judged on | ε | seeds | Δ (p) | p < 0.05 alone | per seed |",
+             "|---|---|---|---|---|---|---|---|"]
     for ds in NAMES:
         f = root / "results" / ds / "paired-seeds.csv"
         if not f.exists():
-            lines.append(f"| {NAMES[ds]} | not computed yet (`make seeds`) | | | | | |")
+            lines.append(f"| {NAMES[ds]} | not computed yet (`make seeds`) | | | | | | |")
             continue
         for _, r in pd.read_csv(f).iterrows():
             d = 100 * (r["a_robust"] - r["b_robust"]) / r["n"]
             lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[r['b']]} | {_JUDGED_ON.get(r['attack'], r['attack'])} | "
-                         f"{r['eps']:g} | {int(r['seeds'])} | {d:+.1f} ({_p(r['p_value'])}) | {r['per_seed']} |")
+                         f"{r['eps']:g} | {int(r['seeds'])} | {d:+.1f} ({_p(r['p_value'])}) | "
+                         f"{int(r['significant_in'])} of {int(r['seeds'])} | {r['per_seed']} |")
     return "\n".join(lines)
 
 
