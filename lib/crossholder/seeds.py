@@ -76,13 +76,15 @@ def models_by_seed(dataset: str, *, seeds: Sequence[int] = SEEDS, profile: str =
 
 
 def per_examples_by_seed(dataset: str, *, seeds: Sequence[int] = SEEDS, n: int = SEEDS_N, profile: str = "cpu",
-                         defenses: Sequence[str] = ex.DEFENSES) -> tuple[dict[tuple[str, int], pd.DataFrame],
-                                                                        list[tuple[str, int]]]:
+                         defenses: Sequence[str] = ex.DEFENSES,
+                         models: dict[tuple[str, int], dict[str, Any]] | None = None
+                         ) -> tuple[dict[tuple[str, int], pd.DataFrame], list[tuple[str, int]]]:
     """The ``strongest`` per-example rows of the first ``n`` test images for each (defense, seed) model
     whose evaluation has them (finished, or in progress with those chunks done), and the list of the
     (defense, seed) pairs still missing (not trained, or not evaluated that far). Seed 0 reads the
     profile's evaluation (1,000 images at ``cpu``), the others an evaluation on ``n`` images
-    (``jobs seeds --n 500``); the model is the one :func:`models_by_seed` finds registered.
+    (``jobs seeds --n 500``); the model is the one :func:`models_by_seed` finds registered
+    (``models``: its result when the caller already has it).
 
     Raises:
         ValueError: ``n < 1``, or :func:`models_by_seed`'s checks fail.
@@ -90,7 +92,7 @@ def per_examples_by_seed(dataset: str, *, seeds: Sequence[int] = SEEDS, n: int =
     data_mod.check_dataset(dataset)
     if n < 1:
         raise ValueError(f"n={n!r} must be >= 1 (test images per seed)")
-    recs = models_by_seed(dataset, seeds=seeds, profile=profile, defenses=defenses)
+    recs = models_by_seed(dataset, seeds=seeds, profile=profile, defenses=defenses) if models is None else models
     found, missing = {}, []
     for d in defenses:
         for s in seeds:
@@ -218,7 +220,7 @@ def write(dataset: str, *, seeds: Sequence[int] = SEEDS, n: int = SEEDS_N, profi
 
     eps = ev.eps_grid(profile)
     recs = models_by_seed(dataset, seeds=seeds, profile=profile)
-    found, missing = per_examples_by_seed(dataset, seeds=seeds, n=n, profile=profile)
+    found, missing = per_examples_by_seed(dataset, seeds=seeds, n=n, profile=profile, models=recs)
     status = {"found": sorted(found), "missing": missing}
     if not found:
         return status
