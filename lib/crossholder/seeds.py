@@ -238,10 +238,11 @@ def write(dataset: str, *, seeds: Sequence[int] = SEEDS, n: int = SEEDS_N, profi
         seed=0, profile=profile))
     ex.atomic_write_text(folder / "claims-seeds.csv", claims.to_csv(index=False))
     ex.atomic_write_text(folder / "paired-seeds.csv", paired.to_csv(index=False))
-    k = table.groupby("defense")["seed"].nunique()
+    from .reports import NAMES   # display names (reports imports nothing of ours but paths)
+
     plotting.seeds_figure(table, std=data_mod.MEAN_STD[dataset][1], name=f"seeds_{dataset}",
-                          title=f"{dataset}: strongest, per training seed (n = {n}; seeds per defense: "
-                                f"{', '.join(f'{d} {k[d]}' for d in k.index)})")
+                          title=f"{NAMES[dataset]}: strongest, per training seed (the first {n} test images; "
+                                "the legend counts each defense's seeds)")
     return status
 
 
