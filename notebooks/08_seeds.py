@@ -55,10 +55,12 @@ display(Markdown(reports.seed_curves_table(root)))
 
 # %% [markdown]
 # **Where the study stands** (`results/mnist/seeds.json` lists the missing models): MNIST has seeds 0
-# and 1 of all four models; seed 2 is partly evaluated; Fashion-MNIST's seeds are not evaluated yet.
+# and 1 of all four models; seed 2 is trained, its evaluations are running (none in `results/` yet);
+# Fashion-MNIST's seeds 1 and 2 are trained for the undefended model only.
 # On MNIST, seeds 0 and 1 differ at ε = 3–6 by at most 2.8 points for the undefended model, 5.0 for
 # Cross-Lipschitz, 5.4 for Cross-Hölder and 1.6 for adversarial training, and keep the order of the
-# four defenses at every ε ≥ 4: adversarial training, Cross-Hölder, Cross-Lipschitz, none.
+# four defenses at every ε ≥ 4: adversarial training, Cross-Hölder, Cross-Lipschitz, none (half-integer ε
+# included, `seeds.csv`; adversarial training's 1.6 is at ε = 4.5).
 #
 # A check of the seed-1 curves themselves (`python -m crossholder.evaluation ... --checks`):
 # AutoAttack (standard L2, from scratch) on the first 100 images of the seed-1 Cross-Hölder model
@@ -90,9 +92,10 @@ display(Markdown(reports.claims_seeds_table(root)))
 # exception is M2, and it is the rule, not a reversal: "Cross-Hölder ≥ Cross-Lipschitz at every ε of
 # 3.5–6" fails in seed 1 at ε = 3.5 alone, by 7 of 500 images under PGD-CE (459 against 466) and 1
 # under `strongest` (459 against 460), well inside the intervals; from ε = 4 on Cross-Hölder is
-# ahead in both seeds (`seeds.csv`). The claims that matter most for the method hold in both seeds:
-# Cross-Hölder above Cross-Lipschitz after ε = 4 (M4, M6) and below adversarial training (M3, M7
-# refuted).
+# ahead in both seeds (`seeds.csv`). The verdicts that matter most for the method repeat in both
+# seeds, beyond the intervals: Cross-Hölder above Cross-Lipschitz after ε = 4 (M4, M6 supported) and
+# below adversarial training (M3, M7 refuted, so they count 0 seeds in the README's column, which
+# counts the seeds where the paper's claim holds).
 
 # %% [markdown]
 # ## Cross-Hölder against the others, pooled over seeds

@@ -247,7 +247,7 @@ def test_verdicts_gain_the_seed_column_and_agreement_names_mixed_sweeps(tmp_path
          "supported_in": 2, "clear_for_in": 1, "clear_against_in": 0, "per_seed": "0: yes*, 1: no, 2: yes"},
     ]).to_csv(ds / "claims-seeds.csv", index=False)
     v = reports.verdicts_table(tmp_path).splitlines()
-    assert v[0] == "| claim | the paper says | the paper's PGD | strongest | seeds |"
+    assert v[0] == "| claim | the paper says | the paper's PGD | strongest | holds in (seeds) |"
     assert v[2] == "| M6 | Worst case: A above B | not evaluated | **yes**, beyond CIs | 2 of 3 |"
     assert v[3] == "| Fashion-MNIST | not evaluated yet | | | |"
 

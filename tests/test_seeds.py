@@ -219,4 +219,4 @@ def test_seed_tables_in_reports_read_what_write_wrote(tmp_path, monkeypatch):
     paired = reports.paired_seeds_table(tmp_path)
     assert "| Fashion-MNIST | Cross-Lipschitz | strongest | 5 | 2 | +0.0 (1.00) | 0 of 2 | 0: 20/0, 1: 0/20 |" in paired
     v = reports.verdicts_table(tmp_path).splitlines()
-    assert v[0].endswith("| strongest | seeds (n = 50) |")
+    assert v[0].endswith("| strongest | holds in (seeds, n = 50) |")

@@ -146,8 +146,9 @@ def verdicts_table(root: Path = ROOT) -> str:
     in :func:`claims_table` (notebook 07).
 
     Once a ``results/<dataset>/claims-seeds.csv`` exists (``python -m crossholder.seeds``), a last
-    column says in how many of the evaluated training seeds the claim holds under ``strongest``
-    (``k of m``; :func:`claims_seeds_table` has each seed's verdict), on the first ``n`` test images
+    column says in how many of the evaluated training seeds the claim holds under ``strongest``, on
+    the point estimates (``k of m``: a claim refuted in every seed reads ``0 of m``;
+    :func:`claims_seeds_table` has each seed's verdict), on the first ``n`` test images
     of ``seeds.csv`` (named in the header), while the other columns stand on seed 0's full curves."""
     from crossholder.evaluation import CLAIMS
 
@@ -174,7 +175,7 @@ def verdicts_table(root: Path = ROOT) -> str:
     extra = bool(seeds)
     ns = {int(n) for ds in seeds if (root / "results" / ds / "seeds.csv").exists()
           for n in pd.read_csv(root / "results" / ds / "seeds.csv")["n"].unique()}
-    head = f" seeds (n = {ns.pop()}) |" if len(ns) == 1 else " seeds |"
+    head = f" holds in (seeds, n = {ns.pop()}) |" if len(ns) == 1 else " holds in (seeds) |"
     lines = ["| claim | the paper says | the paper's PGD | strongest |" + (head if extra else ""),
              "|---|---|---|---|" + ("---|" if extra else "")]
     for ds in NAMES:

@@ -241,8 +241,8 @@ def write(dataset: str, *, seeds: Sequence[int] = SEEDS, n: int = SEEDS_N, profi
     from .reports import NAMES   # display names (reports imports nothing of ours but paths)
 
     plotting.seeds_figure(table, std=data_mod.MEAN_STD[dataset][1], name=f"seeds_{dataset}",
-                          title=f"{NAMES[dataset]}: strongest, per training seed (the first {n} test images; "
-                                "the legend counts each defense's seeds)")
+                          title=f"{NAMES[dataset]}: strongest, per training seed (the first {n} test images)\n"
+                                "band: the range between the seeds, not a confidence interval")
     return status
 
 
