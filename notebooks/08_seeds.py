@@ -55,7 +55,8 @@ display(Markdown(reports.seed_curves_table(root)))
 
 # %% [markdown]
 # **Where the study stands** (`results/mnist/seeds.json` lists the missing models): MNIST has seeds 0
-# and 1 of all four models; seed 2 is trained, its evaluations are running (none in `results/` yet);
+# and 1 of all four models; seed 2 is trained and partly evaluated (the claims need all four models
+# of a seed, so seed 2 is in the curves only);
 # Fashion-MNIST's seeds 1 and 2 are trained for the undefended model only.
 # On MNIST, seeds 0 and 1 differ at ε = 3–6 by at most 2.8 points for the undefended model, 5.0 for
 # Cross-Lipschitz, 5.4 for Cross-Hölder and 1.6 for adversarial training, and keep the order of the
