@@ -217,6 +217,7 @@ def write(dataset: str, *, seeds: Sequence[int] = SEEDS, n: int = SEEDS_N, profi
     drawn from ``seeds.csv``. Returns ``{"found": [...], "missing": [...]}``. Nothing is written when
     no model has its rows yet."""
     from . import plotting
+    from .reports import NAMES
 
     eps = ev.eps_grid(profile)
     recs = models_by_seed(dataset, seeds=seeds, profile=profile)
@@ -238,8 +239,6 @@ def write(dataset: str, *, seeds: Sequence[int] = SEEDS, n: int = SEEDS_N, profi
         seed=0, profile=profile))
     ex.atomic_write_text(folder / "claims-seeds.csv", claims.to_csv(index=False))
     ex.atomic_write_text(folder / "paired-seeds.csv", paired.to_csv(index=False))
-    from .reports import NAMES   # display names (reports imports nothing of ours but paths)
-
     plotting.seeds_figure(table, std=data_mod.MEAN_STD[dataset][1], name=f"seeds_{dataset}",
                           title=f"{NAMES[dataset]}: strongest, per training seed (the first {n} test images)\n"
                                 "band: the range between the seeds, not a confidence interval")
