@@ -54,25 +54,25 @@ root = Path(results_root) if results_root else paths.project_root()
 display(Markdown(reports.seed_curves_table(root)))
 
 # %% [markdown]
-# **Where the study stands** (`results/mnist/seeds.json` lists the missing models): MNIST has seeds 0
-# and 1 of all four models; seed 2 is trained and partly evaluated (the claims need all four models
-# of a seed, so seed 2 is in the curves only);
-# Fashion-MNIST's seeds 1 and 2 are trained for the undefended model only.
-# On MNIST, seeds 0 and 1 differ at ε = 3–6 by at most 2.8 points for the undefended model, 5.0 for
-# Cross-Lipschitz, 5.4 for Cross-Hölder and 1.6 for adversarial training, and keep the order of the
-# four defenses at every ε ≥ 4: adversarial training, Cross-Hölder, Cross-Lipschitz, none (half-integer ε
-# included, `seeds.csv`; adversarial training's 1.6 is at ε = 4.5).
-# Seed 2, so far evaluated for the undefended model and Cross-Lipschitz, widens the spread. Its
-# undefended model is the most robust of the three seeds at every ε of 3–6, up to 8.2 points above
-# the better of seeds 0 and 1 (ε = 3); its Cross-Lipschitz model is the least robust at every ε of
-# 3–6, up to 6.4 points below the worse of the two (ε = 4.5). The range between seeds grows to 11.0
-# and 10.6 points: two seeds understated it. The claims per seed wait for seed 2's Cross-Hölder and
-# adversarial training.
+# **Where the study stands** (`results/mnist/seeds.json` lists the missing models): MNIST has all
+# three seeds of all four models; Fashion-MNIST's seeds 1 and 2 are trained for the undefended model
+# only.
+# On MNIST the three seeds keep the order of the four defenses at every ε ≥ 4: adversarial training,
+# Cross-Hölder, Cross-Lipschitz, none (half-integer ε included, `seeds.csv`). At ε = 3–6 they differ
+# by at most 11.0 points for the undefended model (ε = 3), 10.6 for Cross-Lipschitz (ε = 4.5), 12.2
+# for Cross-Hölder (ε = 5) and 1.6 for adversarial training (ε = 4.5). Seeds 0 and 1 alone differed
+# by at most 2.8, 5.0, 5.4 and 1.6: two seeds understated the spread. Seed 2 is the one apart: its
+# undefended model is the most robust of the three (up to 8.2 points above the better of seeds 0
+# and 1, at ε = 3), its Cross-Lipschitz and Cross-Hölder models the least robust from ε = 4 on (up to
+# 6.4 points below the worse of the two at ε = 4.5, and 6.8 at ε = 5). Within seed 2, Cross-Hölder
+# is still 17.2 points above Cross-Lipschitz at ε = 5 (311 against 225 of 500 images; 18.0 and 21.4
+# in seeds 0 and 1).
 #
-# A check of the seed-1 curves themselves (`python -m crossholder.evaluation ... --checks`):
-# AutoAttack (standard L2, from scratch) on the first 100 images of the seed-1 Cross-Hölder model
+# A check of the Cross-Hölder seed curves themselves (`python -m crossholder.evaluation ... --checks`):
+# AutoAttack (standard L2, from scratch) on the first 100 images of the seed-1 and seed-2 models
 # fools none of the images `strongest` calls robust at ε = 2–6, and Square fools none beyond
-# `strongest` at ε = 5 (`results/mnist/robustness/agreement-57cf18b763.csv`, `masking-b956194f99.csv`).
+# `strongest` at ε = 5 (`results/mnist/robustness/agreement-57cf18b763.csv` and
+# `agreement-2cc8788d43.csv`; `masking-b956194f99.csv` and `masking-84b336bc98.csv`).
 
 # %% [markdown]
 # Each defense's `strongest` curve per seed, the band between the seeds (drawn by
@@ -95,14 +95,14 @@ display(Markdown(reports.seed_curves_table(root)))
 display(Markdown(reports.claims_seeds_table(root)))
 
 # %% [markdown]
-# On MNIST every verdict of seed 0 but one repeats in seed 1, most beyond the intervals. The
-# exception is M2, and it is the rule, not a reversal: "Cross-Hölder ≥ Cross-Lipschitz at every ε of
+# On MNIST every verdict of seed 0 repeats in seeds 1 and 2 except M2 in seed 1, most beyond the
+# intervals. The exception is the rule, not a reversal: "Cross-Hölder ≥ Cross-Lipschitz at every ε of
 # 3.5–6" fails in seed 1 at ε = 3.5 alone, by 7 of 500 images under PGD-CE (459 against 466) and 1
 # under `strongest` (459 against 460), well inside the intervals; from ε = 4 on Cross-Hölder is
-# ahead in both seeds (`seeds.csv`). The verdicts that matter most for the method repeat in both
-# seeds, beyond the intervals: Cross-Hölder above Cross-Lipschitz after ε = 4 (M4, M6 supported) and
-# below adversarial training (M3, M7 refuted, so they count 0 seeds in the README's column, which
-# counts the seeds where the paper's claim holds).
+# ahead in all three seeds (`seeds.csv`). The verdicts that matter most for the method hold in all
+# three seeds, beyond the intervals: Cross-Hölder above Cross-Lipschitz after ε = 4 (M4, M6
+# supported) and below adversarial training (M3, M7 refuted, so they count 0 seeds in the README's
+# column, which counts the seeds where the paper's claim holds).
 
 # %% [markdown]
 # ## Cross-Hölder against the others, pooled over seeds
