@@ -63,10 +63,10 @@ display(Markdown(reports.seed_curves_table(root)))
 # for Cross-Hölder (ε = 5) and 1.6 for adversarial training (ε = 4.5). Seeds 0 and 1 alone differed
 # by at most 2.8, 5.0, 5.4 and 1.6: two seeds understated the spread. Seed 2 is the one apart: its
 # undefended model is the most robust of the three (up to 8.2 points above the better of seeds 0
-# and 1, at ε = 3), its Cross-Lipschitz and Cross-Hölder models the least robust from ε = 4 on (up to
-# 6.4 points below the worse of the two at ε = 4.5, and 6.8 at ε = 5). Within seed 2, Cross-Hölder
-# is still 17.2 points above Cross-Lipschitz at ε = 5 (311 against 225 of 500 images; 18.0 and 21.4
-# in seeds 0 and 1).
+# and 1, at ε = 3 and 3.5), its Cross-Lipschitz and Cross-Hölder models the least robust from ε = 4
+# on (up to 6.4 points below the worse of the two at ε = 4.5, and 6.8 at ε = 5). Within seed 2,
+# Cross-Hölder is still 17.2 points above Cross-Lipschitz at ε = 5 (311 against 225 of 500 images;
+# 18.0 and 21.4 in seeds 0 and 1).
 #
 # A check of the Cross-Hölder seed curves themselves (`python -m crossholder.evaluation ... --checks`):
 # AutoAttack (standard L2, from scratch) on the first 100 images of the seed-1 and seed-2 models
@@ -100,9 +100,10 @@ display(Markdown(reports.claims_seeds_table(root)))
 # 3.5–6" fails in seed 1 at ε = 3.5 alone, by 7 of 500 images under PGD-CE (459 against 466) and 1
 # under `strongest` (459 against 460), well inside the intervals; from ε = 4 on Cross-Hölder is
 # ahead in all three seeds (`seeds.csv`). The verdicts that matter most for the method hold in all
-# three seeds, beyond the intervals: Cross-Hölder above Cross-Lipschitz after ε = 4 (M4, M6
-# supported) and below adversarial training (M3, M7 refuted, so they count 0 seeds in the README's
-# column, which counts the seeds where the paper's claim holds).
+# three seeds under `strongest`, beyond the intervals: Cross-Hölder above Cross-Lipschitz after ε = 4
+# (M4, M6 supported; under the paper's PGD-CW, M4 holds in seed 0 on the point estimates only) and
+# below adversarial training (M3, M7 refuted, so they count 0 seeds in the README's column, which
+# counts the seeds where the paper's claim holds).
 
 # %% [markdown]
 # ## Cross-Hölder against the others, pooled over seeds
