@@ -117,10 +117,12 @@ selection: $(STAMPS)/03.done
 # seeds 1 and 2 of every configuration, trained then evaluated (strongest protocol), as Ray tasks;
 # resumable: a rerun skips what is done
 # (seeds 1 and 2 on the first 500 test images, seed 0's 1,000-image curves contributing their first
-# 500; then the tables and figures of the seed study, crossholder.seeds)
+# 500; each checked by AutoAttack on its first SEEDS_CHECKS images; then the tables and figures of
+# the seed study, crossholder.seeds)
 SEEDS_N ?= 500
+SEEDS_CHECKS ?= 100
 seeds: $(STAMP) | $(RAW)
-	$(JOBS) seeds --seeds 1 2 --n $(SEEDS_N)
+	$(JOBS) seeds --seeds 1 2 --n $(SEEDS_N) --checks $(SEEDS_CHECKS)
 	$(PY) -m crossholder.seeds --n $(SEEDS_N)
 
 # ---------------------------------------------------------------- tests

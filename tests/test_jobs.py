@@ -199,3 +199,19 @@ def test_training_cli_trains_the_registered_configuration(monkeypatch):
             training.main(["--dataset", "fashion_mnist", "--defense", defense, "--seed", "1"])
         assert seen["cfg"] == training.final_config("fashion_mnist", defense, seed=1)
         assert training.config_variant(seen["cfg"]) == "cpu-seed=1"
+
+
+def test_seeds_cli_trains_then_evaluates_with_the_checks_asked_for(monkeypatch):
+    """`make seeds` (jobs seeds --checks N) trains every configuration per seed, then evaluates each
+    and runs its AutoAttack agreement on the first N images, in one Ray session."""
+    import contextlib
+
+    calls = []
+    monkeypatch.setattr(jobs, "session", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(jobs, "train", lambda runs, **kw: calls.append(("train", runs, kw)) or [])
+    monkeypatch.setattr(jobs, "evaluate", lambda runs, **kw: calls.append(("evaluate", runs, kw)) or [])
+    jobs.main(["seeds", "--seeds", "1", "2", "--dataset", "mnist", "--defense", "cross_holder", "--n", "500",
+               "--checks", "100"])
+    assert [c[0] for c in calls] == ["train", "evaluate"]
+    assert calls[1][1] == [{"dataset": "mnist", "defense": "cross_holder", "seed": s} for s in (1, 2)]
+    assert calls[1][2]["n"] == 500 and calls[1][2]["checks"] == 100

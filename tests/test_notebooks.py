@@ -341,6 +341,44 @@ def test_masking_table_reads_the_newest_table_of_each_registered_model(tmp_path)
         "no sign of masking: Square finds nothing beyond PGD; the stronger attacks fool 4.0% more of the images |")
 
 
+def test_seed_checks_table_finds_each_seed_models_newest_check(tmp_path):
+    """Every model of seeds.json gets its newest cpu-profile AutoAttack agreement (highest code version,
+    then largest n) and Square column; a model no table checked says so instead of borrowing a row."""
+    import json
+
+    import pandas as pd
+
+    from crossholder import reports
+
+    rob = tmp_path / "results" / "mnist" / "robustness"
+    rob.mkdir(parents=True)
+    (tmp_path / "results" / "mnist" / "seeds.json").write_text(json.dumps(
+        {"params": {"models": {"cross_holder/0": "aaa", "cross_holder/1": "bbb", "none/1": "ccc"}}}))
+
+    def agreement(name, rid, code, n, rows, profile="cpu"):
+        pd.DataFrame([{"defense": "cross_holder" if rid != "ccc" else "none", "eps": e, "n": n, "robust": r,
+                       "missed": m} for e, r, m in rows]).to_csv(rob / f"{name}.csv", index=False)
+        (rob / f"{name}.json").write_text(json.dumps({"profile": profile, "params": {
+            "code": code, "n": n, "models": {"cross_holder" if rid != "ccc" else "none": rid}}}))
+
+    agreement("agreement-1", "aaa", 3, 200, [(5.0, 90, 3)])
+    agreement("agreement-2", "bbb", 3, 100, [(5.0, 50, 0), (6.0, 20, 0)])
+    agreement("agreement-3", "bbb", 2, 200, [(5.0, 99, 9), (6.0, 40, 9)])   # an older sweep: not shown
+    agreement("agreement-4", "ccc", 3, 100, [(5.0, 10, 0)], profile="smoke")  # another profile: not shown
+    pd.DataFrame([{"defense": "cross_holder", "attack": "square", "eps_index": 10, "n": 100, "fooled": 30,
+                   "beyond_pgd": 0, "beyond_strongest": 0}]).to_csv(rob / "masking-1.csv", index=False)
+    (rob / "masking-1.json").write_text(json.dumps({"profile": "cpu", "params": {
+        "code": 3, "eps": 5.0, "models": {"cross_holder": "bbb"}}}))
+    assert reports.seed_checks_table(tmp_path).splitlines() == [
+        "| data set | defense | seed | n | ε = 5 | ε = 6 | Square beyond strongest |",
+        "|---|---|---|---|---|---|---|",
+        "| MNIST | none | 1 | | not checked | | |",
+        "| MNIST | Cross-Hölder | 0 | 200 | **90 / 3** |  | not run |",
+        "| MNIST | Cross-Hölder | 1 | 100 | 50 / 0 | 20 / 0 | 0 of 100 at ε = 5 |",
+    ]
+    assert reports.seed_checks_table(tmp_path / "elsewhere") == "(no seed study yet: `make seeds`)"
+
+
 def test_robustness_table_says_what_each_row_is_judged_on(tmp_path):
     import pandas as pd
 

@@ -315,14 +315,16 @@ def grid(dataset: str, *, profile: str = "cpu", seed: int = 0, defenses: tuple[s
 
 def seeds(seed_list: Sequence[int] = (1, 2), *, datasets: Sequence[str] = data_mod.DATASETS,
           defenses: Sequence[str] = ex.DEFENSES, profile: str = "cpu", n: int = 0, until: int | None = None,
-          device: str = "cpu", **kw: Any) -> list[dict[str, Any]]:
+          checks: int = 0, device: str = "cpu", **kw: Any) -> list[dict[str, Any]]:
     """Train every registered configuration with each seed of ``seed_list`` (registered in the
     variant ``<profile>-seed=<s>``), then evaluate each with the ``strongest`` protocol on the same
-    first ``n`` test images (0: the profile's). Resumable: a rerun skips what is done."""
+    first ``n`` test images (0: the profile's); ``checks``: then the AutoAttack agreement and the
+    masking table of each on its first ``checks`` images (:func:`evaluate`; 0: skip). Resumable: a
+    rerun skips what is done."""
     runs = [{"dataset": d, "defense": m, "seed": s} for s in seed_list for d in datasets for m in defenses]
     with session(kw.pop("address", None), num_cpus=kw.pop("num_cpus", None)):      # one Ray instance for both
         train(runs, profile=profile, device=device, **kw)
-        return evaluate(runs, profile=profile, n=n, until=until, device=device, **kw)
+        return evaluate(runs, profile=profile, n=n, until=until, checks=checks, device=device, **kw)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -361,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--defense", action="append", choices=ex.DEFENSES, default=None)
     s.add_argument("--n", type=int, default=0)
     s.add_argument("--until", type=int, default=None)
+    s.add_argument("--checks", type=int, default=0, help="AutoAttack agreement on the first N images of each (0: skip)")
     args = ap.parse_args(argv)
     for name, default in (("address", None), ("profile", "cpu"), ("device", "cpu"), ("cpus", 1), ("num_cpus", None),
                           ("gpu_fraction", GPU_FRACTION)):
@@ -385,7 +388,8 @@ def main(argv: list[str] | None = None) -> None:
             print(table.to_string(index=False))
     else:
         for r in seeds(args.seeds, datasets=args.dataset or data_mod.DATASETS, defenses=args.defense or ex.DEFENSES,
-                       profile=args.profile, n=args.n, until=args.until, device=args.device, **kw):
+                       profile=args.profile, n=args.n, until=args.until, checks=args.checks, device=args.device,
+                       **kw):
             print(r)
     print(f"[jobs] {args.command} done in {time.perf_counter() - t0:.0f} s", flush=True)
 

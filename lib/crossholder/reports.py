@@ -17,7 +17,8 @@ of :data:`TABLES`):
   claim once, the paper's PGD and ``strongest`` side by side;
 * ``masking``: ``results/<dataset>/robustness/masking-*.csv`` (gradient masking, measured, per model);
 * ``seed_curves``, ``claims_seeds``, ``paired_seeds``: ``results/<dataset>/seeds.csv``, ``claims-seeds.csv``,
-  ``paired-seeds.csv`` (the seed study, ``python -m crossholder.seeds``);
+  ``paired-seeds.csv`` (the seed study, ``python -m crossholder.seeds``); ``seed_checks``: the
+  AutoAttack agreement and Square of every model in ``results/<dataset>/seeds.json``;
 * ``paired``: ``results/<dataset>/paired.csv`` (exact McNemar tests of Cross-Hölder against the others);
 * ``step_size``: ``results/step-size.csv`` (``tools/step_size_study.py``: PGD's step, measured);
 * ``autoattack``: ``results/<dataset>/robustness/autoattack-*.csv`` of the models in ``robustness.json``;
@@ -195,27 +196,38 @@ def verdicts_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
+def _newest_check(root: Path, ds: str, kind: str, defense: str, run_id: str) -> tuple[int, dict, pd.DataFrame] | None:
+    """The rows of model ``run_id`` (a ``defense`` model of data set ``ds``) in the newest one-model
+    table ``results/<ds>/robustness/<kind>-*.csv`` of the ``cpu`` profile that checked it: the
+    highest code version of the sweep, then the largest ``n``, then the last file name.
+    ``(code, params, rows)``, or ``None`` when no such table checked that model."""
+    best: tuple[tuple[int, int], dict, pd.DataFrame] | None = None
+    for f in sorted((root / "results" / ds / "robustness").glob(f"{kind}-*.json")):
+        meta = json.loads(f.read_text())
+        params = meta.get("params", {})
+        if (meta.get("profile") != "cpu" or params.get("models", {}).get(defense) != run_id
+                or not f.with_suffix(".csv").exists()):
+            continue
+        key = (int(params.get("code", 0)), int(params.get("n", 0)))
+        table = pd.read_csv(f.with_suffix(".csv"))
+        rows = table[table["defense"] == defense]
+        if len(rows) and (best is None or key >= best[0]):
+            best = (key, params, rows)
+    return None if best is None else (best[0][0], best[1], best[2])
+
+
 def _newest_per_model(root: Path, kind: str) -> dict[tuple[str, str], tuple[int, dict, pd.DataFrame]]:
-    """For each registered model (``results/models.json``), the rows of the newest one-model table
-    ``results/<dataset>/robustness/<kind>-*.csv`` of the ``cpu`` profile: the highest code version,
-    then the largest ``n``, then the last file name. Values: ``(code, params, rows)``."""
+    """:func:`_newest_check` for each registered model (``results/models.json``), by ``(dataset,
+    defense)``; models no table checked are left out. Values: ``(code, params, rows)``."""
     models = json.loads((root / "results" / "models.json").read_text())
-    found: dict[tuple[str, str], tuple[tuple[int, int], dict, pd.DataFrame]] = {}
+    found = {}
     for ds in NAMES:
-        for f in sorted((root / "results" / ds / "robustness").glob(f"{kind}-*.json")):
-            meta = json.loads(f.read_text())
-            params = meta.get("params", {})
-            if meta.get("profile") != "cpu" or not f.with_suffix(".csv").exists():
-                continue
-            key = (int(params.get("code", 0)), int(params.get("n", 0)))
-            table = pd.read_csv(f.with_suffix(".csv"))
-            for defense, rid in params.get("models", {}).items():
-                if models.get(f"{ds}/{defense}", {}).get("run_id") != rid:
-                    continue
-                rows = table[table["defense"] == defense]
-                if len(rows) and key >= found.get((ds, defense), ((-1, -1),))[0]:
-                    found[(ds, defense)] = (key, params, rows)
-    return {k: (v[0][0], v[1], v[2]) for k, v in found.items()}
+        for defense in DEFENSE_NAMES:
+            run_id = models.get(f"{ds}/{defense}", {}).get("run_id")
+            hit = _newest_check(root, ds, kind, defense, run_id) if run_id else None
+            if hit is not None:
+                found[(ds, defense)] = hit
+    return found
 
 
 def masking_table(root: Path = ROOT) -> str:
@@ -376,6 +388,52 @@ def paired_seeds_table(root: Path = ROOT) -> str:
             lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[r['b']]} | {_JUDGED_ON.get(r['attack'], r['attack'])} | "
                          f"{r['eps']:g} | {int(r['seeds'])} | {d:+.1f} ({_p(r['p_value'])}) | "
                          f"{int(r['significant_in'])} of {int(r['seeds'])} | {r['per_seed']} |")
+    return "\n".join(lines)
+
+
+def seed_checks_table(root: Path = ROOT) -> str:
+    """AutoAttack against the ``strongest`` sweep for every model of the seed study (the models in
+    ``results/<dataset>/seeds.json``): per defense and training seed, on the model's first ``n`` test
+    images, ``robust / missed`` per ε (paper units): the images the sweep calls robust and how many of
+    those AutoAttack fools; then the black-box Square attack at the masking table's ε: the images it
+    fools beyond ``strongest`` (> 0 would be gradient masking). The newest table per model
+    (:func:`_newest_check`); "not checked" where none checked it
+    (``python -m crossholder.jobs evaluate ... --checks N``). Bold: more than 1% of ``n`` missed."""
+    rows = []
+    for ds in NAMES:
+        f = root / "results" / ds / "seeds.json"
+        if not f.exists():
+            continue
+        for key, run_id in sorted(json.loads(f.read_text())["params"]["models"].items()):
+            defense, seed = key.rsplit("/", 1)
+            agree = _newest_check(root, ds, "agreement", defense, run_id)
+            mask = _newest_check(root, ds, "masking", defense, run_id)
+            rows.append((ds, defense, int(seed), agree, mask))
+    if not rows:
+        return "(no seed study yet: `make seeds`)"
+    eps = sorted({float(e) for *_, agree, _ in rows if agree for e in agree[2]["eps"]})
+    lines = ["| data set | defense | seed | n | " + " | ".join(f"ε = {e:g}" for e in eps)
+             + " | Square beyond strongest |", "|---|---|---|---|" + "---|" * (len(eps) + 1)]
+    order = list(DEFENSE_NAMES)
+    for ds, defense, seed, agree, mask in sorted(rows, key=lambda r: (list(NAMES).index(r[0]), order.index(r[1]), r[2])):
+        if agree is None:
+            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[defense]} | {seed} | | not checked |" + " |" * len(eps))
+            continue
+        by = agree[2].set_index("eps")
+        n = int(agree[2]["n"].iloc[0])
+        cells = []
+        for e in eps:
+            if e not in by.index:
+                cells.append("")
+                continue
+            r = by.loc[e]
+            cell = f"{int(r['robust'])} / {int(r['missed'])}"
+            cells.append(f"**{cell}**" if r["missed"] > 0.01 * n else cell)
+        square = "not run"
+        if mask is not None and "square" in set(mask[2]["attack"]):
+            sq = mask[2].set_index("attack").loc["square"]
+            square = f"{int(sq['beyond_strongest'])} of {int(sq['n'])} at ε = {float(mask[1].get('eps', float('nan'))):g}"
+        lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[defense]} | {seed} | {n} | " + " | ".join(cells) + f" | {square} |")
     return "\n".join(lines)
 
 
@@ -778,7 +836,7 @@ def step_size_table(root: Path = ROOT) -> str:
 TABLES = {"step_size": step_size_table, "speed": speed_table, "all_classes": all_classes_table, "all_classes_paired": all_classes_paired_table, "fidelity": fidelity_table, "fidelity_robustness": fidelity_robustness_table, "spectrum": spectrum_table, "selection": selection_table, "figure3": figure3_table, "autoattack": autoattack_table, "agreement": agreement_table, "models": models_table, "robustness": robustness_table, "claims": claims_table,
           "verdicts": verdicts_table, "paired": paired_table, "paired_strongest": paired_strongest_table,
           "masking": masking_table, "seed_curves": seed_curves_table, "claims_seeds": claims_seeds_table,
-          "paired_seeds": paired_seeds_table}
+          "paired_seeds": paired_seeds_table, "seed_checks": seed_checks_table}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
