@@ -71,11 +71,11 @@ display(Markdown(reports.seed_curves_table(root)))
 # On Fashion-MNIST the seeds of the undefended, Cross-Lipschitz and Cross-Hölder models agree more
 # closely than on MNIST (those of adversarial training less so), and Cross-Hölder leads in every seed:
 # it is above both Cross-Lipschitz and adversarial training at every ε ≥ 1.5 in all three seeds, by
-# 13.8–17.8 points over Cross-Lipschitz at ε = 5 and 14.6–16.4 over adversarial training at ε = 4. At ε = 3–6
-# the seeds differ by at most 0.8 points for the undefended model (ε = 3), 8.4 for Cross-Lipschitz
-# (ε = 3.5), 3.0 for Cross-Hölder (ε = 4 and 5.5) and 4.8 for adversarial training (ε = 4). As on
-# MNIST, seed 2's Cross-Lipschitz model is the least robust of its three from ε = 2 on. In seeds 0
-# and 1, Cross-Lipschitz and adversarial training trade places between ε = 2 and 5, and
+# 13.8–17.8 points over Cross-Lipschitz at ε = 5 and 14.6–16.4 over adversarial training at ε = 4. At
+# ε = 3–6 the seeds differ by at most 0.8 points for the undefended model (ε = 3), 8.4 for
+# Cross-Lipschitz (ε = 3.5), 3.0 for Cross-Hölder (ε = 4 and 5.5) and 4.8 for adversarial training
+# (ε = 4). As on MNIST, seed 2's Cross-Lipschitz model is the least robust of its three from ε = 2 on.
+# In seeds 0 and 1, Cross-Lipschitz and adversarial training trade places between ε = 2 and 5, and
 # Cross-Lipschitz is ahead at ε = 5–6; in seed 2 adversarial training is ahead at every ε of 2–6 (by
 # 1 and 3 images at ε = 5.5 and 6).
 
@@ -106,8 +106,8 @@ display(Markdown(reports.seed_checks_table(root)))
 # Each claim judged on each seed's curves, as in notebook 04 (thresholds in
 # `crossholder.evaluation.CLAIMS`): in how many seeds it holds on the point estimates; `*` marks a
 # seed where the verdict also holds with the 95% Wilson intervals. The two bars differ, as the claims
-# do: "A above B" is supported beyond the intervals when they separate at half of its ε range or
-# more, and refuted beyond them when they separate the other way at any one ε (`evaluation.claims_table`).
+# do: "A above B" is supported beyond the intervals when they separate at half of its ε range or more,
+# and refuted beyond them when they separate the other way at any one ε (`evaluation.claims_table`).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -129,8 +129,8 @@ display(Markdown(reports.claims_seeds_table(root)))
 # in each seed: under `strongest` Cross-Hölder is the more robust from ε = 1 on. F1 ("Cross-Hölder
 # above Cross-Lipschitz", at every ε of 0.5–6) fails by 1 to 3 of 500 images at ε = 0.5 or 1 only,
 # within the intervals, under each attack it is judged on (worst-min, worst-per-example, `strongest`;
-# `seeds.csv`); from ε = 1.5 on Cross-Hölder is ahead in all three seeds. The every-ε rule reads the paper's wording literally; the paired tests below show the
-# size of the lead where it matters.
+# `seeds.csv`); from ε = 1.5 on Cross-Hölder is ahead in all three seeds. The every-ε rule reads the
+# paper's wording literally; the paired tests below show the size of the lead where it matters.
 
 # %% [markdown]
 # ## Cross-Hölder against the others, pooled over seeds

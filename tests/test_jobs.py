@@ -207,11 +207,16 @@ def test_seeds_cli_trains_then_evaluates_with_the_checks_asked_for(monkeypatch):
     import contextlib
 
     calls = []
-    monkeypatch.setattr(jobs, "session", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(jobs, "session", lambda *a, **k: calls.append(("session", a, k)) or contextlib.nullcontext())
     monkeypatch.setattr(jobs, "train", lambda runs, **kw: calls.append(("train", runs, kw)) or [])
     monkeypatch.setattr(jobs, "evaluate", lambda runs, **kw: calls.append(("evaluate", runs, kw)) or [])
     jobs.main(["seeds", "--seeds", "1", "2", "--dataset", "mnist", "--defense", "cross_holder", "--n", "500",
                "--checks", "100"])
-    assert [c[0] for c in calls] == ["train", "evaluate"]
-    assert calls[1][1] == [{"dataset": "mnist", "defense": "cross_holder", "seed": s} for s in (1, 2)]
-    assert calls[1][2]["n"] == 500 and calls[1][2]["checks"] == 100
+    assert [c[0] for c in calls] == ["session", "train", "evaluate"]
+    assert calls[2][1] == [{"dataset": "mnist", "defense": "cross_holder", "seed": s} for s in (1, 2)]
+    assert calls[2][2]["n"] == 500 and calls[2][2]["checks"] == 100
+
+
+def test_checks_beyond_the_evaluated_images_are_refused():
+    with pytest.raises(ValueError, match=r"checks=200 exceeds n=100.*allowed: 0 <= checks <= n"):
+        jobs.evaluate([{"dataset": "mnist", "defense": "none"}], n=100, checks=200)

@@ -343,7 +343,8 @@ def test_masking_table_reads_the_newest_table_of_each_registered_model(tmp_path)
 
 def test_seed_checks_table_finds_each_seed_models_newest_check(tmp_path):
     """Every model of seeds.json gets its newest cpu-profile AutoAttack agreement (highest code version,
-    then largest n) and Square column; a model no table checked says so instead of borrowing a row."""
+    then largest n, then the last file name) and its Square column; a model no table checked says so
+    instead of borrowing a row; bold marks more than 1% of n missed and any Square find beyond strongest."""
     import json
 
     import pandas as pd
@@ -352,31 +353,42 @@ def test_seed_checks_table_finds_each_seed_models_newest_check(tmp_path):
 
     rob = tmp_path / "results" / "mnist" / "robustness"
     rob.mkdir(parents=True)
-    (tmp_path / "results" / "mnist" / "seeds.json").write_text(json.dumps(
-        {"params": {"models": {"cross_holder/0": "aaa", "cross_holder/1": "bbb", "none/1": "ccc"}}}))
+    (tmp_path / "results" / "mnist" / "seeds.json").write_text(json.dumps({"params": {"models": {
+        "cross_holder/0": "aaa", "cross_holder/1": "bbb", "none/1": "ccc", "new_defense/0": "ddd"}}}))
 
-    def agreement(name, rid, code, n, rows, profile="cpu"):
-        pd.DataFrame([{"defense": "cross_holder" if rid != "ccc" else "none", "eps": e, "n": n, "robust": r,
-                       "missed": m} for e, r, m in rows]).to_csv(rob / f"{name}.csv", index=False)
+    def agreement(name, defense, rid, code, n, rows, profile="cpu"):
+        pd.DataFrame([{"defense": defense, "eps": e, "n": n, "robust": r, "missed": m}
+                      for e, r, m in rows]).to_csv(rob / f"{name}.csv", index=False)
         (rob / f"{name}.json").write_text(json.dumps({"profile": profile, "params": {
-            "code": code, "n": n, "models": {"cross_holder" if rid != "ccc" else "none": rid}}}))
+            "code": code, "n": n, "models": {defense: rid}}}))
 
-    agreement("agreement-1", "aaa", 3, 200, [(5.0, 90, 3)])
-    agreement("agreement-2", "bbb", 3, 100, [(5.0, 50, 0), (6.0, 20, 0)])
-    agreement("agreement-3", "bbb", 2, 200, [(5.0, 99, 9), (6.0, 40, 9)])   # an older sweep: not shown
-    agreement("agreement-4", "ccc", 3, 100, [(5.0, 10, 0)], profile="smoke")  # another profile: not shown
-    pd.DataFrame([{"defense": "cross_holder", "attack": "square", "eps_index": 10, "n": 100, "fooled": 30,
-                   "beyond_pgd": 0, "beyond_strongest": 0}]).to_csv(rob / "masking-1.csv", index=False)
-    (rob / "masking-1.json").write_text(json.dumps({"profile": "cpu", "params": {
-        "code": 3, "eps": 5.0, "models": {"cross_holder": "bbb"}}}))
-    assert reports.seed_checks_table(tmp_path).splitlines() == [
+    def masking(name, rid, beyond_pgd, beyond_strongest):
+        pd.DataFrame([{"defense": "cross_holder", "attack": "square", "eps_index": 10, "n": 100, "fooled": 30,
+                       "beyond_pgd": beyond_pgd, "beyond_strongest": beyond_strongest}]).to_csv(
+            rob / f"{name}.csv", index=False)
+        (rob / f"{name}.json").write_text(json.dumps({"profile": "cpu", "params": {
+            "code": 3, "eps": 5.0, "models": {"cross_holder": rid}}}))
+
+    agreement("agreement-1", "cross_holder", "aaa", 3, 200, [(5.0, 90, 3)])
+    agreement("agreement-2", "cross_holder", "bbb", 3, 100, [(5.0, 50, 1), (6.0, 20, 0)])   # 1 of 100: not bold
+    agreement("agreement-3", "cross_holder", "bbb", 2, 200, [(5.0, 99, 9), (6.0, 40, 9)])   # an older sweep
+    agreement("agreement-4", "cross_holder", "bbb", 3, 50, [(5.0, 25, 7), (6.0, 10, 7)])    # fewer images
+    agreement("agreement-5", "none", "ccc", 3, 100, [(5.0, 10, 0)], profile="smoke")        # another profile
+    masking("masking-1", "bbb", 2, 0)
+    table = reports.seed_checks_table(tmp_path).splitlines()
+    assert table == [
         "| data set | defense | seed | n | ε = 5 | ε = 6 | Square beyond strongest |",
         "|---|---|---|---|---|---|---|",
-        "| MNIST | none | 1 | | not checked | | |",
+        "| MNIST | none | 1 |  | not checked |  | not run |",
         "| MNIST | Cross-Hölder | 0 | 200 | **90 / 3** |  | not run |",
-        "| MNIST | Cross-Hölder | 1 | 100 | 50 / 0 | 20 / 0 | 0 of 100 at ε = 5 |",
+        "| MNIST | Cross-Hölder | 1 | 100 | 50 / 1 | 20 / 0 | 0 of 100 at ε = 5 |",
+        "| Fashion-MNIST | not computed yet (`make seeds`) | | | | | |",
     ]
-    assert reports.seed_checks_table(tmp_path / "elsewhere") == "(no seed study yet: `make seeds`)"
+    masking("masking-2", "bbb", 2, 1)                                                        # Square finds more
+    assert reports.seed_checks_table(tmp_path).splitlines()[4].endswith("| **1 of 100 at ε = 5** |")
+    for f in rob.glob("agreement-*"):
+        f.unlink()
+    assert reports.seed_checks_table(tmp_path).startswith("(no model of the seed study checked by AutoAttack yet")
 
 
 def test_robustness_table_says_what_each_row_is_judged_on(tmp_path):

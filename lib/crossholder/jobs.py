@@ -64,6 +64,8 @@ GPU_FRACTION = 0.25
 RETRIES = 3
 #: Environment variables the workers get from the driver (where results, data and scratch live).
 _ENV = ("CROSSHOLDER_ROOT", "CROSSHOLDER_RESULTS", "CROSSHOLDER_FIGURES", "CROSSHOLDER_SCRATCH", "CROSSHOLDER_DATA")
+_CHECKS_HELP = ("then the AutoAttack agreement and the Square masking check of each model on its first N "
+                "images (0: skip; N <= --n)")
 _ADDRESS_HELP = "allowed: None (a local Ray instance), 'auto', 'host:port' or 'ray://host[:port]'"
 
 
@@ -291,6 +293,9 @@ def evaluate(models: Sequence[dict[str, Any]], *, profile: str = "cpu", n: int =
         raise ValueError(f"protocol={protocol!r}; allowed values: {', '.join(map(repr, evaluation.PROTOCOLS))}")
     if checks and protocol != "strongest":
         raise ValueError(f"checks={checks!r} needs protocol='strongest' (got {protocol!r})")
+    if checks and n and checks > n:
+        raise ValueError(f"checks={checks!r} exceeds n={n!r}: the checks run on images the curve attacked "
+                         "(allowed: 0 <= checks <= n)")
     calls = _unique([{"dataset": m["dataset"], "defense": m["defense"], "profile": ex.check_profile(profile),
                       "seed": int(m.get("seed", 0)), "n": n, "until": until, "checks": checks, "protocol": protocol,
                       "device": device} for m in models])
@@ -351,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--seed", type=int, action="append", default=None)
     e.add_argument("--n", type=int, default=0)
     e.add_argument("--until", type=int, default=None)
-    e.add_argument("--checks", type=int, default=0)
+    e.add_argument("--checks", type=int, default=0, metavar="N", help=_CHECKS_HELP)
     e.add_argument("--protocol", default="strongest", help="strongest (default), strongest-v2 or paper-v1")
     g = sub.add_parser("grid", help="score the hyperparameter grid (notebook 03's)", parents=[common])
     g.add_argument("--dataset", action="append", choices=data_mod.DATASETS, required=True)
@@ -363,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--defense", action="append", choices=ex.DEFENSES, default=None)
     s.add_argument("--n", type=int, default=0)
     s.add_argument("--until", type=int, default=None)
-    s.add_argument("--checks", type=int, default=0, help="AutoAttack agreement on the first N images of each (0: skip)")
+    s.add_argument("--checks", type=int, default=0, metavar="N", help=_CHECKS_HELP)
     args = ap.parse_args(argv)
     for name, default in (("address", None), ("profile", "cpu"), ("device", "cpu"), ("cpus", 1), ("num_cpus", None),
                           ("gpu_fraction", GPU_FRACTION)):

@@ -18,7 +18,8 @@ of :data:`TABLES`):
 * ``masking``: ``results/<dataset>/robustness/masking-*.csv`` (gradient masking, measured, per model);
 * ``seed_curves``, ``claims_seeds``, ``paired_seeds``: ``results/<dataset>/seeds.csv``, ``claims-seeds.csv``,
   ``paired-seeds.csv`` (the seed study, ``python -m crossholder.seeds``); ``seed_checks``: the
-  AutoAttack agreement and Square of every model in ``results/<dataset>/seeds.json``;
+  AutoAttack agreement and Square (``agreement-*.csv``, ``masking-*.csv``) of every model in
+  ``results/<dataset>/seeds.json``;
 * ``paired``: ``results/<dataset>/paired.csv`` (exact McNemar tests of Cross-Hölder against the others);
 * ``step_size``: ``results/step-size.csv`` (``tools/step_size_study.py``: PGD's step, measured);
 * ``autoattack``: ``results/<dataset>/robustness/autoattack-*.csv`` of the models in ``robustness.json``;
@@ -197,8 +198,8 @@ def verdicts_table(root: Path = ROOT) -> str:
 
 
 def _newest_check(root: Path, ds: str, kind: str, defense: str, run_id: str) -> tuple[int, dict, pd.DataFrame] | None:
-    """The rows of model ``run_id`` (a ``defense`` model of data set ``ds``) in the newest one-model
-    table ``results/<ds>/robustness/<kind>-*.csv`` of the ``cpu`` profile that checked it: the
+    """The rows of model ``run_id`` (a ``defense`` model of data set ``ds``) in the newest table
+    ``results/<ds>/robustness/<kind>-*.csv`` (one- or multi-model) of the ``cpu`` profile that checked it: the
     highest code version of the sweep, then the largest ``n``, then the last file name.
     ``(code, params, rows)``, or ``None`` when no such table checked that model."""
     best: tuple[tuple[int, int], dict, pd.DataFrame] | None = None
@@ -220,7 +221,7 @@ def _newest_per_model(root: Path, kind: str) -> dict[tuple[str, str], tuple[int,
     """:func:`_newest_check` for each registered model (``results/models.json``), by ``(dataset,
     defense)``; models no table checked are left out. Values: ``(code, params, rows)``."""
     models = json.loads((root / "results" / "models.json").read_text())
-    found = {}
+    found: dict[tuple[str, str], tuple[int, dict, pd.DataFrame]] = {}
     for ds in NAMES:
         for defense in DEFENSE_NAMES:
             run_id = models.get(f"{ds}/{defense}", {}).get("run_id")
@@ -393,47 +394,49 @@ def paired_seeds_table(root: Path = ROOT) -> str:
 
 def seed_checks_table(root: Path = ROOT) -> str:
     """AutoAttack against the ``strongest`` sweep for every model of the seed study (the models in
-    ``results/<dataset>/seeds.json``): per defense and training seed, on the model's first ``n`` test
-    images, ``robust / missed`` per ε (paper units): the images the sweep calls robust and how many of
-    those AutoAttack fools; then the black-box Square attack at the masking table's ε: the images it
-    fools beyond ``strongest`` (> 0 would be gradient masking). The newest table per model
-    (:func:`_newest_check`); "not checked" where none checked it
-    (``python -m crossholder.jobs evaluate ... --checks N``). Bold: more than 1% of ``n`` missed."""
-    rows = []
+    ``results/<dataset>/seeds.json``), from ``results/<dataset>/robustness/agreement-*.csv`` and
+    ``masking-*.csv`` (the newest table per model, :func:`_newest_check`): per defense and training
+    seed, on the model's first ``n`` test images, ``robust / missed`` per ε (paper units): the images
+    the sweep calls robust and how many of those AutoAttack fools (bold: more than 1% of ``n``); then
+    the black-box Square attack at the masking table's ε: the images it fools beyond ``strongest``
+    (bold when > 0: gradient masking). "not checked" where no agreement table checked the model
+    (``python -m crossholder.jobs evaluate ... --checks N``)."""
+    rows, missing = [], []
     for ds in NAMES:
         f = root / "results" / ds / "seeds.json"
         if not f.exists():
+            missing.append(ds)
             continue
-        for key, run_id in sorted(json.loads(f.read_text())["params"]["models"].items()):
-            defense, seed = key.rsplit("/", 1)
-            agree = _newest_check(root, ds, "agreement", defense, run_id)
-            mask = _newest_check(root, ds, "masking", defense, run_id)
-            rows.append((ds, defense, int(seed), agree, mask))
-    if not rows:
-        return "(no seed study yet: `make seeds`)"
+        models = json.loads(f.read_text())["params"]["models"]
+        for defense in DEFENSE_NAMES:
+            for seed, run_id in sorted((int(k.rsplit("/", 1)[1]), v) for k, v in models.items()
+                                       if k.rsplit("/", 1)[0] == defense):
+                rows.append((ds, defense, seed, _newest_check(root, ds, "agreement", defense, run_id),
+                             _newest_check(root, ds, "masking", defense, run_id)))
     eps = sorted({float(e) for *_, agree, _ in rows if agree for e in agree[2]["eps"]})
-    lines = ["| data set | defense | seed | n | " + " | ".join(f"ε = {e:g}" for e in eps)
-             + " | Square beyond strongest |", "|---|---|---|---|" + "---|" * (len(eps) + 1)]
-    order = list(DEFENSE_NAMES)
-    for ds, defense, seed, agree, mask in sorted(rows, key=lambda r: (list(NAMES).index(r[0]), order.index(r[1]), r[2])):
-        if agree is None:
-            lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[defense]} | {seed} | | not checked |" + " |" * len(eps))
-            continue
-        by = agree[2].set_index("eps")
-        n = int(agree[2]["n"].iloc[0])
-        cells = []
-        for e in eps:
-            if e not in by.index:
-                cells.append("")
-                continue
-            r = by.loc[e]
-            cell = f"{int(r['robust'])} / {int(r['missed'])}"
-            cells.append(f"**{cell}**" if r["missed"] > 0.01 * n else cell)
+    if rows and not eps:
+        return "(no model of the seed study checked by AutoAttack yet: `python -m crossholder.jobs seeds --checks 100`)"
+    cols = ["data set", "defense", "seed", "n", *(f"ε = {e:g}" for e in eps), "Square beyond strongest"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for ds, defense, seed, agree, mask in rows:
         square = "not run"
         if mask is not None and "square" in set(mask[2]["attack"]):
             sq = mask[2].set_index("attack").loc["square"]
             square = f"{int(sq['beyond_strongest'])} of {int(sq['n'])} at ε = {float(mask[1].get('eps', float('nan'))):g}"
-        lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[defense]} | {seed} | {n} | " + " | ".join(cells) + f" | {square} |")
+            square = f"**{square}**" if sq["beyond_strongest"] > 0 else square
+        if agree is None:
+            cells, n = ["not checked"] + [""] * (len(eps) - 1), ""
+        else:
+            by, n, cells = agree[2].set_index("eps"), int(agree[2]["n"].iloc[0]), []
+            for e in eps:
+                if e not in by.index:
+                    cells.append("")
+                    continue
+                r = by.loc[e]
+                cell = f"{int(r['robust'])} / {int(r['missed'])}"
+                cells.append(f"**{cell}**" if r["missed"] > 0.01 * n else cell)
+        lines.append("| " + " | ".join([NAMES[ds], DEFENSE_NAMES[defense], str(seed), str(n), *cells, square]) + " |")
+    lines += [f"| {NAMES[ds]} | not computed yet (`make seeds`) |" + " |" * (len(cols) - 2) for ds in missing]
     return "\n".join(lines)
 
 
