@@ -427,14 +427,7 @@ def seed_checks_table(root: Path = ROOT) -> str:
         if agree is None:
             cells, n = ["not checked"] + [""] * (len(eps) - 1), ""
         else:
-            by, n, cells = agree[2].set_index("eps"), int(agree[2]["n"].iloc[0]), []
-            for e in eps:
-                if e not in by.index:
-                    cells.append("")
-                    continue
-                r = by.loc[e]
-                cell = f"{int(r['robust'])} / {int(r['missed'])}"
-                cells.append(f"**{cell}**" if r["missed"] > 0.01 * n else cell)
+            n, cells = int(agree[2]["n"].iloc[0]), _agreement_cells(agree[2], eps)
         lines.append("| " + " | ".join([NAMES[ds], DEFENSE_NAMES[defense], str(seed), str(n), *cells, square]) + " |")
     lines += [f"| {NAMES[ds]} | not computed yet (`make seeds`) |" + " |" * (len(cols) - 2) for ds in missing]
     return "\n".join(lines)
@@ -485,6 +478,20 @@ def autoattack_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
+def _agreement_cells(rows: pd.DataFrame, eps: list[float]) -> list[str]:
+    """One model's agreement rows as ``robust / missed`` cells at each of ``eps`` ("" where not
+    checked); bold where more than 1% of its ``n`` images are missed."""
+    by, n, cells = rows.set_index("eps"), int(rows["n"].iloc[0]), []
+    for e in eps:
+        if e not in by.index:
+            cells.append("")
+            continue
+        r = by.loc[e]
+        cell = f"{int(r['robust'])} / {int(r['missed'])}"
+        cells.append(f"**{cell}**" if r["missed"] > 0.01 * n else cell)
+    return cells
+
+
 def agreement_table(root: Path = ROOT) -> str:
     """AutoAttack against the ``strongest`` sweep, per registered robust model: on its first ``n`` test
     images, how many images the sweep calls robust and how many of those AutoAttack fools (``missed``),
@@ -501,16 +508,8 @@ def agreement_table(root: Path = ROOT) -> str:
             if (ds, defense) not in found:
                 continue
             code, rows = found[(ds, defense)]
-            by = rows.set_index("eps")
             n = int(rows["n"].iloc[0])
-            cells = []
-            for e in eps:
-                if e not in by.index:
-                    cells.append("")
-                    continue
-                r = by.loc[e]
-                cell = f"{int(r['robust'])} / {int(r['missed'])}"
-                cells.append(f"**{cell}**" if r["missed"] > 0.01 * n else cell)
+            cells = _agreement_cells(rows, eps)
             lines.append(f"| {NAMES[ds]} | {DEFENSE_NAMES[defense]} | {n} | " + (f"v{code} | " if mixed else "")
                          + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else "(no AutoAttack agreement yet)"
