@@ -66,6 +66,8 @@ RETRIES = 3
 _ENV = ("CROSSHOLDER_ROOT", "CROSSHOLDER_RESULTS", "CROSSHOLDER_FIGURES", "CROSSHOLDER_SCRATCH", "CROSSHOLDER_DATA")
 _CHECKS_HELP = ("then the AutoAttack agreement and the Square masking check of each model on its first N "
                 "images (0: skip; N <= --n)")
+_N_HELP = "the first N test images (default 0: the profile's, 1,000 at cpu)"
+_UNTIL_HELP = "stop once the chunks below test image K are done (resumable: run again to go on)"
 _ADDRESS_HELP = "allowed: None (a local Ray instance), 'auto', 'host:port' or 'ray://host[:port]'"
 
 
@@ -351,11 +353,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--defense", action="append", choices=ex.DEFENSES, required=True)
     t.add_argument("--seed", type=int, action="append", default=None)
     e = sub.add_parser("evaluate", help="robustness curves of registered models", parents=[common])
-    e.add_argument("--dataset", action="append", choices=data_mod.DATASETS, required=True)
-    e.add_argument("--defense", action="append", choices=ex.DEFENSES, required=True)
-    e.add_argument("--seed", type=int, action="append", default=None)
-    e.add_argument("--n", type=int, default=0)
-    e.add_argument("--until", type=int, default=None)
+    e.add_argument("--dataset", action="append", choices=data_mod.DATASETS, required=True, help="repeatable")
+    e.add_argument("--defense", action="append", choices=ex.DEFENSES, required=True, help="repeatable")
+    e.add_argument("--seed", type=int, action="append", default=None, help="training seed, repeatable (default: 0)")
+    e.add_argument("--n", type=int, default=0, help=_N_HELP)
+    e.add_argument("--until", type=int, default=None, metavar="K", help=_UNTIL_HELP)
     e.add_argument("--checks", type=int, default=0, metavar="N", help=_CHECKS_HELP)
     e.add_argument("--protocol", default="strongest", help="strongest (default), strongest-v2 or paper-v1")
     g = sub.add_parser("grid", help="score the hyperparameter grid (notebook 03's)", parents=[common])
@@ -363,11 +365,13 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--defense", action="append", default=None)
     g.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("seeds", help="train and evaluate every configuration with more seeds", parents=[common])
-    s.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    s.add_argument("--dataset", action="append", choices=data_mod.DATASETS, default=None)
-    s.add_argument("--defense", action="append", choices=ex.DEFENSES, default=None)
-    s.add_argument("--n", type=int, default=0)
-    s.add_argument("--until", type=int, default=None)
+    s.add_argument("--seeds", type=int, nargs="+", default=[1, 2],
+                   help="training seeds (default: 1 2; seed 0 is the registered models, `make figures`)")
+    s.add_argument("--dataset", action="append", choices=data_mod.DATASETS, default=None,
+                   help="repeatable (default: both)")
+    s.add_argument("--defense", action="append", choices=ex.DEFENSES, default=None, help="repeatable (default: all)")
+    s.add_argument("--n", type=int, default=0, help=_N_HELP + "; `make seeds` uses 500")
+    s.add_argument("--until", type=int, default=None, metavar="K", help=_UNTIL_HELP)
     s.add_argument("--checks", type=int, default=0, metavar="N", help=_CHECKS_HELP)
     args = ap.parse_args(argv)
     for name, default in (("address", None), ("profile", "cpu"), ("device", "cpu"), ("cpus", 1), ("num_cpus", None),
