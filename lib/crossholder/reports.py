@@ -675,6 +675,9 @@ def fidelity_robustness_table(root: Path = ROOT) -> str:
     reg = json.loads((root / "results" / "models.json").read_text())["mnist/cross_holder"]
     base = _examples_of(root, "mnist", "cross_holder", reg["run_id"])
     theta_reg = _flat_weights(root, reg["checkpoint"])
+    curve_params = [json.loads(f.read_text()).get("params", {})
+                    for f in (root / "results" / "mnist" / "robustness").glob("cross_holder-*.json")]
+    with_strongest = {prm.get("model") for prm in curve_params if prm.get("protocol") == "strongest"}
     rows = []
     for side in sorted((root / "results" / "mnist" / "models").glob("cross_holder-*.json")):
         rec = json.loads(side.read_text())
@@ -684,10 +687,7 @@ def fidelity_robustness_table(root: Path = ROOT) -> str:
             continue
         dist = float((_flat_weights(root, rec["checkpoint"]) - theta_reg).norm() / theta_reg.norm())
         curve_side = _curve_side(root, "mnist", "cross_holder", rid)
-        strongest = any(json.loads(f.read_text()).get("params", {}).get("model") == rid
-                        and json.loads(f.read_text())["params"].get("protocol") == "strongest"
-                        for f in (root / "results" / "mnist" / "robustness").glob("cross_holder-*.json"))
-        acc = "no `paper-v1` curve" + (" (its `strongest` curve: notebook 08)" if strongest else "")
+        acc = "no `paper-v1` curve" + (" (its `strongest` curve: notebook 08)" if rid in with_strongest else "")
         paired = ""
         if curve_side is not None:
             c = pd.read_csv(curve_side.with_suffix(".csv"))
