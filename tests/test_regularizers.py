@@ -383,3 +383,120 @@ def test_warm_norm_is_power_iteration_then_the_training_product():
         Hm = torch.func.hessian(lambda xx: m(xx[None])[0, y[b]] - m(xx[None])[0, j])(x[b]).reshape(81, 81)
         w = _hessian_power(m, x[b], int(y[b]), j, v0[b], 2)
         assert got[b] == pytest.approx(float((Hm @ w).norm().detach()), rel=1e-10)
+
+
+# ---------------------------------------------------------------- the ablations: |Hg| and CURE
+def _margin_hessian_and_grad(m, xb, t, j):
+    f = lambda xx: m(xx[None])[0, t] - m(xx[None])[0, j]                 # noqa: E731
+    return torch.func.hessian(f)(xb), torch.func.grad(f)(xb)
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["explicit", "autograd"])
+@pytest.mark.parametrize("classes", R.CLASSES)
+def test_gradient_direction_is_exact_hg(tiny, wrap, classes):
+    """inner='gradient': ||H ĝ|| with ĝ the unit margin gradient, from full float64 Hessians; below ||H||_2."""
+    m, x, y = tiny
+    net = Wrapped(m) if wrap else m
+    out = R.regularized_loss(net, x, y, lam1=0.7, lam2=0.3, classes=classes, inner="gradient", inner_iters=0)
+    for b in range(x.shape[0]):
+        for s, j in enumerate(out.j[b].tolist()):
+            H, g = _margin_hessian_and_grad(m, x[b], int(y[b]), j)
+            hg = torch.linalg.vector_norm(H @ (g / g.norm()))
+            assert torch.allclose(out.hess_norms[b, s], hg, rtol=1e-10)
+            assert out.hess_norms[b, s] <= torch.linalg.matrix_norm(H, ord=2) * (1 + 1e-12)
+    g_ref, _ = oracle_terms(m, x, y, None, classes)
+    ce = torch.nn.functional.cross_entropy(m(x), y)
+    assert torch.allclose(out.loss, ce + 0.7 * (g_ref + 0.3 * out.hess_norms.sum(1).mean()), rtol=1e-10)
+
+
+def test_gradient_direction_is_held_fixed_in_the_parameter_gradient(tiny):
+    """The |Hg| term's parameter gradient is that of ||H v|| at v = ĝ held constant (like v*, and CURE's z)."""
+    m, x, y = tiny
+    a = R.regularized_loss(m, x, y, lam1=0.5, lam2=0.8, inner="gradient", inner_iters=0)
+    g_hat = []
+    for b in range(x.shape[0]):
+        row = []
+        for j in a.j[b].tolist():
+            _, g = _margin_hessian_and_grad(m, x[b], int(y[b]), j)
+            row.append(g / g.norm())
+        g_hat.append(torch.stack(row))
+    b = R.regularized_loss(m, x, y, lam1=0.5, lam2=0.8, v0=torch.stack(g_hat).detach(), inner_iters=0)
+    assert torch.allclose(a.loss, b.loss, rtol=1e-12)
+    ga = torch.autograd.grad(a.loss, list(m.parameters()))
+    gb = torch.autograd.grad(b.loss, list(m.parameters()))
+    assert all(torch.allclose(u, w, rtol=1e-9, atol=1e-13) for u, w in zip(ga, gb))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"inner_iters": 2}, "takes no inner steps"),
+    ({"inner_iters": 0, "v0": torch.zeros(6, 3, 5, dtype=F64)}, "takes its direction from the gradient"),
+    ({"inner_iters": 0, "p": 1.0}, "needs p = q = 2"),
+])
+def test_gradient_direction_bad_arguments(tiny, kwargs, match):
+    m, x, y = tiny
+    with pytest.raises(ValueError, match=match):
+        R.regularized_loss(m, x, y, lam1=0.5, lam2=0.8, inner="gradient", **kwargs)
+
+
+def _ce_grad(m, xb, yb):
+    return torch.func.grad(lambda xx: torch.nn.functional.cross_entropy(m(xx[None]), yb[None]))(xb)
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["sequential", "wrapped"])
+def test_cure_matches_its_definition(tiny, wrap):
+    """CURE's regularizer from per-example float64 gradients: ||∇ℓ(x + h z) − ∇ℓ(x)||², z = ∇ℓ/||∇ℓ||."""
+    m, x, y = tiny
+    net = Wrapped(m) if wrap else m
+    out = R.cure_loss(net, x, y, gamma=0.6, h=0.3)
+    regs = []
+    for b in range(x.shape[0]):
+        g0 = _ce_grad(m, x[b], y[b])
+        g1 = _ce_grad(m, x[b] + 0.3 * g0 / g0.norm(), y[b])
+        regs.append(((g1 - g0) ** 2).sum())
+        assert torch.allclose(out.grad_norms[b, 0], g0.norm(), rtol=1e-12)
+    reg = torch.stack(regs)
+    assert torch.allclose(out.hess_norms[:, 0], reg.sqrt() / 0.3, rtol=1e-10)
+    ce = torch.nn.functional.cross_entropy(m(x), y)
+    assert torch.allclose(out.loss, ce + 0.6 * reg.mean(), rtol=1e-12)
+    assert out.hvps == 2 and torch.equal(out.j[:, 0], y)
+
+
+def test_cure_is_a_finite_difference_of_the_loss_hessian(tiny):
+    """As h -> 0, ||∇ℓ(x + h z) − ∇ℓ(x)|| / h -> ||H_ℓ z|| (Taylor: error O(h) ||∇³ℓ||)."""
+    m, x, y = tiny
+    for h, tol in ((1e-3, 1e-2), (1e-5, 1e-4)):
+        out = R.cure_loss(m, x, y, gamma=1.0, h=h)
+        for b in range(x.shape[0]):
+            g0 = _ce_grad(m, x[b], y[b])
+            H = torch.func.hessian(lambda xx: torch.nn.functional.cross_entropy(m(xx[None]), y[b][None]))(x[b])
+            exact = torch.linalg.vector_norm(H @ (g0 / g0.norm()))
+                    assert abs(float(out.hess_norms[b, 0]) - float(exact)) <= tol * max(float(exact), 1e-3), (h, b)
+
+
+def test_cure_parameter_gradient_holds_z_fixed(tiny):
+    """Central differences of the loss with z frozen at its value (CURE does not differentiate z)."""
+    m, x, y = tiny
+    g = torch.stack([_ce_grad(m, x[b], y[b]) for b in range(len(x))])
+    z = (g / g.norm(dim=1, keepdim=True)).detach()
+
+    def frozen():
+        x0 = x.clone().requires_grad_(True)
+        x1 = (x + 0.4 * z).requires_grad_(True)
+        (g0,) = torch.autograd.grad(torch.nn.functional.cross_entropy(m(x0), y, reduction="sum"), x0, create_graph=True)
+        (g1,) = torch.autograd.grad(torch.nn.functional.cross_entropy(m(x1), y, reduction="sum"), x1, create_graph=True)
+        return torch.nn.functional.cross_entropy(m(x), y) + 1.3 * ((g1 - g0) ** 2).sum(1).mean()
+
+    out = R.cure_loss(m, x, y, gamma=1.3, h=0.4)
+    assert torch.allclose(out.loss, frozen(), rtol=1e-12)
+    ga = torch.autograd.grad(out.loss, list(m.parameters()))
+    gb = torch.autograd.grad(frozen(), list(m.parameters()))
+    assert all(torch.allclose(u, w, rtol=1e-10, atol=1e-14) for u, w in zip(ga, gb))
+
+
+@pytest.mark.parametrize("kwargs,match", [({"gamma": -1.0, "h": 1.0}, "gamma=-1.0"),
+                                          ({"gamma": 1.0, "h": 0.0}, "h=0.0"),
+                                          ({"gamma": float("nan"), "h": 1.0}, "gamma=nan")])
+def test_cure_bad_arguments(tiny, kwargs, match):
+    m, x, y = tiny
+    with pytest.raises(ValueError, match=match):
+        R.cure_loss(m, x, y, **kwargs)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from crossholder import selection
+from crossholder import experiments, selection
 
 
 def test_points_are_scored_once_and_cached(tmp_path, monkeypatch):
@@ -41,6 +41,14 @@ def test_winner_is_the_best_admissible_point(tmp_path, monkeypatch):
     df = selection.run_grid("mnist", "smoke", progress=False, defenses=("adversarial",))
     assert df.loc[df["eps"] == 3.0, "winner"].item()           # 4.0 scores more but is not admissible
     assert not df.loc[df["eps"] == 4.0, "winner"].item()
+
+
+def test_ablation_grids_run_only_when_named():
+    """notebook 03 and `make selection` score the paper's three defenses; the ablations only when named."""
+    assert {d for d, _ in selection.grid("mnist", "cpu")} == {"adversarial", "cross_lipschitz", "cross_holder"}
+    pts = selection.grid("fashion_mnist", "cpu", ("cure", "cross_holder_hg"))
+    assert [d for d, _ in pts] == ["cross_holder_hg"] * 3 + ["cure"] * 6
+    assert all(hp["lam1"] == experiments.FINAL["fashion_mnist"]["cross_holder"]["lam1"] for d, hp in pts[:3])
 
 
 def test_unknown_defense_is_a_clear_error():

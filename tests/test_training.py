@@ -14,7 +14,7 @@ def small(defense, **kw):
     return training.make_config("mnist", defense, **base)
 
 
-@pytest.mark.parametrize("defense", ["cross_holder", "adversarial", "cross_lipschitz"])
+@pytest.mark.parametrize("defense", ["cross_holder", "adversarial", "cross_lipschitz", "cross_holder_hg", "cure"])
 def test_resume_after_kill_gives_identical_weights(tmp_path, monkeypatch, defense):
     cfg = small(defense)
     monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "a"))
@@ -118,6 +118,11 @@ def test_fast_mode_directions_follow_their_examples():
     ("cross_holder", {"power_dtype": "float16"}, "power_dtype='float16'; allowed values: 'float32', 'bfloat16'"),
     ("cross_lipschitz", {"power_dtype": "bfloat16"}, "power_dtype='bfloat16' applies to cross_holder"),
     ("cross_holder", {"power_dtype": "bfloat16", "mode": "faithful"}, "power_dtype='bfloat16' applies to"),
+    ("cross_holder_hg", {"lam2": 0.0}, "lam2=0.0: cross_holder_hg needs lam2 > 0"),
+    ("cross_holder_hg", {"compiled": True}, "compiled=True is not supported for defense='cross_holder_hg'"),
+    ("cure", {"gamma": 0.0}, "cure needs gamma > 0 and h > 0"),
+    ("cure", {"h": -1.0}, "h=-1.0 must be a finite number >= 0"),
+    ("cure", {"h_ramp_epochs": -1}, "h_ramp_epochs=-1"),
 ])
 def test_bad_parameters(defense, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -283,3 +288,17 @@ def test_atomic_writers_give_ordinary_file_permissions(tmp_path):
         assert stat.S_IMODE(os.stat(experiments.atomic_write_text(tmp_path / "b.csv", "y\n")).st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+def test_ablation_configs_identity_and_h_schedule():
+    """|Hg| keeps Cross-Hölder's registered (λ1, λ2) by default; CURE's h ramps over h_ramp_epochs."""
+    hg = training.make_config("mnist", "cross_holder_hg")
+    assert (hg.lam1, hg.lam2) == (experiments.FINAL["mnist"]["cross_holder"]["lam1"],
+                                  experiments.FINAL["mnist"]["cross_holder"]["lam2"])
+    assert set(hg.relevant()) - {"dataset", "defense", "epochs", "batch_size", "lr", "n_train", "seed",
+                                 "profile"} == {"lam1", "lam2", "classes"}
+    cure = training.make_config("fashion_mnist", "cure", h=1.5, gamma=4.0)
+    assert {"gamma", "h", "h_ramp_epochs"} <= set(cure.relevant()) and "lam1" not in cure.relevant()
+    assert [cure.h_at(e) for e in range(5)] == [0.5, 1.0, 1.5, 1.5, 1.5]
+    assert training.make_config("mnist", "cure", h_ramp_epochs=0).h_at(0) == 1.5
+    assert cure.run_id != training.make_config("fashion_mnist", "cure", h=0.5, gamma=4.0).run_id

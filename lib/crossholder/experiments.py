@@ -28,11 +28,16 @@ import torch
 
 from . import paths
 
-__all__ = ["PROFILES", "PAPER", "FINAL", "DEFENSES", "TRAINING_CHOICES", "check_profile", "check_defense", "run_id",
+__all__ = ["PROFILES", "PAPER", "FINAL", "DEFENSES", "ABLATIONS", "ALL_DEFENSES", "ABLATION_DEFAULTS", "TRAINING_CHOICES", "check_profile", "check_defense", "run_id",
            "provenance", "tune_allocator", "MALLOC_SETTINGS", "atomic_write_json", "atomic_write_text", "read_json",
            "update_json", "git_commit", "summary_record", "variant_name", "variant_dirs", "figure_name"]
 
+#: The paper's four defenses (the default of every table, figure and study).
 DEFENSES = ("none", "cross_lipschitz", "cross_holder", "adversarial")
+#: Our ablations of the paper's argument (appendix C.1): Cross-Hölder with |Hg| in place of |Hv*|, and
+#: CURE (Moosavi-Dezfooli et al. 2019). Trained and evaluated like the four, never part of their defaults.
+ABLATIONS = ("cross_holder_hg", "cure")
+ALL_DEFENSES = DEFENSES + ABLATIONS
 
 # ---------------------------------------------------------------- the paper's own hyperparameters
 #: Selected by the paper on its 5% hold-out (appendix C.2). ε in the paper's units (standardized L2,
@@ -68,6 +73,16 @@ FINAL: dict[str, dict[str, dict[str, Any]]] = {
         "cross_holder": {"lam1": 0.1, "lam2": 0.5, "compiled": True},
     },
 }
+#: Default hyperparameters of the ablations (``training.make_config``), fixed before any of their runs:
+#: |Hg| at the registered Cross-Hölder model's (λ1, λ2), so that the direction is the only difference;
+#: CURE at its paper's γ = 4 with h = 1.5 pixels (about the L2 radius of our selection's ε = 4-5).
+#: Their grids (``selection.ABLATION_GRIDS``) decide the registered models.
+ABLATION_DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
+    ds: {"cross_holder_hg": {"lam1": FINAL[ds]["cross_holder"]["lam1"], "lam2": FINAL[ds]["cross_holder"]["lam2"]},
+         "cure": {"gamma": 4.0, "h": 1.5}}
+    for ds in ("mnist", "fashion_mnist")
+}
+
 #: The paper's evaluation attack. It gives no step size: ours is eps / 4 (``attacks.DEFAULT_STEP_FRACTION``).
 #: Measured at this budget on the six robust models (``tools/step_size_study.py`` -> ``results/step-size.csv``):
 #: eps / 20 (Madry et al.'s 2.5 eps / steps) is weaker at 11 of 12 points (tied at one), by up to 11.5 points;
@@ -94,6 +109,9 @@ TRAINING_CHOICES: dict[str, Any] = {
     # from a random start reaches a median 0.62 of the norm after 2 products and 0.96 after 5).
     # Faithful mode: Algorithm 1.
     "fast_inner": "power",
+    # CURE's h grows during training (CURE, Section 5; the unofficial port ramps it over its first 5
+    # of 15-20 epochs): a linear ramp over the first 3 of our 10 epochs, the same fraction.
+    "cure_h_ramp_epochs": 3,
     "fast_inner_iters": 1,
     "fast_cold_iters": 4,
 }
@@ -182,8 +200,8 @@ def check_profile(profile: str) -> str:
 
 
 def check_defense(defense: str) -> str:
-    if defense not in DEFENSES:
-        raise ValueError(f"defense={defense!r}; allowed values: {', '.join(map(repr, DEFENSES))}")
+    if defense not in ALL_DEFENSES:
+        raise ValueError(f"defense={defense!r}; allowed values: {', '.join(map(repr, ALL_DEFENSES))}")
     return defense
 
 
@@ -205,8 +223,12 @@ def run_id(params: dict[str, Any], *, length: int = 10) -> str:
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit, with ``+dirty`` when lib/ has uncommitted changes; ``unknown`` outside git."""
-    root = paths.project_root()
+    """The commit of the code that runs: HEAD of the git checkout this package was imported from, with
+    ``+dirty`` when its lib/ has uncommitted changes; ``unknown`` outside git (a wheel install).
+
+    The checkout of the code, not ``CROSSHOLDER_ROOT``: a background run may import a frozen copy of
+    the library (``PYTHONPATH=<worktree>/lib``) while writing into another checkout's ``results/``."""
+    root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.strip()

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import socket
 import time
@@ -304,20 +305,31 @@ def evaluate(models: Sequence[dict[str, Any]], *, profile: str = "cpu", n: int =
     return run_tasks(_evaluate_task, calls, device=device, desc="evaluate", **kw)
 
 
-def grid(dataset: str, *, profile: str = "cpu", seed: int = 0, defenses: tuple[str, ...] | None = None,
-         device: str = "cpu", **kw: Any):
+def grid(dataset: str | Sequence[str], *, profile: str = "cpu", seed: int = 0,
+         defenses: tuple[str, ...] | None = None, device: str = "cpu", **kw: Any):
     """Score every missing point of ``dataset``'s hyperparameter grid as Ray tasks, then return the
     table :func:`crossholder.selection.run_grid` builds from the cached points (the same table a
-    sequential run gives: each point is computed independently with the same seed)."""
+    sequential run gives: each point is computed independently with the same seed).
+
+    A list of data sets submits all their points at once (points of the same defense first, data
+    sets alternating, so every data set's first points finish early) and returns ``{dataset: table}``.
+    """
     from . import selection
 
-    todo = selection.missing_points(dataset, profile, seed=seed, defenses=defenses)
-    if todo:
-        calls = [{"dataset": dataset, "defense": d, "hp": hp, "profile": profile, "seed": seed, "device": device}
-                 for d, hp in todo]
-        run_tasks(_score_task, calls, device=device, desc=f"{dataset} grid", **kw)
-    return selection.run_grid(dataset, profile, seed=seed, progress=False, device=device, defenses=defenses,
-                              cached_only=True)
+    many = not isinstance(dataset, str)
+    datasets = list(dataset) if many else [dataset]
+    todo = {d: selection.missing_points(d, profile, seed=seed, defenses=defenses) for d in datasets}
+    order = list(dict.fromkeys(defense for d in datasets for defense, _ in todo[d]))
+    calls = []
+    for defense in order:   # round robin over the data sets, one defense at a time
+        per = [[(d, hp) for dd, hp in todo[d] if dd == defense] for d in datasets]
+        calls += [{"dataset": d, "defense": defense, "hp": hp, "profile": profile, "seed": seed, "device": device}
+                  for group in itertools.zip_longest(*per) for d, hp in filter(None, group)]
+    if calls:
+        run_tasks(_score_task, calls, device=device, desc=f"{'+'.join(datasets)} grid", **kw)
+    tables = {d: selection.run_grid(d, profile, seed=seed, progress=False, device=device, defenses=defenses,
+                                    cached_only=True) for d in datasets}
+    return tables if many else tables[datasets[0]]
 
 
 def seeds(seed_list: Sequence[int] = (1, 2), *, datasets: Sequence[str] = data_mod.DATASETS,
@@ -350,11 +362,11 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train registered configurations", parents=[common])
     t.add_argument("--dataset", action="append", choices=data_mod.DATASETS, required=True)
-    t.add_argument("--defense", action="append", choices=ex.DEFENSES, required=True)
+    t.add_argument("--defense", action="append", choices=ex.ALL_DEFENSES, required=True)
     t.add_argument("--seed", type=int, action="append", default=None)
     e = sub.add_parser("evaluate", help="robustness curves of registered models", parents=[common])
     e.add_argument("--dataset", action="append", choices=data_mod.DATASETS, required=True, help="repeatable")
-    e.add_argument("--defense", action="append", choices=ex.DEFENSES, required=True, help="repeatable")
+    e.add_argument("--defense", action="append", choices=ex.ALL_DEFENSES, required=True, help="repeatable")
     e.add_argument("--seed", type=int, action="append", default=None, help="training seed, repeatable (default: 0)")
     e.add_argument("--n", type=int, default=0, help=_N_HELP)
     e.add_argument("--until", type=int, default=None, metavar="K", help=_UNTIL_HELP)
@@ -369,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="training seeds (default: 1 2; seed 0 is the registered models, `make figures`)")
     s.add_argument("--dataset", action="append", choices=data_mod.DATASETS, default=None,
                    help="repeatable (default: both)")
-    s.add_argument("--defense", action="append", choices=ex.DEFENSES, default=None, help="repeatable (default: all)")
+    s.add_argument("--defense", action="append", choices=ex.ALL_DEFENSES, default=None, help="repeatable (default: all)")
     s.add_argument("--n", type=int, default=0, help=_N_HELP + "; `make seeds` uses 500")
     s.add_argument("--until", type=int, default=None, metavar="K", help=_UNTIL_HELP)
     s.add_argument("--checks", type=int, default=0, metavar="N", help=_CHECKS_HELP)
@@ -391,10 +403,10 @@ def main(argv: list[str] | None = None) -> None:
         for r in out:
             print(r)
     elif args.command == "grid":
-        for d in args.dataset:
-            table = grid(d, profile=args.profile, seed=args.seed, device=args.device,
-                         defenses=tuple(args.defense) if args.defense else None, **kw)
-            print(table.to_string(index=False))
+        tables = grid(args.dataset, profile=args.profile, seed=args.seed, device=args.device,
+                      defenses=tuple(args.defense) if args.defense else None, **kw)
+        for d, table in tables.items():
+            print(f"{d}:\n{table.to_string(index=False)}")
     else:
         for r in seeds(args.seeds, datasets=args.dataset or data_mod.DATASETS, defenses=args.defense or ex.DEFENSES,
                        profile=args.profile, n=args.n, until=args.until, checks=args.checks, device=args.device,

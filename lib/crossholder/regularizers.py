@@ -23,6 +23,11 @@ Inner loop (finding ``v``), ``inner``:
 * ``"ascent"``: the paper's Algorithm 1, ``v <- normalize_p(v + o ∇_v ||H v||_q)``, ``T`` steps
   (two Hessian-vector products each).
 * ``"power"``: power iteration for ``p = q = 2``, one product a step.
+* ``"gradient"``: no search, ``v = ĝ = ∇f^(j) / ||∇f^(j)||_2``, the unit input gradient of the
+  margin (held fixed, like ``v*``): the penalty is |Hg| (``H ĝ``), the curvature along the gradient
+  that CURE estimates by a finite difference, here with the same exact Hessian-vector product as
+  Cross-Hölder. This is the ``cross_holder_hg`` ablation of the paper's appendix C.1 argument
+  (``p = q = 2``, ``inner_iters = 0``: one product per margin, the training product).
 * ``"lanczos"``: ``inner_iters`` products build a Krylov space from ``v0``; its top Ritz vector
   is ``v`` (``p = q = 2``). Warm-started from kept directions it reaches the norm in fewer
   products than power iteration (measured in a real MNIST run at epoch 3: median 0.97 of a
@@ -59,11 +64,13 @@ from .hessian import (_dual, _normalize, _second_grad, cast_passes, explicit_bac
 from .hessian import flat_norm as _norm
 from . import guards
 
-__all__ = ["RegularizedLoss", "regularized_loss", "hein_cross_lipschitz", "other_classes", "DirectionStore",
-           "compile_available", "power_dtype_of", "warm_norm", "CLASSES", "INNER", "POWER_DTYPES"]
+__all__ = ["RegularizedLoss", "regularized_loss", "hein_cross_lipschitz", "cure_loss", "other_classes", "DirectionStore",
+           "compile_available", "power_dtype_of", "warm_norm", "CLASSES", "INNER", "INNER_OR_GRADIENT", "POWER_DTYPES"]
 
 CLASSES = ("all", "runner_up")
 INNER = ("ascent", "power", "lanczos")
+#: ``inner`` values :func:`regularized_loss` accepts: the searches for v* and ``"gradient"`` (v = ĝ, no search).
+INNER_OR_GRADIENT = INNER + ("gradient",)
 
 
 @dataclass
@@ -140,10 +147,12 @@ def _check(lam1: float, lam2: float, p: float, q: float, classes: str, inner: st
             raise ValueError(f"{name}={v!r} must be >= 1 (a norm)")
     if classes not in CLASSES:
         raise ValueError(f"classes={classes!r}; allowed values: {', '.join(map(repr, CLASSES))}")
-    if inner not in INNER:
-        raise ValueError(f"inner={inner!r}; allowed values: {', '.join(map(repr, INNER))}")
-    if inner in ("power", "lanczos") and (p != 2 or q != 2):
+    if inner not in INNER_OR_GRADIENT:
+        raise ValueError(f"inner={inner!r}; allowed values: {', '.join(map(repr, INNER_OR_GRADIENT))}")
+    if inner in ("power", "lanczos", "gradient") and (p != 2 or q != 2):
         raise ValueError(f"inner={inner!r} needs p = q = 2; got p={p}, q={q}")
+    if inner == "gradient" and inner_iters != 0:
+        raise ValueError(f"inner='gradient' takes no inner steps (v is the unit gradient); got inner_iters={inner_iters}")
     if not isinstance(inner_iters, int) or inner_iters < 0:
         raise ValueError(f"inner_iters={inner_iters!r} must be an integer >= 0")
     if not (step > 0 and math.isfinite(step)):
@@ -166,6 +175,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
         v0: ``(B, J, *S)`` starting directions (fast mode: kept from the previous visit); ``None`` draws
             ``N(0, I)`` from ``generator`` (faithful mode).
         inner, inner_iters, step: the inner loop (module docstring); ``inner_iters=0`` uses ``v0`` as is.
+            ``inner="gradient"`` (with ``inner_iters=0``, ``v0=None``) regularizes |Hg| instead of |Hv*|.
         generator: for the fresh directions.
         compiled: run the explicit passes through ``torch.compile`` (inductor fuses the elementwise
             work of the SiLU derivatives, the dominant cost on a CPU; :func:`compile_available`).
@@ -227,6 +237,9 @@ def _regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam
         if pdt is not None and (layers is None or inner != "power"):
             raise ValueError(f"power_dtype={power_dtype!r} needs inner='power' (got {inner!r}) and a model the "
                              "explicit passes support (hessian.explicit_layers); use power_dtype='float32'")
+        if inner == "gradient" and (v0 is not None or backward_step or pdt is not None or compiled):
+            raise ValueError("inner='gradient' takes its direction from the gradient: v0, backward_step, a "
+                             "power_dtype other than 'float32' and compiled=True do not apply")
         if compiled:
             if layers is None:
                 raise ValueError("compiled=True needs a model the explicit passes support (hessian.explicit_layers)")
@@ -245,7 +258,8 @@ def _regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam
         hvps = 0
         if lam2 > 0:
             hess_term, hn_out, v_next, v_leaf, hvps = _hessian_term(
-                hv_graph, hv_of, x, J=J, v0=v0, p=p, q=q, inner=inner, inner_iters=inner_iters, step=step,
+                hv_graph, hv_of, x, J=J, v0=_normalize(g.detach(), 2.0).view((J, B) + tuple(x.shape[1:])).transpose(0, 1)
+                if inner == "gradient" else v0, p=p, q=q, inner=inner, inner_iters=inner_iters, step=step,
                 generator=generator, backward_step=backward_step)
         loss = ce + lam1 * (grad_term + lam2 * hess_term)
     return RegularizedLoss(loss=loss, ce=ce.detach(), grad_term=grad_term.detach(), hess_term=hess_term.detach(),
@@ -573,3 +587,68 @@ class DirectionStore:
             raise ValueError(f"direction store shape {tuple(state['vectors'].shape)} != {tuple(self.vectors.shape)}")
         self.vectors.copy_(state["vectors"])
         self.classes.copy_(state["classes"])
+
+
+def cure_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, gamma: float, h: float) -> RegularizedLoss:
+    """CURE (Moosavi-Dezfooli, Fawzi, Uesato and Frossard, CVPR 2019, Section 5), L2 form.
+
+    ``loss = CE(f(x), y) + γ · mean_b ||∇_x ℓ(x_b + h z_b) − ∇_x ℓ(x_b)||²_2``, with ``ℓ`` the
+    per-example cross-entropy and ``z_b = ∇ℓ(x_b) / ||∇ℓ(x_b)||_2`` held fixed (not differentiated,
+    as in CURE's own training). The finite difference is ``h · H_ℓ z`` plus ``O(h²)``: CURE
+    regularizes the curvature of the **loss** along one direction, not the margins' operator norm.
+
+    What we changed from CURE's L∞ setting, and why: CURE takes ``z ∝ sign(∇ℓ(x))`` (the L∞
+    steepest-ascent direction, normalized to unit L2 norm). Our threat model is L2, whose
+    steepest-ascent direction is the gradient itself, so ``z`` is the unit gradient (CURE motivates
+    ``z`` as an approximation of the Hessian's leading eigenvector, which its Figure 4 shows to be
+    aligned with the gradient). ``h`` is in pixel L2 units (images in [0, 1]); ``x + h z`` is not
+    clipped to the box (CURE does not clip). We keep CURE's squared norm; the unofficial PyTorch port
+    (F-Salehi/CURE_robustness) uses the unsquared norm. Equation numbers of CURE's paper could not
+    be checked here (no copy of its text on this machine): the formula above is its regularizer
+    ``L_r`` as stated in Section 5. ``h``'s schedule (linear ramp over the first epochs) lives in
+    :mod:`crossholder.training` (``TrainConfig.h_at``).
+
+    Args:
+        model: logits model ``(B, *S) -> (B, K)``, twice differentiable.
+        x: ``(B, *S)`` inputs (pixels in [0, 1]); y: int64 ``(B,)`` labels.
+        gamma: the regularization weight γ (``>= 0``; 0: plain cross-entropy, no extra passes).
+        h: the finite-difference step in pixel L2 units (``> 0``).
+
+    Returns:
+        :class:`RegularizedLoss` with ``hess_term`` = the mean squared gradient difference (the
+        regularizer before γ), ``grad_norms`` ``(B, 1)`` = ``||∇ℓ(x)||_2`` and ``hess_norms``
+        ``(B, 1)`` = ``||∇ℓ(x + h z) − ∇ℓ(x)|| / h`` (the finite-difference estimate of
+        ``||H_ℓ z||``); ``grad_term`` is 0 (no gradient penalty); ``j`` ``(B, 1)`` holds ``y``;
+        ``hvps`` counts the two extra gradient passes.
+
+    Raises:
+        ValueError: ``gamma`` not a finite number >= 0, ``h`` not a finite number > 0.
+    """
+    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"gamma={gamma!r} must be a finite number >= 0")
+    if not (isinstance(h, (int, float)) and math.isfinite(h) and h > 0):
+        raise ValueError(f"h={h!r} must be a finite number > 0 (pixel L2 units)")
+    B = x.shape[0]
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    with torch.enable_grad():
+        logits_train = guards.training_logits(model, x)   # batch statistics trained once (guards module)
+        with guards.frozen_batch_stats(model):
+            x0 = x.detach().requires_grad_(True)
+            logits = model(x0)
+            ce = F.cross_entropy(logits if logits_train is None else logits_train, y)
+            if gamma == 0:
+                return RegularizedLoss(loss=ce, ce=ce.detach(), grad_term=zero, hess_term=zero,
+                                       logits=logits.detach(), j=y[:, None], grad_norms=torch.zeros(B, 1),
+                                       hess_norms=None, v_next=None, hvps=0)
+            (g0,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x0, create_graph=True)
+            gn = _norm(g0.detach())                                            # (B,)
+            z = g0.detach() / gn.clamp_min(torch.finfo(x.dtype).tiny).view((B,) + (1,) * (x.dim() - 1))
+            x1 = (x.detach() + h * z).requires_grad_(True)
+            (g1,) = torch.autograd.grad(F.cross_entropy(model(x1), y, reduction="sum"), x1, create_graph=True)
+            reg = ((g1 - g0).flatten(1) ** 2).sum(1)                           # (B,)
+            term = reg.mean()
+            loss = ce + gamma * term
+    return RegularizedLoss(loss=loss, ce=ce.detach(), grad_term=zero, hess_term=term.detach(),
+                           logits=(logits if logits_train is None else logits_train).detach(), j=y[:, None],
+                           grad_norms=gn[:, None], hess_norms=(reg.detach().sqrt() / h)[:, None], v_next=None,
+                           hvps=2)

@@ -102,6 +102,9 @@ class TrainConfig:
     step: float = 0.1
     cl_variant: str = "margin"
     compiled: bool = False
+    gamma: float = 0.0
+    h: float = 0.0
+    h_ramp_epochs: int = ex.TRAINING_CHOICES["cure_h_ramp_epochs"]
     epochs: int = 10
     batch_size: int = ex.TRAINING_CHOICES["batch_size"]
     lr: float = ex.TRAINING_CHOICES["lr"]
@@ -113,16 +116,20 @@ class TrainConfig:
         data_mod.check_dataset(self.dataset)
         ex.check_defense(self.defense)
         ex.check_profile(self.profile)
-        for name in ("lam1", "lam2", "eps", "step", "lr"):
+        for name in ("lam1", "lam2", "eps", "step", "lr", "gamma", "h"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name}={v!r} must be a finite number >= 0")
         if self.defense == "adversarial" and not self.eps > 0:
             raise ValueError(f"eps={self.eps!r}: adversarial training needs eps > 0")
-        if self.defense in ("cross_lipschitz", "cross_holder") and not self.lam1 > 0:
+        if self.defense in ("cross_lipschitz", "cross_holder", "cross_holder_hg") and not self.lam1 > 0:
             raise ValueError(f"lam1={self.lam1!r}: {self.defense} needs lam1 > 0")
-        if self.defense == "cross_holder" and not self.lam2 > 0:
-            raise ValueError(f"lam2={self.lam2!r}: cross_holder needs lam2 > 0 (lam2 = 0 is cross_lipschitz)")
+        if self.defense in ("cross_holder", "cross_holder_hg") and not self.lam2 > 0:
+            raise ValueError(f"lam2={self.lam2!r}: {self.defense} needs lam2 > 0 (lam2 = 0 is cross_lipschitz)")
+        if self.defense == "cure" and not (self.gamma > 0 and self.h > 0):
+            raise ValueError(f"gamma={self.gamma!r}, h={self.h!r}: cure needs gamma > 0 and h > 0")
+        if self.compiled and self.defense in ("cross_holder_hg", "cure"):
+            raise ValueError(f"compiled=True is not supported for defense={self.defense!r}; use compiled=False")
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}; allowed values: {', '.join(map(repr, MODES))}")
         if self.cl_variant not in CL_VARIANTS:
@@ -138,7 +145,7 @@ class TrainConfig:
         if self.compiled and self.defense == "cross_holder" and (self.mode != "fast" or self.inner != "power"):
             raise ValueError(f"compiled=True supports mode='fast' with inner='power', got mode={self.mode!r}, "
                              f"inner={self.inner!r}")
-        for name in ("cold_iters", "warmup_iters", "warmup_epochs"):
+        for name in ("cold_iters", "warmup_iters", "warmup_epochs", "h_ramp_epochs"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}={v!r} must be an integer >= 0")
@@ -181,6 +188,10 @@ class TrainConfig:
                     keep |= {"power_dtype"}
                 if self.backward_step:              # likewise
                     keep |= {"backward_step"}
+        elif self.defense == "cross_holder_hg":
+            keep |= {"lam1", "lam2", "classes"}
+        elif self.defense == "cure":
+            keep |= {"gamma", "h", "h_ramp_epochs"}
         elif self.defense == "adversarial":
             keep |= {"eps", "eps_unit", "at_steps"}
         if self.compiled and self.defense in ("cross_lipschitz", "cross_holder"):
@@ -195,6 +206,12 @@ class TrainConfig:
         between two visits of an example (results/mnist/benchmarks/fidelity-frontier.csv).
         """
         return max(self.inner_iters, self.warmup_iters) if epoch < self.warmup_epochs else self.inner_iters
+
+    def h_at(self, epoch: int) -> float:
+        """CURE's finite-difference step at 0-based ``epoch``: ``h · (epoch + 1) / h_ramp_epochs`` for the
+        first ``h_ramp_epochs`` epochs, then ``h`` (CURE increases h during training; the ramp's length
+        is our choice, :data:`crossholder.experiments.TRAINING_CHOICES`)."""
+        return self.h * min(1.0, (epoch + 1) / self.h_ramp_epochs) if self.h_ramp_epochs else self.h
 
     @property
     def run_id(self) -> str:
@@ -219,7 +236,7 @@ def make_config(dataset: str, defense: str, *, profile: str = "cpu", seed: int =
     data_mod.check_dataset(dataset)
     ex.check_defense(defense)
     prof = ex.PROFILES[ex.check_profile(profile)]
-    base: dict[str, Any] = dict(ex.PAPER[dataset].get(defense, {}))
+    base: dict[str, Any] = dict(ex.PAPER[dataset].get(defense, ex.ABLATION_DEFAULTS[dataset].get(defense, {})))
     base.update(epochs=prof["epochs"], n_train=prof["n_train"], classes=prof["classes"], profile=profile, seed=seed)
     if overrides.get("mode") == "faithful":
         base.update(inner="ascent", inner_iters=ex.PAPER_INNER["inner_iters"], step=ex.PAPER_INNER["step"],
@@ -277,7 +294,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
 
 
 def _step_loss(cfg: TrainConfig, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor,
-               store: DirectionStore | None, gen: torch.Generator, inner_iters: int | None = None
+               store: DirectionStore | None, gen: torch.Generator, inner_iters: int | None = None, epoch: int = 0
                ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, Callable[[], None] | None]:
     """The loss of one batch and its terms; also the clean logits (for the train accuracy).
 
@@ -300,7 +317,12 @@ def _step_loss(cfg: TrainConfig, model: nn.Module, xb: torch.Tensor, yb: torch.T
             logits = model(xb)
         return loss, {"ce": loss.item()}, logits, None
     keep = None
-    if cfg.defense == "cross_lipschitz" and cfg.cl_variant == "hein":
+    if cfg.defense == "cure":
+        out = regularizers.cure_loss(model, xb, yb, gamma=cfg.gamma, h=cfg.h_at(epoch))
+    elif cfg.defense == "cross_holder_hg":
+        out = regularized_loss(model, xb, yb, lam1=cfg.lam1, lam2=cfg.lam2, classes=cfg.classes, inner="gradient",
+                               inner_iters=0)
+    elif cfg.defense == "cross_lipschitz" and cfg.cl_variant == "hein":
         out = hein_cross_lipschitz(model, xb, yb, lam1=cfg.lam1)
     elif cfg.defense == "cross_lipschitz":
         out = regularized_loss(model, xb, yb, lam1=cfg.lam1, classes=cfg.classes, compiled=cfg.compiled)
@@ -469,7 +491,7 @@ def _train_epoch(cfg: TrainConfig, st: _LoopState, x: torch.Tensor, y: torch.Ten
         idx_d = idx.to(dev)
         xb, yb = x[idx_d], y[idx_d]
         loss, terms, logits, keep = _step_loss(cfg, st.model, xb, yb, idx, st.store, st.gen_noise,
-                                               cfg.iters_at(epoch))
+                                               cfg.iters_at(epoch), epoch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {s}: {terms}")
         st.opt.zero_grad(set_to_none=True)
@@ -490,7 +512,8 @@ def _train_epoch(cfg: TrainConfig, st: _LoopState, x: torch.Tensor, y: torch.Ten
     for k in ("grad_term", "hess_term"):
         row.setdefault(k, 0.0)
     row["regularizer"] = cfg.lam1 * (row["grad_term"] + cfg.lam2 * row["hess_term"]) \
-        if cfg.defense in ("cross_lipschitz", "cross_holder") else 0.0
+        if cfg.defense in ("cross_lipschitz", "cross_holder", "cross_holder_hg") else \
+        cfg.gamma * row["hess_term"] if cfg.defense == "cure" else 0.0
     return row
 
 
