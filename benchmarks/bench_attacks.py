@@ -30,7 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from crossholder import attacks, data, evaluation, models, training
+from crossholder import attacks, data, models, paths, store, sweeps, training
 
 
 def bare_loop(model, x, y, eps, steps):
@@ -100,9 +100,9 @@ def main() -> None:
     n = args.curve_n
     xc, yc = x[:n], y[:n]
     eps = [k / 2 for k in range(13)]
-    eps_pix = evaluation.to_pixel(eps, "mnist")
+    eps_pix = sweeps.to_pixel(eps, "mnist")
     t0 = time.perf_counter()
-    sw = evaluation.sweep(model, xc, yc, eps_pix, loss="ce", steps=50, restarts=10, seed=0)
+    sw = sweeps.sweep(model, xc, yc, eps_pix, loss="ce", steps=50, restarts=10, seed=0)
     t_sweep = time.perf_counter() - t0
     naive = n * 50 * 10 * sum(1 for e in eps if e > 0)
     robust_sweep = [int((sw["fooled_at"] > k).sum()) for k in range(len(eps))]
@@ -140,10 +140,8 @@ def main() -> None:
         out.update(strongest_vs_autoattack(x[:args.strong_n], y[:args.strong_n], eps))
     out["threads"] = torch.get_num_threads()
     if vars(args) == DEFAULTS and which.startswith("registered"):   # only the full run replaces the record
-        from crossholder import experiments as ex
-
-        dest = ex.paths.results_dir() / "mnist" / "benchmarks" / "attacks.json"
-        ex.atomic_write_json(dest, {**out, "provenance": ex.provenance(params=vars(args), seed=0, profile="cpu")})
+        dest = paths.results_dir() / "mnist" / "benchmarks" / "attacks.json"
+        store.atomic_write_json(dest, {**out, "provenance": store.provenance(params=vars(args), seed=0, profile="cpu")})
     print(json.dumps(out))
 
 
@@ -156,14 +154,14 @@ def strongest_vs_autoattack(x, y, eps):
     from pyautoattack import AutoAttack
 
     model, _ = training.load_registered("mnist", "cross_holder")
-    eps_pix = evaluation.to_pixel(eps, "mnist")
+    eps_pix = sweeps.to_pixel(eps, "mnist")
     t0, c0 = time.perf_counter(), time.process_time()
     norms, grad = [], 0
     for loss in attacks.LOSSES:
-        sw = evaluation.sweep(model, x, y, eps_pix, loss=loss, steps=50, restarts=10, seed=0)
+        sw = sweeps.sweep(model, x, y, eps_pix, loss=loss, steps=50, restarts=10, seed=0)
         norms.append(sw["min_norm"])
         grad += int(sw["grad_evals"])
-    strong = evaluation.strong_sweep(model, x, y, eps_pix, prior_norm=np.minimum(*norms), seed=0)
+    strong = sweeps.strong_sweep(model, x, y, eps_pix, prior_norm=np.minimum(*norms), seed=0)
     grad += sum(int(v.get("grad_evals", 0)) for v in strong.values())
     t_strong, c_strong = time.perf_counter() - t0, time.process_time() - c0
     robust = [strong["strongest"]["fooled_at"] > k for k in range(len(eps))]

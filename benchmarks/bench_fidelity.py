@@ -41,7 +41,7 @@ import time
 import pandas as pd
 import torch
 
-from crossholder import data, experiments, models, paths, regularizers, training
+from crossholder import data, experiments, models, paths, regularizers, store, training
 from crossholder.hessian import HVPOperator, flat_norm, operator_norm
 
 
@@ -108,9 +108,9 @@ def main() -> None:
         model = models.paper_cnn("mnist")
         model.load_state_dict(st["model"])
         model.eval()
-        store = regularizers.DirectionStore(len(x), 1, (1, 28, 28))
-        store.load_state_dict(st["store"])
-        v0 = store.get(torch.arange(args.probe), torch.Generator().manual_seed(0))[:, 0]
+        dirs = regularizers.DirectionStore(len(x), 1, (1, 28, 28))
+        dirs.load_state_dict(st["store"])
+        v0 = dirs.get(torch.arange(args.probe), torch.Generator().manual_seed(0))[:, 0]
         cold = operator_norm(model, xb, yb, "runner_up", method="lanczos", iters=50, seed=0).norm.clamp_min(1e-30)
 
         def add(strategy: str, k: int, est: torch.Tensor) -> None:
@@ -126,8 +126,8 @@ def main() -> None:
     df = pd.DataFrame(rows)
     out = paths.results_dir() / "mnist" / "benchmarks" / "fidelity-frontier.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    experiments.atomic_write_text(out, df.to_csv(index=False))
-    experiments.atomic_write_json(out.with_suffix(".json"), experiments.provenance(
+    store.atomic_write_text(out, df.to_csv(index=False))
+    store.atomic_write_json(out.with_suffix(".json"), store.provenance(
         params={"epochs": args.epochs, "probe": args.probe, "max_products": args.max_products,
                 "run": training.make_config("mnist", "cross_holder", profile="cpu", compiled=compiled).relevant(),
                 "reference": "cold Lanczos, 50 products, seed 0", "probe_examples": "first n training examples",

@@ -34,8 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from crossholder import experiments as ex
-    from crossholder import jobs, paths, training
+    from crossholder import jobs, paths, store, training
 
     overrides = {"n_train": args.n_train, "epochs": args.epochs}
     runs = [{"dataset": "mnist", "defense": "none", "seed": s, "overrides": overrides} for s in range(args.n)]
@@ -73,7 +72,7 @@ def main() -> None:
                "jobs_vs_sequential_throughput": round(sequential / through_ray, 3)}
     print(f"{args.n} trainings: sequential {sequential:.1f} s ({cores} threads), through Ray {through_ray:.1f} s "
           f"({cores} tasks of 1 thread) after a {startup:.1f} s start-up")
-    ex.atomic_write_json(out_json, {**summary, "provenance": ex.provenance(params=vars(args), seed=0,
+    store.atomic_write_json(out_json, {**summary, "provenance": store.provenance(params=vars(args), seed=0,
                                                                            profile="smoke")})
     print(json.dumps(summary))
 

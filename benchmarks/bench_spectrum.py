@@ -31,7 +31,7 @@ import time
 import pandas as pd
 import torch
 
-from crossholder import data, experiments, hessian, models, paths
+from crossholder import data, hessian, models, paths, store
 from crossholder.hessian import flat_norm, normalize
 
 STEPS = (1, 2, 4, 8)
@@ -66,7 +66,7 @@ def main() -> None:
         raise SystemExit(f"--n={args.n}: must be >= 1")
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    registry = experiments.read_json(paths.results_dir() / "models.json", {})
+    registry = store.read_json(paths.results_dir() / "models.json", {})
     keys = sorted(k for k in registry if k.split("/")[0] == args.dataset)
     if not keys:
         raise SystemExit(f"no {args.dataset} model in results/models.json; train them first (notebook 02)")
@@ -94,8 +94,8 @@ def main() -> None:
               f"{float(torch.tensor([r['second_over_first'] for r in rows[-args.n:]]).median()):.3f}", flush=True)
     df = pd.DataFrame(rows)
     out = paths.results_dir() / args.dataset / "hessian" / "spectrum-top.csv"
-    experiments.atomic_write_text(out, df.to_csv(index=False))
-    experiments.atomic_write_json(out.with_suffix(".json"), experiments.provenance(
+    store.atomic_write_text(out, df.to_csv(index=False))
+    store.atomic_write_json(out.with_suffix(".json"), store.provenance(
         params={"dataset": args.dataset, "n": args.n, "pair": "true class vs runner-up", "dtype": "float64",
                 "power_steps": list(STEPS), "top": TOP, "models": {k: registry[k]["checkpoint"] for k in keys}},
         seed=args.seed, profile="cpu", wall_time_s=time.time() - t0, file=paths.relative_to_root(out)))

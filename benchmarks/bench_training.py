@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from crossholder import attacks, data, experiments, models, paths, regularizers, training
+from crossholder import attacks, data, experiments, models, paths, regularizers, store, training
 
 
 WARMUP_ITERS = 4   # power steps per visit in the warm-up epochs of the fidelity run (README, fidelity table)
@@ -63,7 +63,7 @@ def append_history(path: Path, row: dict) -> None:
     """Append ``row`` to the CSV at ``path`` (atomically: the file is rewritten through a temporary file)."""
     old = pd.read_csv(path) if path.exists() else pd.DataFrame()
     new = pd.concat([old, pd.DataFrame([row])], ignore_index=True)
-    experiments.atomic_write_text(path, new.to_csv(index=False))
+    store.atomic_write_text(path, new.to_csv(index=False))
 
 
 def main() -> None:
@@ -257,10 +257,10 @@ def main() -> None:
     print(json.dumps(out))
     dest = paths.results_dir() / "mnist" / "benchmarks" / "step-cost.json"
     measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    prov = experiments.provenance(params={"rounds": args.rounds, "faithful_rounds": args.faithful_rounds,
+    prov = store.provenance(params={"rounds": args.rounds, "faithful_rounds": args.faithful_rounds,
                                           "batch": 128, "compile": use_compile, "measured_at": measured_at},
                                   seed=0, profile="cpu", wall_time_s=time.perf_counter() - t_start)
-    experiments.atomic_write_json(dest, {
+    store.atomic_write_json(dest, {
         "summary": out, "step_ms": {k: round(t * 1e3, 2) for k, t in best.items()}, "provenance": prov})
     hist = dest.with_name("step-cost-history.csv")
     append_history(hist, history_row(out, prov, measured_at))

@@ -53,7 +53,7 @@ notebooks.check_parameters(globals())  # an unknown or mistyped parameter fails 
 import pandas as pd
 import torch
 
-from crossholder import data, experiments, hessian, notebooks, plotting, training
+from crossholder import data, experiments, hessian, hessian_tables, notebooks, plotting, store, training
 
 prof = experiments.PROFILES[experiments.check_profile(profile)]
 variant = notebooks.variant("01_hessian_norm_estimation", globals())  # "": the canonical run (committed figures)
@@ -85,26 +85,26 @@ if n_test is not None:
     x, y = x[:n_test], y[:n_test]
 params = {"model": run.record["run_id"], "n": len(x), "method": method, "iters": iters, "step": step,
           "lanczos_iters": lanczos_iters}
-norms, norms_csv, norms_meta = experiments.cached_table(
+norms, norms_csv, norms_meta = store.cached_table(
     "mnist/hessian/norms", params,
-    lambda: hessian.norm_table(model, x.to(dev), y.to(dev), method=method, iters=iters, step=step,
+    lambda: hessian_tables.norm_table(model, x.to(dev), y.to(dev), method=method, iters=iters, step=step,
                                lanczos_iters=lanczos_iters or None, seed=seed, progress=progress),
     seed=seed, profile=profile, code_version=hessian.CODE_VERSION)
 print(f"{len(norms)} examples from {norms_meta['file']} "
       f"(computed in {norms_meta['wall_time_s']} s)")
 
 # %%
-fig = plotting.fig3a(norms, name=experiments.figure_name(variant, "fig3a_hessian_norm_histograms"))
+fig = plotting.fig3a(norms, name=store.figure_name(variant, "fig3a_hessian_norm_histograms"))
 
 # %%
-fig = plotting.fig3b(norms, name=experiments.figure_name(variant, "fig3b_hessian_norm_difference"))
+fig = plotting.fig3b(norms, name=store.figure_name(variant, "fig3b_hessian_norm_difference"))
 
 # %% [markdown]
 # Quantiles and histogram mode of each quantity (logit / pixel²):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(hessian.norm_summary(norms).round(3).to_string())
+print(hessian_tables.norm_summary(norms).round(3).to_string())
 
 # %% [markdown]
 # The paper's statements about Figure 3, checked on our numbers. The "mode around 5" is in the
@@ -113,7 +113,7 @@ print(hessian.norm_summary(norms).round(3).to_string())
 
 # %%
 # NBVAL_CHECK_OUTPUT
-claims = hessian.figure3_claims(norms)
+claims = hessian_tables.figure3_claims(norms)
 print(claims.to_string(index=False))
 
 # %% [markdown]
@@ -138,11 +138,11 @@ m64.to(dev).eval()
 x64 = x[:exact_n].double().to(dev)
 with torch.no_grad():
     t64 = m64(x64).argmax(1)
-conv, conv_csv, _ = experiments.cached_table(
+conv, conv_csv, _ = store.cached_table(
     "mnist/hessian/convergence", {"model": run.record["run_id"], "n": exact_n, "step": step},
-    lambda: hessian.convergence_table(m64, x64, t64, step=step, seed=seed, progress=progress),
+    lambda: hessian_tables.convergence_table(m64, x64, t64, step=step, seed=seed, progress=progress),
     seed=seed, profile=profile, code_version=hessian.CODE_VERSION)
-fig = plotting.hessian_convergence(conv, name=experiments.figure_name(variant, "extra_hessian_norm_convergence"))
+fig = plotting.hessian_convergence(conv, name=store.figure_name(variant, "extra_hessian_norm_convergence"))
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -154,8 +154,8 @@ print(table.map(lambda v: f"{v:.1e}").to_string())
 # The direction v\* (Lanczos, 30 products) beside its digit: red and blue are the two signs.
 
 # %%
-imgs, _, _ = experiments.cached_table(
+imgs, _, _ = store.cached_table(
     "mnist/hessian/directions", {"model": run.record["run_id"], "n": n_images},
-    lambda: hessian.direction_frame(model, x[:n_images].to(dev), iters=30, seed=seed),
+    lambda: hessian_tables.direction_frame(model, x[:n_images].to(dev), iters=30, seed=seed),
     seed=seed, profile=profile, code_version=hessian.CODE_VERSION)
-fig = plotting.direction_images(imgs, name=experiments.figure_name(variant, "extra_top_curvature_directions"))
+fig = plotting.direction_images(imgs, name=store.figure_name(variant, "extra_top_curvature_directions"))

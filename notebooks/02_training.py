@@ -62,7 +62,7 @@ notebooks.check_parameters(globals())  # an unknown or mistyped parameter fails 
 # in `figures/variants/<variant>/`, so exploring here never replaces what the committed results stand on.
 
 # %%
-from crossholder import data, experiments, plotting, training
+from crossholder import data, experiments, paths, plotting, store, training
 
 data.check_dataset(dataset)
 experiments.check_defense(defense)
@@ -79,7 +79,7 @@ if defense == "cross_holder":
 config = training.make_config(dataset, defense, profile=profile, seed=seed, **overrides)
 variant = training.config_variant(config)  # "": the canonical configuration (registered in results/models.json)
 print(f"the paper's pick: {experiments.PAPER[dataset].get(defense, {})}; this run: {overrides}")
-print(f"variant: {variant or 'canonical'} -> registry {experiments.paths.relative_to_root(training.registry_path(variant))}")
+print(f"variant: {variant or 'canonical'} -> registry {paths.relative_to_root(training.registry_path(variant))}")
 config
 
 # %%
@@ -92,7 +92,7 @@ print(f"checkpoint: {run.record['checkpoint']}")
 
 # %%
 fig = plotting.learning_curves(run.log, title=f"{dataset} / {defense} ({profile} profile)",
-                               name=experiments.figure_name(variant, f"training_{dataset}_{defense}"))
+                               name=store.figure_name(variant, f"training_{dataset}_{defense}"))
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -51,7 +51,7 @@ notebooks.check_parameters(globals())  # an unknown or mistyped parameter fails 
 # %%
 import pandas as pd
 
-from crossholder import data, experiments, jobs, notebooks, paths, selection, training
+from crossholder import data, experiments, jobs, notebooks, paths, selection, store, training
 
 if not isinstance(grid, bool):
     raise ValueError(f"grid={grid!r}; allowed values: True, False")
@@ -106,7 +106,7 @@ for defense, g in table.groupby("defense"):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-registered = experiments.read_json(registry, {}) or {}
+registered = store.read_json(registry, {}) or {}
 for defense, g in table.groupby("defense"):
     rec = registered.get(f"{dataset}/{defense}")
     if rec is None:
@@ -123,7 +123,7 @@ for defense, g in table.groupby("defense"):
 # %%
 units = None
 if grid or dataset == "mnist":   # MNIST's 99% criterion settles the unit; elsewhere only with grid=True
-    units, _, _ = experiments.cached_table(
+    units, _, _ = store.cached_table(
         f"{dataset}/selection/eps_unit", {"dataset": dataset, "eps": 5.0, "settings": selection.EPS_UNIT_SETTINGS[profile]},
         lambda: selection.eps_unit_test(dataset, profile, eps=5.0, seed=seed, device=device), seed=seed,
         profile=profile, code_version="1")
@@ -141,7 +141,7 @@ else:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-rec = (experiments.read_json(registry, {}) or {}).get(f"{dataset}/adversarial")
+rec = (store.read_json(registry, {}) or {}).get(f"{dataset}/adversarial")
 if rec is None or rec.get("profile") != profile:
     print(f"no {profile}-profile adversarial model registered for {dataset}")
 else:

@@ -27,7 +27,7 @@
 # * beyond the paper, `strongest` (below). Figures 1, 2, 4c, 5c draw `strongest` (solid, with its
 #   band) and the paper's `worst-min` (dashed): the gap is robustness the paper's attack missed.
 #
-# **Two protocols** (`protocol`, `evaluation.PROTOCOLS`). `"strongest"`, the default and the one
+# **Two protocols** (`protocol`, `sweeps.PROTOCOLS`). `"strongest"`, the default and the one
 # every committed figure and verdict stands on: the paper's PGD at step ε/4 (the paper gives none;
 # `results/step-size.csv` measures it) plus APGD-CE, APGD-T, the minimum-norm attack FAB and its
 # targeted version FAB-T (PyPI `pyautoattack`), and the `strongest` curve: robust at ε only if no
@@ -64,81 +64,44 @@ notebooks.check_parameters(globals())  # an unknown or mistyped parameter fails 
 # %%
 import pandas as pd
 
-from crossholder import attacks, data, evaluation, experiments, notebooks, plotting, training
+from crossholder import data, evaluation, notebooks, paths, plotting, store, sweeps
 
-data.check_dataset(dataset)
 variant = notebooks.variant("04_robustness", globals())  # "": the canonical run (committed files)
-results_root, _ = experiments.variant_dirs(variant)
-prof = experiments.PROFILES[experiments.check_profile(profile)]
-dev = experiments.check_device(device)
-if protocol not in evaluation.PROTOCOLS:
-    raise ValueError(f"protocol={protocol!r}; allowed values: {', '.join(map(repr, evaluation.PROTOCOLS))}")
-code_version = evaluation.PROTOCOLS[protocol]["code"]
-step_fraction = evaluation.PROTOCOLS[protocol]["step_fraction"]
-n = n_examples or prof["eval_n_v1" if protocol == "paper-v1" else "eval_n"]
-steps = steps or prof["eval_steps"]
-restarts = restarts or prof["eval_restarts"]
-eps_list = evaluation.eps_grid(profile, eps_max, eps_step)
-sanity_n = sanity_n or (16 if profile == "smoke" else 100)
-autoattack_n = autoattack_n or {"smoke": 8, "cpu": 50 if protocol == "paper-v1" else 200, "paper": 500}[profile]
-if profile == "smoke":
-    autoattack_eps = [3.0]
-else:
-    autoattack_eps = [3.0, 5.0] if protocol == "paper-v1" else [2.0, 3.0, 4.0, 5.0, 6.0]
-masking_eps = 5.0 if 5.0 in eps_list else eps_list[-1]  # the ε of the gradient-masking table
-std = data.MEAN_STD[dataset][1]
-x, y = data.tensors(dataset, "test")
-if n is not None:
-    x, y = x[:n], y[:n]
-print(f"{len(x)} test examples, {steps} steps x {restarts} restarts, ε = {eps_list} (paper units)")
-print(f"variant: {variant or 'canonical'} -> summaries in {experiments.paths.relative_to_root(results_root)}/")
-
-# %%
-records = training.selected_models(dataset, profile, seed=seed)
+ev = evaluation.evaluate_dataset(dataset, profile=profile, protocol=protocol, seed=seed, device=device,
+                                 variant=variant, progress=progress, n_examples=n_examples, steps=steps,
+                                 restarts=restarts, eps_max=eps_max, eps_step=eps_step, sanity_n=sanity_n,
+                                 autoattack_n=autoattack_n)
+st = ev.settings
+print(f"{ev.n} test examples, {st['steps']} steps x {st['restarts']} restarts, ε = {st['eps']} (paper units)")
+print(f"variant: {variant or 'canonical'} -> summaries in {paths.relative_to_root(store.variant_dirs(variant)[0])}/")
 print(pd.DataFrame({d: {"checkpoint": r["checkpoint"], "clean test acc": round(r["clean_test_accuracy"], 4)}
-                    for d, r in records.items()}).T.to_string())
+                    for d, r in ev.records.items()}).T.to_string())
 
 # %% [markdown]
 # ## The protocol
 # Cached per model in `results/<dataset>/robustness/`; a killed run resumes at the next chunk of examples.
 # Each chunk of 100 examples is attacked independently with the same seed, so a finished run on more
 # test examples (e.g. an earlier, larger subset) supplies its first chunks exactly; the sidecar names it.
+# `evaluation.evaluate_dataset` (above; the function `crossholder.jobs` and `make` use) ran or loaded
+# every model's curve, the claims and the checks below, and wrote the summaries:
 
 # %%
-curves, sidecars, per_examples = [], {}, {}
-for defense, rec in records.items():
-    model = training.models_mod.load(experiments.paths.project_root() / rec["checkpoint"])
-    curve, per_example, side = evaluation.evaluate_model(
-        model, x, y, dataset=dataset, defense=defense, eps_list=eps_list, steps=steps, restarts=restarts,
-        seed=seed, profile=profile, model_id=rec["run_id"], progress=progress, protocol=protocol,
-        reuse_larger_runs=True, device=device)  # x: the test set's first n; whole chunks of larger runs count
-    curves.append(curve)
-    sidecars[defense] = side
-    per_examples[defense] = per_example
-curves = pd.concat(curves, ignore_index=True)
-summary_path = results_root / dataset / "robustness.csv"
-experiments.atomic_write_text(summary_path, curves.to_csv(index=False))
-experiments.atomic_write_json(summary_path.with_suffix(".json"), experiments.summary_record(
-    params={"dataset": dataset, "protocol": protocol, "n": len(x), "steps": steps, "restarts": restarts,
-            "eps": eps_list, "models": {d: r["run_id"] for d, r in records.items()}},
-    seed=seed, profile=profile,
-    wall_time_s=sum((s["wall_time_s"] or 0) + (s.get("reused_from", {}).get("wall_time_s_share") or 0)
-                    for s in sidecars.values()),
-    inputs={d: s["files"] for d, s in sidecars.items()}))
-print(f"wrote {experiments.paths.relative_to_root(summary_path)}")
+for path in ev.files.values():
+    print(f"wrote {paths.relative_to_root(path)}")
 
 # %%
 fig_ids = {"mnist": ("fig4", "fig1"), "fashion_mnist": ("fig5", "fig2")}[dataset]
-curves = pd.read_csv(summary_path)  # figures from the results file only
+std = data.MEAN_STD[dataset][1]
+curves = pd.read_csv(ev.files["robustness"])  # figures from the results file only
 for panel, attack, label in (("a", "pgd-ce", "PGD, cross-entropy loss"), ("b", "pgd-cw", "PGD, CW loss")):
     plotting.robustness_panel(curves, attack, dataset=dataset, std=std,
-                              name=experiments.figure_name(variant, f"{fig_ids[0]}{panel}_{dataset}_{attack.replace('-', '_')}"),
-                              title=f"{dataset}: {label} ({steps} steps x {restarts} restarts, n = {len(x)})",
+                              name=store.figure_name(variant, f"{fig_ids[0]}{panel}_{dataset}_{attack.replace('-', '_')}"),
+                              title=f"{dataset}: {label} ({st['steps']} steps x {st['restarts']} restarts, n = {ev.n})",
                               overlay="apgd-ce" if attack == "pgd-ce" else None, overlay_label="APGD-CE (dashed)")
 for name in (f"{fig_ids[0]}c_{dataset}_worst_case", f"{fig_ids[1]}_{dataset}_worst_case"):
     what = "worst case of the two attacks" if protocol == "paper-v1" else "robust accuracy"
-    fig = plotting.strongest_figure(curves, dataset=dataset, std=std, name=experiments.figure_name(variant, name),
-                                    title=f"{dataset}: {what} (n = {len(x)})")
+    fig = plotting.strongest_figure(curves, dataset=dataset, std=std, name=store.figure_name(variant, name),
+                                    title=f"{dataset}: {what} (n = {ev.n})")
 
 # %% [markdown]
 # Adversarial accuracy (%) at each ε, per attack and defense:
@@ -146,25 +109,19 @@ for name in (f"{fig_ids[0]}c_{dataset}_worst_case", f"{fig_ids[1]}_{dataset}_wor
 # %%
 # NBVAL_CHECK_OUTPUT
 table = curves.pivot_table(index="eps", columns=["attack", "defense"], values="accuracy") * 100
-for attack in [a for a in evaluation.ATTACKS if a in table.columns.get_level_values(0)]:
+for attack in [a for a in sweeps.ATTACKS if a in table.columns.get_level_values(0)]:
     print(attack)
     print(table[attack].round(1).to_string())
 
 # %% [markdown]
 # ## The paper's claims against our curves
-# `supported`: the claim holds on our point estimates (thresholds in `evaluation.CLAIMS`);
+# `supported`: the claim holds on our point estimates (thresholds in `claims.CLAIMS`);
 # `beyond_ci`: the verdict also holds with the 95% confidence intervals (else the difference is
 # within sampling noise at this subset size). Written to `results/<dataset>/claims.csv`.
 
 # %%
-claims = evaluation.claims_table(curves, dataset)
-claims_path = results_root / dataset / "claims.csv"
-experiments.atomic_write_text(claims_path, claims.to_csv(index=False))
-print(f"wrote {experiments.paths.relative_to_root(claims_path)}")
-
-# %%
 # NBVAL_CHECK_OUTPUT
-print(claims[["claim", "attack", "supported", "beyond_ci", "evidence"]].to_string(index=False))
+print(ev.claims[["claim", "attack", "supported", "beyond_ci", "evidence"]].to_string(index=False))
 
 # %% [markdown]
 # ## Sanity checks of the evaluation (Carlini et al. 2019)
@@ -173,27 +130,8 @@ print(claims[["claim", "attack", "supported", "beyond_ci", "evidence"]].to_strin
 # random-noise attack with as many queries as the white-box attack's gradient steps.
 
 # %%
-model_ids = {d: r["run_id"] for d, r in records.items()}
-sanity_params = {"n": sanity_n, "steps": steps, "restarts": restarts}
-
-
-def _sanity_one(defense):
-    model = training.models_mod.load(experiments.paths.project_root() / records[defense]["checkpoint"], map_location=dev)
-    return evaluation.sanity_checks(model, x[:sanity_n].to(dev), y[:sanity_n].to(dev), dataset=dataset,
-                                    defense=defense, steps=steps, restarts=restarts, seed=seed,
-                                    step_fraction=step_fraction)
-
-
-# a model whose rows an earlier table holds (same protocol) is not attacked again
-sanity, _, _ = experiments.cached_table(
-    f"{dataset}/robustness/sanity", {"models": model_ids, **sanity_params},
-    lambda: evaluation.per_model_rows("sanity", dataset, model_ids, sanity_params, _sanity_one, seed=seed,
-                                      profile=profile, code_version=code_version),
-    seed=seed, profile=profile, code_version=code_version)
-
-# %%
 # NBVAL_CHECK_OUTPUT
-print(sanity.round(3).to_string(index=False))
+print(ev.sanity.round(3).to_string(index=False))
 
 # %% [markdown]
 # ## Beyond the paper: AutoAttack as an independent check
@@ -204,29 +142,8 @@ print(sanity.round(3).to_string(index=False))
 # protocol it reports its own accuracy beside our per-example worst case (`gap` = ours − AutoAttack's).
 
 # %%
-aa_params = {"n": autoattack_n, "eps": autoattack_eps, "grid": eps_list}
-aa_kind = "autoattack" if protocol == "paper-v1" else "agreement"
-
-
-def _autoattack_one(defense):
-    model = training.models_mod.load(experiments.paths.project_root() / records[defense]["checkpoint"], map_location=dev)
-    xa, ya = x[:autoattack_n].to(dev), y[:autoattack_n].to(dev)
-    if protocol == "paper-v1":
-        return evaluation.autoattack_check(model, xa, ya, autoattack_eps, dataset=dataset, defense=defense,
-                                           per_example=per_examples[defense], eps_grid_used=eps_list, seed=seed)
-    return evaluation.autoattack_agreement(model, xa, ya, per_examples[defense], eps_list, autoattack_eps,
-                                           dataset=dataset, defense=defense, seed=seed)
-
-
-aa, _, _ = experiments.cached_table(
-    f"{dataset}/robustness/{aa_kind}", {"models": model_ids, **aa_params},
-    lambda: evaluation.per_model_rows(aa_kind, dataset, model_ids, aa_params, _autoattack_one, seed=seed,
-                                      profile=profile, code_version=code_version),
-    seed=seed, profile=profile, code_version=code_version)
-
-# %%
 # NBVAL_CHECK_OUTPUT
-print(aa.drop(columns=["seconds"], errors="ignore").round(3).to_string(index=False))
+print(ev.autoattack.drop(columns=["seconds"], errors="ignore").round(3).to_string(index=False))
 
 # %% [markdown]
 # ## Beyond the paper: gradient masking, measured (`strongest` protocol)
@@ -238,29 +155,9 @@ print(aa.drop(columns=["seconds"], errors="ignore").round(3).to_string(index=Fal
 # images, `results/<dataset>/paired.csv`).
 
 # %%
-if protocol == "strongest":
-    k_mask = [round(e, 6) for e in eps_list].index(round(masking_eps, 6))
-    mask_params = {"n": autoattack_n, "eps": masking_eps, "grid": eps_list}
-
-    def _masking_one(defense):
-        model = training.models_mod.load(experiments.paths.project_root() / records[defense]["checkpoint"],
-                                         map_location=dev)
-        sq = attacks.square(model, x[:autoattack_n].to(dev), y[:autoattack_n].to(dev),
-                            evaluation.to_pixel(masking_eps, dataset), seed=seed)
-        return evaluation.masking_table(per_examples[defense], k_mask, defense=defense,
-                                        square_fooled=sq.success.cpu().numpy())
-
-    masking, _, _ = experiments.cached_table(
-        f"{dataset}/robustness/masking", {"models": model_ids, **mask_params},
-        lambda: evaluation.per_model_rows("masking", dataset, model_ids, mask_params, _masking_one, seed=seed,
-                                          profile=profile, code_version=code_version),
-        seed=seed, profile=profile, code_version=code_version)
-    paired = evaluation.paired_table(per_examples, eps_list, dataset=dataset,
-                                     eps_points=[e for e in evaluation.PAIRED_EPS if e in eps_list])
-    experiments.atomic_write_text(results_root / dataset / "paired.csv",
-                                  paired.to_csv(index=False))
-    print(masking.pivot_table(index="attack", columns="defense", values=["fooled", "beyond_pgd",
-                                                                          "beyond_strongest"]).to_string())
-    print(paired.round(4).to_string(index=False))
+if ev.masking is not None:
+    print(ev.masking.pivot_table(index="attack", columns="defense", values=["fooled", "beyond_pgd",
+                                                                             "beyond_strongest"]).to_string())
+    print(ev.paired.round(4).to_string(index=False))
 else:
     print("the masking table and the paired tests need protocol='strongest'")

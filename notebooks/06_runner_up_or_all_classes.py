@@ -59,7 +59,7 @@ display(Markdown(reports.all_classes_table(root)))
 # form (`cross_holder-c615458adf`, compiled, the same λ) gains much less from it: 99.42% clean test
 # accuracy against 99.26%, and +2.1 points over its runner-up form averaged over ε ∈ [4.5, 6]
 # (Cross-Lipschitz: +10.6), which puts it +2.9 points above the all-class Cross-Lipschitz (85.3% and
-# 69.0% at ε = 5 and 6). Paired on the same 300 images (`evaluation.paired_comparison`, exact
+# 69.0% at ε = 5 and 6). Paired on the same 300 images (`claims.paired_comparison`, exact
 # McNemar test), only the Cross-Lipschitz gain is significant:
 
 # %%

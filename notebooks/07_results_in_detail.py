@@ -114,7 +114,7 @@ display(Markdown(reports.selection_table(root)))
 # ## Figures 1, 2, 4, 5: adversarial accuracy against ε
 #
 # Every curve, table and verdict of this section stands on the `strongest` protocol
-# (`crossholder.evaluation.PROTOCOLS`, the default of notebook 04 and of `evaluate_model`), on the
+# (`crossholder.sweeps.PROTOCOLS`, the default of notebook 04 and of `evaluate_model`), on the
 # first 1,000 test images at the `cpu` profile: the paper's PGD (50 steps × 10 restarts, CE and CW)
 # at step ε/4, plus APGD-CE, APGD-T, the minimum-norm attack FAB and its targeted version FAB-T
 # (PyPI `pyautoattack`); an image counts as robust at ε only if no attack found a verified witness
@@ -222,7 +222,7 @@ display(Markdown(reports.agreement_table(root)))
 # %% [markdown]
 # ## The paper's claims against our curves
 #
-# `supported`: the claim holds on our point estimates (thresholds in `crossholder.evaluation.CLAIMS`;
+# `supported`: the claim holds on our point estimates (thresholds in `crossholder.claims.CLAIMS`;
 # "quite effective" is read as accuracy ≥ 0.7); `beyond the 95% CIs`: the verdict also holds with
 # the Wilson intervals (otherwise the difference is within sampling noise at n = 1,000). Each claim
 # is judged on the paper's attack (both worst cases for the worst-case claims: the paper's

@@ -117,10 +117,10 @@ display(Markdown(reports.seed_checks_table(root)))
 # ## The paper's claims, per seed
 #
 # Each claim judged on each seed's curves, as in notebook 04 (thresholds in
-# `crossholder.evaluation.CLAIMS`): in how many seeds it holds on the point estimates; `*` marks a
+# `crossholder.claims.CLAIMS`): in how many seeds it holds on the point estimates; `*` marks a
 # seed where the verdict also holds with the 95% Wilson intervals. The two bars differ, as the claims
 # do: "A above B" is supported beyond the intervals when they separate at half of its ε range or more,
-# and refuted beyond them when they separate the other way at any one ε (`evaluation.claims_table`).
+# and refuted beyond them when they separate the other way at any one ε (`claims.claims_table`).
 
 # %%
 # NBVAL_CHECK_OUTPUT

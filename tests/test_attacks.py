@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from crossholder import attacks, evaluation, models
+from crossholder import attacks, checks, claims, evaluation, models, stats, store, sweeps
 
 F64 = torch.float64
 
@@ -155,7 +155,7 @@ def test_verification_catches_a_bad_result(mnist_test):
 def test_sweep_is_monotone_and_a_subset_of_from_scratch(linear_case):
     lin, x, y, dist = linear_case
     eps = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]
-    out = evaluation.sweep(lin, x, y, eps, loss="ce", steps=10, restarts=2, seed=3)
+    out = sweeps.sweep(lin, x, y, eps, loss="ce", steps=10, restarts=2, seed=3)
     robust_sweep = [out["fooled_at"] > k for k in range(len(eps))]
     for k in range(1, len(eps)):
         assert (robust_sweep[k] <= robust_sweep[k - 1]).all(), "monotone by construction"
@@ -169,8 +169,8 @@ def test_sweep_is_monotone_and_a_subset_of_from_scratch(linear_case):
 
 def test_curve_frame_and_worst_cases():
     per = evaluation.pd.DataFrame({"fooled_at_ce": [0, 2, 3, 3, -1], "fooled_at_cw": [1, 1, 3, 2, -1]})
-    curve = evaluation.curve_from_sweeps(per, [0.0, 1.0, 2.0], [0.0, 0.3, 0.6], defense="d")
-    assert set(curve["attack"]) == set(evaluation.PAPER_ATTACKS), "no strong attack rows without their columns"
+    curve = sweeps.curve_from_sweeps(per, [0.0, 1.0, 2.0], [0.0, 0.3, 0.6], defense="d")
+    assert set(curve["attack"]) == set(sweeps.PAPER_ATTACKS), "no strong attack rows without their columns"
     at1 = curve[curve["eps"] == 1.0].set_index("attack")["robust"]
     assert at1["pgd-ce"] == 3 and at1["pgd-cw"] == 2 and at1["worst-min"] == 2 and at1["worst-per-example"] == 2
     at2 = curve[curve["eps"] == 2.0].set_index("attack")["robust"]
@@ -179,20 +179,20 @@ def test_curve_frame_and_worst_cases():
 
 
 def test_wilson_interval_known_values():
-    lo, hi = evaluation.wilson_interval(50, 100)
+    lo, hi = stats.wilson_interval(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
-    lo, hi = evaluation.wilson_interval(0, 10)
+    lo, hi = stats.wilson_interval(0, 10)
     assert lo == 0 and hi == pytest.approx(0.2775, abs=1e-3)
 
 
 def test_eps_units():
-    assert evaluation.to_pixel(5.0, "mnist") == pytest.approx(5.0 * 0.3081)
-    assert evaluation.to_pixel([1.0], "fashion_mnist") == [pytest.approx(0.3530)]
-    assert evaluation.to_pixel(2.0, "mnist", "pixel") == 2.0
+    assert sweeps.to_pixel(5.0, "mnist") == pytest.approx(5.0 * 0.3081)
+    assert sweeps.to_pixel([1.0], "fashion_mnist") == [pytest.approx(0.3530)]
+    assert sweeps.to_pixel(2.0, "mnist", "pixel") == 2.0
     with pytest.raises(ValueError, match="eps_unit='std'"):
-        evaluation.to_pixel(1.0, "mnist", "std")
+        sweeps.to_pixel(1.0, "mnist", "std")
     with pytest.raises(ValueError, match="increasing"):
-        evaluation.robustness_curve(linear_model(), torch.rand(2, 20, dtype=F64), torch.tensor([0, 1]), [2.0, 1.0])
+        sweeps.robustness_curve(linear_model(), torch.rand(2, 20, dtype=F64), torch.tensor([0, 1]), [2.0, 1.0])
 
 
 @pytest.mark.filterwarnings("ignore:APGD-T is not run")
@@ -240,8 +240,8 @@ def _curves(acc_by_defense: dict[str, list[float]], eps: list[float], n: int = 3
     rows = []
     for d, accs in acc_by_defense.items():
         for e, a in zip(eps, accs):
-            lo, hi = evaluation.wilson_interval(round(a * n), n)
-            for att in evaluation.ATTACKS:
+            lo, hi = stats.wilson_interval(round(a * n), n)
+            for att in sweeps.ATTACKS:
                 rows.append({"defense": d, "attack": att, "eps": e, "accuracy": a, "ci_low": float(lo),
                              "ci_high": float(hi)})
     return evaluation.pd.DataFrame(rows)
@@ -252,14 +252,14 @@ def test_claims_table_verdicts():
     curves = _curves({"cross_holder": [0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4],
                       "cross_lipschitz": [0.9, 0.8, 0.72, 0.55, 0.45, 0.35, 0.25],   # clearly below CH after 4
                       "adversarial": [0.95, 0.9, 0.85, 0.72, 0.62, 0.5, 0.41]}, eps)  # ahead, but within the CIs
-    t = evaluation.claims_table(curves, "mnist").set_index(["claim", "attack"])
+    t = claims.claims_table(curves, "mnist").set_index(["claim", "attack"])
     assert t.loc[("M1", "pgd-ce"), "supported"] and t.loc[("M1", "pgd-ce"), "beyond_ci"]
     assert t.loc[("M4", "pgd-cw"), "supported"] and t.loc[("M4", "pgd-cw"), "beyond_ci"]
     assert not t.loc[("M3", "pgd-cw"), "supported"] and not t.loc[("M3", "pgd-cw"), "beyond_ci"]
     # at ε = 4 all three are >= 0.7, but Cross-Lipschitz's 0.72 has a lower bound below 0.7 at n = 300
     assert t.loc[("M5", "worst-min"), "supported"] and not t.loc[("M5", "worst-min"), "beyond_ci"]
     # a claim whose range is not in the curves
-    t2 = evaluation.claims_table(curves[curves["eps"] <= 4.0], "mnist").set_index(["claim", "attack"])
+    t2 = claims.claims_table(curves[curves["eps"] <= 4.0], "mnist").set_index(["claim", "attack"])
     assert t2.loc[("M4", "pgd-cw"), "evidence"] == "not evaluated"
 
 
@@ -279,8 +279,8 @@ def test_evaluate_registered_run_id_is_the_curve_notebook_04_later_reads(tmp_pat
     def boom(*a, **k):
         raise AssertionError("must come from the cache")
 
-    monkeypatch.setattr(evaluation, "sweep", boom)          # what evaluate_model computes with
-    monkeypatch.setattr(evaluation, "strong_sweep", boom)
+    monkeypatch.setattr(sweeps, "sweep", boom)          # what evaluate_model computes with
+    monkeypatch.setattr(sweeps, "strong_sweep", boom)
     again, _, _ = evaluation.evaluate_registered("mnist", "none", profile="smoke", progress=False)
     assert again.equals(curve)
     with pytest.raises(FileNotFoundError, match="run_id='0000000000'"):
@@ -289,8 +289,6 @@ def test_evaluate_registered_run_id_is_the_curve_notebook_04_later_reads(tmp_pat
 
 def test_per_model_rows_reuses_unchanged_models_and_computes_the_others(tmp_path, monkeypatch):
     import pandas as pd
-
-    from crossholder import evaluation, experiments
 
     monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
     params = {"n": 10, "steps": 5, "restarts": 1}
@@ -301,10 +299,10 @@ def test_per_model_rows_reuses_unchanged_models_and_computes_the_others(tmp_path
         return pd.DataFrame({"defense": [defense], "accuracy": [len(calls) / 10]})
 
     def table(models):
-        return experiments.cached_table(
+        return store.cached_table(
             "mnist/robustness/sanity", {"models": models, **params},
-            lambda: evaluation.per_model_rows("sanity", "mnist", models, params, compute_one, seed=0, profile="smoke"),
-            seed=0, profile="smoke", code_version=evaluation.EVAL_CODE_VERSION)[0]
+            lambda: checks.per_model_rows("sanity", "mnist", models, params, compute_one, seed=0, profile="smoke"),
+            seed=0, profile="smoke", code_version=sweeps.EVAL_CODE_VERSION)[0]
 
     first = table({"none": "a1", "adversarial": "b1"})
     assert calls == ["none", "adversarial"]
@@ -312,9 +310,9 @@ def test_per_model_rows_reuses_unchanged_models_and_computes_the_others(tmp_path
     assert calls == ["none", "adversarial", "adversarial"]
     assert second[second["defense"] == "none"].equals(first[first["defense"] == "none"])
     # other parameters (or another seed) are not a donor
-    evaluation.per_model_rows("sanity", "mnist", {"none": "a1"}, {**params, "steps": 6}, compute_one, seed=0,
+    checks.per_model_rows("sanity", "mnist", {"none": "a1"}, {**params, "steps": 6}, compute_one, seed=0,
                               profile="smoke")
-    evaluation.per_model_rows("sanity", "mnist", {"none": "a1"}, params, compute_one, seed=1, profile="smoke")
+    checks.per_model_rows("sanity", "mnist", {"none": "a1"}, params, compute_one, seed=1, profile="smoke")
     assert calls[-2:] == ["none", "none"]
 
 
@@ -339,11 +337,11 @@ def test_paired_comparison_counts_and_exact_mcnemar():
                                  "fooled_at_cw": [2, 1, 2, 2, -1, 2]})
     b = evaluation.pd.DataFrame({"index": [0, 1, 2, 3, 4, 5], "fooled_at_ce": [2, 2, 2, 0, 2, 2],
                                  "fooled_at_cw": [2, 2, 2, 2, 2, 1]})
-    r = evaluation.paired_comparison(a, b, 1)     # robust at eps[1]: fooled_at > 1 for both losses
+    r = claims.paired_comparison(a, b, 1)     # robust at eps[1]: fooled_at > 1 for both losses
     # a robust: 0, 3, 5; b robust: 0, 1, 2, 4
     assert (r["both"], r["only_a"], r["only_b"], r["neither"]) == (1, 2, 3, 0)
     assert r["p_value"] == pytest.approx(binomtest(2, 5).pvalue, abs=1e-12)
-    r0 = evaluation.paired_comparison(a, b, 0)    # eps[0]: a robust 0,1,2,3,5; b robust 0,1,2,4,5
+    r0 = claims.paired_comparison(a, b, 0)    # eps[0]: a robust 0,1,2,3,5; b robust 0,1,2,4,5
     assert (r0["only_a"], r0["only_b"]) == (1, 1) and r0["p_value"] == 1.0
     rng = np.random.default_rng(0)
     for _ in range(20):                            # exact two-sided McNemar = scipy's binomial test
@@ -351,16 +349,16 @@ def test_paired_comparison_counts_and_exact_mcnemar():
         fa, fb = rng.integers(-1, 4, n), rng.integers(-1, 4, n)
         A = evaluation.pd.DataFrame({"index": range(n), "fooled_at_ce": fa, "fooled_at_cw": 3})
         B = evaluation.pd.DataFrame({"index": range(n), "fooled_at_ce": fb, "fooled_at_cw": 3})
-        r = evaluation.paired_comparison(A, B, 1)
+        r = claims.paired_comparison(A, B, 1)
         d = r["only_a"] + r["only_b"]
         assert r["p_value"] == pytest.approx(binomtest(r["only_a"], d).pvalue if d else 1.0, abs=1e-12)
         assert r["both"] + r["only_a"] + r["only_b"] + r["neither"] == n
     with pytest.raises(ValueError, match="same images"):
-        evaluation.paired_comparison(a, b.iloc[::-1], 1)
+        claims.paired_comparison(a, b.iloc[::-1], 1)
     with pytest.raises(ValueError, match="lacks the columns"):
-        evaluation.paired_comparison(a.drop(columns="fooled_at_cw"), b, 1)
+        claims.paired_comparison(a.drop(columns="fooled_at_cw"), b, 1)
     with pytest.raises(ValueError, match="k=-1"):
-        evaluation.paired_comparison(a, b, -1)
+        claims.paired_comparison(a, b, -1)
 
 
 def linear_multiclass(d=100, k=10, n=48, seed=0):
@@ -391,7 +389,7 @@ def test_autoattack_check_matches_the_linear_closed_form_and_reports_the_gap():
     worst case, here built from the closed form, with AutoAttack's."""
     pytest.importorskip("pyautoattack")
     lin, x, y, dist = linear_multiclass()
-    std = evaluation.data_mod.MEAN_STD["mnist"][1]
+    std = sweeps.data_mod.MEAN_STD["mnist"][1]
     q = np.quantile(dist.numpy(), [0.3, 0.6]) / std                      # two ε (paper units) inside the spread
     eps = [float(q[0]), float(q[1])]
     d = dist.numpy()
@@ -399,7 +397,7 @@ def test_autoattack_check_matches_the_linear_closed_form_and_reports_the_gap():
     fooled_at = np.where(d <= eps[0] * std, 0, np.where(d <= eps[1] * std, 1, 2))
     per_example = evaluation.pd.DataFrame({"index": range(len(x)), "fooled_at_ce": fooled_at,
                                            "fooled_at_cw": fooled_at})
-    t = evaluation.autoattack_check(lin, x, y, eps, dataset="mnist", defense="linear", per_example=per_example,
+    t = checks.autoattack_check(lin, x, y, eps, dataset="mnist", defense="linear", per_example=per_example,
                                     eps_grid_used=eps, seed=0)
     assert list(t["eps"]) == eps and list(t["n"]) == [len(x)] * 2
     assert t["eps_pixel"].tolist() == pytest.approx([e * std for e in eps])
@@ -424,7 +422,7 @@ def test_autoattack_check_rejects_points_outside_the_ball(monkeypatch):
 
     monkeypatch.setattr(pyautoattack, "AutoAttack", TooFar)
     with pytest.raises(RuntimeError, match="outside the ε-ball"):
-        evaluation.autoattack_check(lin, x, y, [0.1], dataset="mnist", defense="linear")
+        checks.autoattack_check(lin, x, y, [0.1], dataset="mnist", defense="linear")
 
 
 # ---------------------------------------------------------------- the strongest protocol (pyautoattack adapters)
@@ -532,8 +530,8 @@ def test_apgd_seeded_repeats_exactly_and_restores_the_global_random_state(multic
     (lambda m, x, y: attacks.apgd(m, x, y, 0.1, n_iter=0), "n_iter=0"),
     (lambda m, x, y: attacks.fab(m, x, y, n_iter=1.5), "n_iter=1.5"),
     (lambda m, x, y: attacks.square(m, x, y, -1.0), "eps=-1.0"),
-    (lambda m, x, y: evaluation.sweep(m, x, y, [0.0, 0.1], attack="fgsm"), "attack='fgsm'; allowed values"),
-    (lambda m, x, y: evaluation.robust_at(evaluation.pd.DataFrame({"fooled_at_ce": [1]}), 0, "apgd"),
+    (lambda m, x, y: sweeps.sweep(m, x, y, [0.0, 0.1], attack="fgsm"), "attack='fgsm'; allowed values"),
+    (lambda m, x, y: sweeps.robust_at(evaluation.pd.DataFrame({"fooled_at_ce": [1]}), 0, "apgd"),
      "attack='apgd'; allowed values"),
 ])
 def test_strong_attacks_bad_arguments(multiclass, call, match):
@@ -544,7 +542,7 @@ def test_strong_attacks_bad_arguments(multiclass, call, match):
 
 def test_fooled_at_from_norm():
     eps = [0.0, 0.1, 0.2, 0.3]
-    got = evaluation.fooled_at_from_norm(np.array([0.0, 0.05, 0.1, 0.1 * (1 + 5e-6), 0.1001, 0.3, 0.31, math.inf]), eps)
+    got = sweeps.fooled_at_from_norm(np.array([0.0, 0.05, 0.1, 0.1 * (1 + 5e-6), 0.1001, 0.3, 0.31, math.inf]), eps)
     assert got.tolist() == [-1, 1, 1, 1, 2, 3, 4, 4]
 
 
@@ -553,17 +551,17 @@ def test_strongest_is_robust_only_where_every_attack_is(multiclass):
     of every attack's (the paper's PGD included), and every image with d > ε is robust (soundness)."""
     lin, x, y, d = multiclass
     grid = [0.0] + [float(q) for q in np.quantile(d.numpy(), [0.2, 0.4, 0.6, 0.8])]
-    pgd_out = {loss: evaluation.sweep(lin, x, y, grid, loss=loss, steps=10, restarts=1) for loss in attacks.LOSSES}
+    pgd_out = {loss: sweeps.sweep(lin, x, y, grid, loss=loss, steps=10, restarts=1) for loss in attacks.LOSSES}
     prior = np.minimum(pgd_out["ce"]["min_norm"], pgd_out["cw"]["min_norm"])
-    out = evaluation.strong_sweep(lin, x, y, grid, prior_norm=prior)
+    out = sweeps.strong_sweep(lin, x, y, grid, prior_norm=prior)
     per = evaluation.pd.DataFrame({"index": range(len(x)), "fooled_at_ce": pgd_out["ce"]["fooled_at"],
                                    "fooled_at_cw": pgd_out["cw"]["fooled_at"],
                                    **{f"fooled_at_{k}": v["fooled_at"] for k, v in out.items()}})
     for k, e in enumerate(grid):
-        strongest = evaluation.robust_at(per, k, "strongest")
+        strongest = sweeps.robust_at(per, k, "strongest")
         every = np.ones(len(x), bool)
         for attack in ("pgd-ce", "pgd-cw", "apgd-ce", "apgd-t", "fab", "fab-t"):
-            every &= evaluation.robust_at(per, k, attack)
+            every &= sweeps.robust_at(per, k, attack)
         assert (strongest == every).all()
         assert strongest[d.numpy() > e * (1 + 1e-5)].all() if e > 0 else strongest.all()
         # the minimum-norm attack alone settles every image at 1.05 d
@@ -572,10 +570,10 @@ def test_strongest_is_robust_only_where_every_attack_is(multiclass):
     assert ran.any() and (out["fab_t"]["min_norm"][ran] >= d.numpy()[ran] * (1 - 1e-6)).all()
     assert (out["fab_t"]["min_norm"][ran] <= d.numpy()[ran] * 1.05).all()
     assert out["apgd_t"]["grad_evals"] > 0 and out["apgd_ce"]["grad_evals"] > 0 and out["fab_t"]["grad_evals"] > 0
-    v2 = evaluation.strong_sweep(lin, x, y, grid, prior_norm=prior, fab_targets=0)
+    v2 = sweeps.strong_sweep(lin, x, y, grid, prior_norm=prior, fab_targets=0)
     assert "fab_t" not in v2 and (out["strongest"]["min_norm"] <= v2["strongest"]["min_norm"]).all()
     with pytest.raises(ValueError, match="fab_targets=-1 must be an integer >= 0"):
-        evaluation.strong_sweep(lin, x, y, grid, fab_targets=-1)
+        sweeps.strong_sweep(lin, x, y, grid, fab_targets=-1)
 
 
 def test_version_3_upgrades_version_2_rows_to_exactly_a_fresh_run(tmp_path, monkeypatch):
@@ -584,7 +582,7 @@ def test_version_3_upgrades_version_2_rows_to_exactly_a_fresh_run(tmp_path, monk
     version-2 run in its sidecar and counts its cost; FAB-T is applied on top, never recomputing PGD."""
     pytest.importorskip("pyautoattack")
     lin, x, y, d = linear_multiclass(n=16)
-    std = evaluation.data_mod.MEAN_STD["mnist"][1]
+    std = sweeps.data_mod.MEAN_STD["mnist"][1]
     grid = [0.0] + [round(float(q) / std, 6) for q in np.quantile(d.numpy(), [0.3, 0.6, 0.9])]
     kw = dict(dataset="mnist", defense="lin", eps_list=grid, steps=3, restarts=1, seed=0, profile="smoke",
               model_id="m", chunk=8, progress=False)
@@ -602,8 +600,8 @@ def test_version_3_upgrades_version_2_rows_to_exactly_a_fresh_run(tmp_path, monk
     assert side_v2["code"] == "2" and "min_norm_fab_t" not in finished_v2
     run(tmp_path / "other-chunk", protocol="strongest-v2", chunk=16)
     calls = []
-    real_sweep = evaluation.sweep
-    monkeypatch.setattr(evaluation, "sweep", lambda *a, **k: calls.append(k.get("loss")) or real_sweep(*a, **k))
+    real_sweep = sweeps.sweep
+    monkeypatch.setattr(sweeps, "sweep", lambda *a, **k: calls.append(k.get("loss")) or real_sweep(*a, **k))
     _, from_partial, side_p = run(tmp_path / "partial")
     assert calls.count("ce") == 2 and calls.count("cw") == 1, "only chunk 1 runs PGD (CE, CW) and APGD-CE again"
     calls.clear()
@@ -619,7 +617,7 @@ def test_version_3_upgrades_version_2_rows_to_exactly_a_fresh_run(tmp_path, monk
     # the sidecar counts this run's own work; with the finished version-2 run's it is a fresh run's
     assert side_f["grad_evals"] + side_f["upgraded_from"]["version2_totals"]["grad_evals"] == side_fresh["grad_evals"]
     assert side_p["grad_evals"] < side_fresh["grad_evals"]
-    monkeypatch.setattr(evaluation, "sweep", real_sweep)
+    monkeypatch.setattr(sweeps, "sweep", real_sweep)
     assert run(tmp_path / "resume", until=8)[0] is None
     with pytest.raises(ValueError, match="chunk=16 but .* was computed with chunk=8"):
         run(tmp_path / "resume", chunk=16)
@@ -635,26 +633,26 @@ def test_evaluate_model_strongest_rows_and_legacy_protocol(linear_case, tmp_path
     kw = dict(dataset="mnist", defense="lin", eps_list=[0.0, 0.3, 0.6], steps=5, restarts=1, seed=0,
               profile="smoke", model_id="m", chunk=8, progress=False)
     curve, per, side = evaluation.evaluate_model(lin, x[:16], y[:16], **kw)
-    assert set(curve["attack"]) == set(evaluation.ATTACKS)
+    assert set(curve["attack"]) == set(sweeps.ATTACKS)
     acc = curve.pivot_table(index="eps", columns="attack", values="robust")
-    for attack in evaluation.ATTACKS:
+    for attack in sweeps.ATTACKS:
         assert (acc["strongest"] <= acc[attack]).all(), attack
-    assert side["code"] == evaluation.EVAL_CODE_VERSION and side["params"]["step_fraction"] == 0.25
+    assert side["code"] == sweeps.EVAL_CODE_VERSION and side["params"]["step_fraction"] == 0.25
     assert set(side["grad_evals_by_attack"]) <= {"pgd-ce", "pgd-cw", "apgd-ce", "apgd-t", "fab", "fab-t"}
     assert {"pgd-ce", "pgd-cw", "apgd-ce", "fab"} <= set(side["grad_evals_by_attack"])
     steps_seen = []
-    real_pgd = evaluation.pgd
+    real_pgd = sweeps.pgd
 
     def spy(model, x, y, eps, **k):
         steps_seen.append(k["step_size"] / eps)
         return real_pgd(model, x, y, eps, **k)
 
-    monkeypatch.setattr(evaluation, "pgd", spy)
+    monkeypatch.setattr(sweeps, "pgd", spy)
     legacy, _, side1 = evaluation.evaluate_model(lin, x[:16], y[:16], protocol="paper-v1", **kw)
-    assert set(legacy["attack"]) == set(evaluation.PAPER_ATTACKS) and side1["code"] == "1"
+    assert set(legacy["attack"]) == set(sweeps.PAPER_ATTACKS) and side1["code"] == "1"
     v1_params = {"dataset": "mnist", "defense": "lin", "model": "m", "eps": kw["eps_list"], "steps": 5,
                  "restarts": 1, "n": 16, "eps_unit": "paper", "losses": ["ce", "cw"]}
-    assert side1["run_id"] == evaluation.ex.run_id({**v1_params, "seed": 0, "profile": "smoke", "code": "1"}), \
+    assert side1["run_id"] == evaluation.store.run_id({**v1_params, "seed": 0, "profile": "smoke", "code": "1"}), \
         "the legacy run identity is the version-1 one"
     assert steps_seen and all(f == pytest.approx(2.5 / 5) for f in steps_seen), "legacy step: 2.5 eps / steps"
     with pytest.raises(ValueError, match="protocol='fast'; allowed values"):
@@ -667,21 +665,21 @@ def test_autoattack_agreement_counts_what_we_call_robust_and_autoattack_fools():
     images with d > ε robust, it fools none of them."""
     pytest.importorskip("pyautoattack")
     lin, x, y, d = linear_multiclass(n=16)
-    std = evaluation.data_mod.MEAN_STD["mnist"][1]
+    std = sweeps.data_mod.MEAN_STD["mnist"][1]
     e = float(np.quantile(d.numpy(), 0.5)) / std
     grid = [0.0, e]
     all_robust = evaluation.pd.DataFrame({"fooled_at_strongest": [2] * len(x)})
-    t = evaluation.autoattack_agreement(lin, x, y, all_robust, grid, [e], dataset="mnist", defense="lin")
+    t = checks.autoattack_agreement(lin, x, y, all_robust, grid, [e], dataset="mnist", defense="lin")
     ep = e * std
     dn = d.numpy()
     assert t.loc[0, "robust"] == len(x) and t.loc[0, "n"] == len(x)
     assert int((dn < 0.98 * ep).sum()) <= t.loc[0, "missed"] <= int((dn <= ep).sum())
     assert t.loc[0, "missed_share"] == pytest.approx(t.loc[0, "missed"] / len(x))
     exact = evaluation.pd.DataFrame({"fooled_at_strongest": np.where(dn <= ep, 1, 2)})
-    t = evaluation.autoattack_agreement(lin, x, y, exact, grid, [e], dataset="mnist", defense="lin")
+    t = checks.autoattack_agreement(lin, x, y, exact, grid, [e], dataset="mnist", defense="lin")
     assert t.loc[0, "robust"] == int((dn > ep).sum()) and t.loc[0, "missed"] == 0
     with pytest.raises(ValueError, match="not on the grid"):
-        evaluation.autoattack_agreement(lin, x, y, exact, grid, [e / 2], dataset="mnist", defense="lin")
+        checks.autoattack_agreement(lin, x, y, exact, grid, [e / 2], dataset="mnist", defense="lin")
 
 
 def _strong_frame(**cols):
@@ -694,29 +692,29 @@ def test_masking_table_counts_each_attack_and_what_it_adds():
     # image 0: both PGD fool; image 1: only FAB; image 2: only APGD-T; image 3: robust to all
     per = _strong_frame(ce=[0, 3, 3, 3], cw=[1, 3, 3, 3], fab=[1, 1, 3, 3], apgd_t=[3, 3, 1, 3],
                         strongest=[0, 1, 1, 3])
-    t = evaluation.masking_table(per, 1, defense="d").set_index("attack")
+    t = checks.masking_table(per, 1, defense="d").set_index("attack")
     assert t.loc["pgd-ce", "fooled"] == 1 and t.loc["pgd-ce", "beyond_pgd"] == 0
     assert t.loc["fab", "fooled"] == 2 and t.loc["fab", "beyond_pgd"] == 1
     assert t.loc["apgd-t", "fooled"] == 1 and t.loc["apgd-t", "beyond_pgd"] == 1
     assert t.loc["strongest", "fooled"] == 3 and t.loc["strongest", "beyond_pgd"] == 2
     assert (t["beyond_strongest"] == 0).all()
-    sq = evaluation.masking_table(per, 1, square_fooled=np.array([True, False, False])).set_index("attack")
+    sq = checks.masking_table(per, 1, square_fooled=np.array([True, False, False])).set_index("attack")
     assert sq.loc["square", "n"] == 3 and sq.loc["square", "fooled"] == 1 and sq.loc["square", "beyond_strongest"] == 0
-    sq = evaluation.masking_table(per, 2, square_fooled=np.array([False, False, False, True])).set_index("attack")
+    sq = checks.masking_table(per, 2, square_fooled=np.array([False, False, False, True])).set_index("attack")
     assert sq.loc["square", "beyond_strongest"] == 1, "Square fooling a strongest-robust image is what masking looks like"
 
 
 def test_paired_table_under_both_attacks():
     a = _strong_frame(ce=[3, 3, 3, 0], strongest=[3, 3, 1, 0])
     b = _strong_frame(ce=[3, 0, 0, 0], strongest=[3, 0, 0, 0])
-    t = evaluation.paired_table({"cross_holder": a, "cross_lipschitz": b}, [0.0, 1.0, 2.0], dataset="mnist",
+    t = claims.paired_table({"cross_holder": a, "cross_lipschitz": b}, [0.0, 1.0, 2.0], dataset="mnist",
                                 eps_points=[2.0])
     assert list(t["attack"]) == ["worst-per-example", "strongest"] and list(t["b"]) == ["cross_lipschitz"] * 2
     w, s = t.iloc[0], t.iloc[1]
     assert (w["a_robust"], w["b_robust"], w["only_a"], w["only_b"]) == (3, 1, 2, 0)
     assert (s["a_robust"], s["b_robust"], s["only_a"], s["only_b"]) == (2, 1, 1, 0) and s["p_value"] == 1.0
     with pytest.raises(ValueError, match="attack='apgd'; allowed values"):
-        evaluation.paired_comparison(a, b, 1, "apgd")
+        claims.paired_comparison(a, b, 1, "apgd")
 
 
 def _bn_cnn():
@@ -731,9 +729,9 @@ def _bn_cnn():
     lambda m, x, y: attacks.pgd(m, x, y, 0.5, steps=2, restarts=1),
     lambda m, x, y: attacks.apgd(m, x, y, 0.5, n_iter=2),
     lambda m, x, y: attacks.fab(m, x, y, n_iter=2),
-    lambda m, x, y: evaluation.sweep(m, x, y, [0.0, 0.5], steps=2, restarts=1, channels_last=False),
-    lambda m, x, y: evaluation.strong_sweep(m, x, y, [0.0, 0.5], channels_last=False),
-    lambda m, x, y: evaluation.random_noise_attack(m, x, y, 0.5, queries=2),
+    lambda m, x, y: sweeps.sweep(m, x, y, [0.0, 0.5], steps=2, restarts=1, channels_last=False),
+    lambda m, x, y: sweeps.strong_sweep(m, x, y, [0.0, 0.5], channels_last=False),
+    lambda m, x, y: attacks.random_noise_attack(m, x, y, 0.5, queries=2),
 ], ids=["pgd", "apgd", "fab", "sweep", "strong_sweep", "random_noise"])
 def test_a_submodule_in_training_mode_is_refused_before_any_forward_pass(call):
     """Issue 18, item 4: the guard looks at every submodule and runs first; the buffers stay bit-identical."""
@@ -772,11 +770,11 @@ def test_strong_checks_are_the_tables_notebook_04_reuses(tmp_path, monkeypatch):
     pytest.importorskip("pyautoattack")
     monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
     lin, x, y, d = linear_multiclass(n=8)
-    std = evaluation.data_mod.MEAN_STD["mnist"][1]
+    std = sweeps.data_mod.MEAN_STD["mnist"][1]
     grid = [0.0, float(np.median(d.numpy())) / std, 2 * float(d.max()) / std]
     per = _strong_frame(strongest=[2] * 4).iloc[:0]
     per = evaluation.pd.DataFrame({"fooled_at_strongest": np.where(d.numpy() <= grid[1] * std, 1, 2)})
-    agree, mask = evaluation.strong_checks(lin, x, y, per.assign(**{c: per["fooled_at_strongest"] for c in (
+    agree, mask = checks.strong_checks(lin, x, y, per.assign(**{c: per["fooled_at_strongest"] for c in (
         "fooled_at_ce", "fooled_at_cw", "fooled_at_apgd_ce", "fooled_at_apgd_t", "fooled_at_fab")}),
         dataset="mnist", defense="lin", model_id="m0", eps_list=grid, seed=0, profile="cpu",
         autoattack_eps=[grid[1]], masking_eps=grid[1])
@@ -787,8 +785,8 @@ def test_strong_checks_are_the_tables_notebook_04_reuses(tmp_path, monkeypatch):
 
     for kind, params, table in (("agreement", {"n": 8, "eps": [grid[1]], "grid": grid}, agree),
                                 ("masking", {"n": 8, "eps": grid[1], "grid": grid}, mask)):
-        got = evaluation.per_model_rows(kind, "mnist", {"lin": "m0"}, params, boom, seed=0, profile="cpu",
-                                        code_version=evaluation.EVAL_CODE_VERSION)
+        got = checks.per_model_rows(kind, "mnist", {"lin": "m0"}, params, boom, seed=0, profile="cpu",
+                                        code_version=sweeps.EVAL_CODE_VERSION)
         evaluation.pd.testing.assert_frame_equal(got.reset_index(drop=True), table.reset_index(drop=True))
 
 
@@ -826,10 +824,10 @@ def test_apgd_t_runs_at_the_frontier_and_again_below_each_new_witness(monkeypatc
         return attacks.AttackResult(x_adv=x, success=torch.zeros(n, dtype=torch.bool),
                                     norm=torch.full((n,), math.inf), grad_evals=0, forward_evals=0)
 
-    monkeypatch.setattr(evaluation.attacks_mod, "apgd", fake_apgd)
-    monkeypatch.setattr(evaluation.attacks_mod, "fab", nothing_fab)
-    monkeypatch.setattr(evaluation, "sweep", nothing_sweep)
-    out = evaluation.strong_sweep(model, x, y, eps, prior_norm=prior)
+    monkeypatch.setattr(sweeps.attacks_mod, "apgd", fake_apgd)
+    monkeypatch.setattr(sweeps.attacks_mod, "fab", nothing_fab)
+    monkeypatch.setattr(sweeps, "sweep", nothing_sweep)
+    out = sweeps.strong_sweep(model, x, y, eps, prior_norm=prior)
     assert sorted(calls) == sorted([(3.0, (0,)), (4.0, (1,)), (1.0, (4,)), (2.0, (0,))])
     assert out["apgd_t"]["min_norm"][0] == 2.5 and out["apgd_t"]["fooled_at"][0] == 3
     assert out["strongest"]["fooled_at"].tolist() == [3, 5, 1, -1, 2]
@@ -861,14 +859,14 @@ def test_fab_t_step_lowers_frontiers_and_apgd_t_runs_only_below_them(monkeypatch
         return attacks.AttackResult(x_adv=x, success=torch.zeros(n, dtype=torch.bool), norm=torch.full((n,), math.inf),
                                     grad_evals=3, forward_evals=0)
 
-    monkeypatch.setattr(evaluation.attacks_mod, "fab", fake_fab)
-    monkeypatch.setattr(evaluation.attacks_mod, "apgd", fake_apgd)
-    out = evaluation.fab_t_step(model, x, y, eps, v2, targets=9, channels_last=False)
+    monkeypatch.setattr(sweeps.attacks_mod, "fab", fake_fab)
+    monkeypatch.setattr(sweeps.attacks_mod, "apgd", fake_apgd)
+    out = sweeps.fab_t_step(model, x, y, eps, v2, targets=9, channels_last=False)
     assert fab_calls == [(9, (0, 2))] and apgd_calls == [(2.0, (0,))]
     assert out["fab_t"]["min_norm"].tolist() == [2.5, math.inf, 3.25, 0.0]
     assert out["strongest"]["fooled_at"].tolist() == [3, 1, 4, -1]
     assert out["apgd_t"]["grad_evals"] == 10 and out["fab_t"]["grad_evals"] == 5
     with pytest.raises(ValueError, match="targets=0 must be an integer >= 1"):
-        evaluation.fab_t_step(model, x, y, eps, v2, targets=0)
+        sweeps.fab_t_step(model, x, y, eps, v2, targets=0)
     with pytest.raises(ValueError, match="v2 lacks"):
-        evaluation.fab_t_step(model, x, y, eps, {"fab": v2["fab"]})
+        sweeps.fab_t_step(model, x, y, eps, {"fab": v2["fab"]})

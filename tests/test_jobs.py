@@ -15,7 +15,7 @@ import torch
 ray = pytest.importorskip("ray")
 
 from crossholder import experiments as ex  # noqa: E402
-from crossholder import jobs, selection, training  # noqa: E402
+from crossholder import jobs, selection, store, training  # noqa: E402
 
 
 def _processes() -> dict[int, tuple[int, str]]:
@@ -83,10 +83,10 @@ def test_a_grid_through_ray_gives_the_sequential_table(local_ray, tmp_path, monk
 
 def test_registrations_through_ray_lose_nothing(local_ray):
     """Trainings through jobs register in their variant's registry; and 8 tasks writing one registry
-    at the same instant (the registry's file lock, ``experiments.update_json``) lose no entry."""
+    at the same instant (the registry's file lock, ``store.update_json``) lose no entry."""
     runs = [{"dataset": "mnist", "defense": d} for d in ex.DEFENSES]
     out = jobs.train(runs, profile="smoke", progress=False)
-    reg = ex.read_json(Path(local_ray) / "results" / "variants" / "smoke" / "models.json")
+    reg = store.read_json(Path(local_ray) / "results" / "variants" / "smoke" / "models.json")
     assert all(reg[f"mnist/{r['defense']}"]["run_id"] == r["run_id"] for r in out)
     registry = Path(local_ray) / "registry-race.json"
 
@@ -94,14 +94,14 @@ def test_registrations_through_ray_lose_nothing(local_ray):
         from crossholder import experiments
 
         time.sleep(max(0.0, when - time.time()))           # every task writes at the same instant
-        experiments.update_json(registry, key, {"pid": os.getpid()})
+        store.update_json(registry, key, {"pid": os.getpid()})
         return os.getpid()
 
     task = ray.remote(register_at).options(num_cpus=0.5)         # all 8 fit the instance's 4 CPUs at once
     when = time.time() + 15
     pids = ray.get([task.remote(f"key-{i}", when) for i in range(8)])
     assert len(set(pids)) == 8, "the writers ran in parallel worker processes"
-    assert set(ex.read_json(registry)) == {f"key-{i}" for i in range(8)}
+    assert set(store.read_json(registry)) == {f"key-{i}" for i in range(8)}
 
 
 def _worker_of(task_name: str) -> int | None:
@@ -172,7 +172,7 @@ def test_jobs_trains_exactly_the_registered_configurations(monkeypatch):
     """jobs.train builds training.final_config: for every registered model it is the registered run,
     in the canonical variant (so `make figures` only loads, and seeds land in `cpu-seed=<s>`)."""
     monkeypatch.delenv("CROSSHOLDER_RESULTS", raising=False)       # the committed results/
-    registry = ex.read_json(training.registry_path(""), {}) or {}
+    registry = store.read_json(training.registry_path(""), {}) or {}
     assert registry, "results/models.json is committed"
     for key, rec in registry.items():
         dataset, defense = key.split("/")

@@ -182,7 +182,7 @@ def test_lanczos_inner_loop_finds_the_top_direction(tiny):
 @pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1)])
 def test_fold_transpose_matches_the_convolution_vjp(stride, padding):
     """_affine_T(fold=True) for a one-channel-input convolution = the exact vector-Jacobian product."""
-    from crossholder.hessian import _affine_T
+    from crossholder.explicit import _affine_T
 
     torch.manual_seed(0)
     conv = nn.Conv2d(1, 5, 3, stride=stride, padding=padding).double()
@@ -200,7 +200,7 @@ def test_fold_transpose_matches_the_convolution_vjp(stride, padding):
 def test_one_channel_conv_gradients_match_autograd(stride, padding):
     """_OneChannelConv (the tangent pass's first layer under backward_step): value, input and weight
     gradients against F.conv2d's own autograd, float64."""
-    from crossholder.hessian import _OneChannelConv
+    from crossholder.explicit import _OneChannelConv
 
     torch.manual_seed(0)
     conv = nn.Conv2d(1, 5, 3, stride=stride, padding=padding).double()
@@ -254,7 +254,7 @@ def test_compiled_rejects_unsupported_settings(tiny):
 
 def test_bfloat16_power_step_approximates_the_exact_product():
     """explicit_hvp(dtype=bfloat16) against the float64 Hessian: within bfloat16's 8 significant bits."""
-    from crossholder.hessian import explicit_backward, explicit_forward, explicit_hvp, explicit_layers
+    from crossholder.explicit import explicit_backward, explicit_forward, explicit_hvp, explicit_layers
 
     m, x, y = _tiny_cnn()
     layers = explicit_layers(m)
@@ -470,7 +470,7 @@ def test_cure_is_a_finite_difference_of_the_loss_hessian(tiny):
             g0 = _ce_grad(m, x[b], y[b])
             H = torch.func.hessian(lambda xx: torch.nn.functional.cross_entropy(m(xx[None]), y[b][None]))(x[b])
             exact = torch.linalg.vector_norm(H @ (g0 / g0.norm()))
-                    assert abs(float(out.hess_norms[b, 0]) - float(exact)) <= tol * max(float(exact), 1e-3), (h, b)
+            assert abs(float(out.hess_norms[b, 0]) - float(exact)) <= tol * max(float(exact), 1e-3), (h, b)
 
 
 def test_cure_parameter_gradient_holds_z_fixed(tiny):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crossholder import evaluation, seeds
+from crossholder import claims, evaluation, seeds, stats
 
 EPS = [0.0, 2.0, 4.0, 5.0, 6.0]
 
@@ -79,7 +79,7 @@ def test_pooled_paired_adds_each_seeds_discordant_images():
     # one seed alone is the ordinary paired test
     one = seeds.pooled_paired({k: v for k, v in per.items() if k[1] == 0}, EPS, dataset="mnist",
                               attacks=("strongest",), eps_points=(4.0,)).iloc[0]
-    c = evaluation.paired_comparison(per[("cross_holder", 0)], per[("cross_lipschitz", 0)], 2, "strongest")
+    c = claims.paired_comparison(per[("cross_holder", 0)], per[("cross_lipschitz", 0)], 2, "strongest")
     assert math.isclose(one["p_value"], c["p_value"]) and one["only_a"] == c["only_a"]
     # a seed only one of the two defenses has is left out of the pooled test
     lone = {**per, ("cross_holder", 2): _per(np.array([5, 5, 5, 5]))}
@@ -106,7 +106,7 @@ def test_pooled_paired_says_how_many_seeds_are_significant_alone():
            ("cross_holder", 1): _per(a), ("cross_lipschitz", 1): _per(b1)}
     r = seeds.pooled_paired(per, EPS, dataset="mnist", attacks=("strongest",), eps_points=(4.0,)).iloc[0]
     assert r["p_value"] < 1e-10 and r["significant_in"] == 1
-    assert r["per_seed_p"] == f"0: {evaluation.mcnemar_exact(40, 0):.2g}, 1: 1"
+    assert r["per_seed_p"] == f"0: {stats.mcnemar_exact(40, 0):.2g}, 1: 1"
 
 
 def _registry(root, seed: int, records: dict) -> None:

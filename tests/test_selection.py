@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from crossholder import experiments, selection
+from crossholder import experiments, selection, store
 
 
 def test_points_are_scored_once_and_cached(tmp_path, monkeypatch):
@@ -101,7 +101,7 @@ def test_registered_models_are_the_final_choices():
     notebook 04 would start hours of attacks on it."""
     from crossholder import experiments, paths, training
 
-    registered = experiments.read_json(paths.project_root() / "results" / "models.json", {})
+    registered = store.read_json(paths.project_root() / "results" / "models.json", {})
     for dataset, picks in experiments.FINAL.items():
         for defense in experiments.DEFENSES:
             rec = registered[f"{dataset}/{defense}"]
@@ -118,8 +118,8 @@ def test_cached_table_returns_the_same_frame_computed_or_loaded(tmp_path, monkey
 
     monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
     frame = pd.DataFrame({"check": ["a", "b"], "passed": [True, None], "value": [0.25, 1.0]})
-    first, csv, _ = experiments.cached_table("x/t", {"k": 1}, lambda: frame, seed=0, profile="smoke", code_version="1")
-    again, csv2, _ = experiments.cached_table("x/t", {"k": 1}, lambda: 1 / 0, seed=0, profile="smoke", code_version="1")
+    first, csv, _ = store.cached_table("x/t", {"k": 1}, lambda: frame, seed=0, profile="smoke", code_version="1")
+    again, csv2, _ = store.cached_table("x/t", {"k": 1}, lambda: 1 / 0, seed=0, profile="smoke", code_version="1")
     assert csv == csv2 and first.to_string() == again.to_string()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crossholder import experiments, models, regularizers, training
+from crossholder import experiments, models, paths, regularizers, store, training
 
 
 def small(defense, **kw):
@@ -42,7 +42,7 @@ def test_outputs_provenance_and_registry(tmp_path, monkeypatch):
     variant = training.config_variant(cfg)
     assert variant == "smoke-batch_size=64-n_train=256", "named after what differs from the smoke default"
     assert not (tmp_path / "models.json").exists(), "only the canonical configuration registers in models.json"
-    reg = experiments.read_json(tmp_path / "variants" / variant / "models.json")
+    reg = store.read_json(tmp_path / "variants" / variant / "models.json")
     rec = reg["mnist/none"]
     for key in ("checkpoint", "hyperparameters", "profile", "seed", "provenance", "clean_test_accuracy"):
         assert key in rec
@@ -70,9 +70,9 @@ def test_variants_name_what_differs_and_keep_the_canonical_registry():
     assert training.profile_variant("cpu", 2) == "cpu-seed=2" and training.profile_variant("cpu") == ""
     long = training.config_variant(training.make_config("mnist", "cross_holder", mode="faithful", lam1=0.3))
     assert len(long) <= 64 and long.startswith("cpu-")
-    assert training.registry_path("") == experiments.paths.results_dir() / "models.json"
+    assert training.registry_path("") == paths.results_dir() / "models.json"
     with pytest.raises(ValueError, match="variant='../x'"):
-        experiments.variant_dirs("../x")
+        store.variant_dirs("../x")
 
 
 def test_fast_mode_directions_follow_their_examples():
@@ -278,14 +278,14 @@ def test_atomic_writers_give_ordinary_file_permissions(tmp_path):
     from crossholder import paths
 
     want = paths.default_file_mode()
-    txt = experiments.atomic_write_text(tmp_path / "a.csv", "x\n")
+    txt = store.atomic_write_text(tmp_path / "a.csv", "x\n")
     ckpt = models.atomic_torch_save({"w": torch.zeros(1)}, tmp_path / "m.pt")
     for f in (txt, ckpt):
         assert stat.S_IMODE(os.stat(f).st_mode) == want
     old = os.umask(0o027)
     try:
         assert paths.default_file_mode() == 0o640
-        assert stat.S_IMODE(os.stat(experiments.atomic_write_text(tmp_path / "b.csv", "y\n")).st_mode) == 0o640
+        assert stat.S_IMODE(os.stat(store.atomic_write_text(tmp_path / "b.csv", "y\n")).st_mode) == 0o640
     finally:
         os.umask(old)
 

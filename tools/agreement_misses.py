@@ -3,7 +3,7 @@
     .venv/bin/python tools/agreement_misses.py --dataset mnist --defense cross_lipschitz --eps 5 6 [--n 200]
 
 Runs AutoAttack's standard L2 components one at a time (APGD-CE, APGD-T, FAB-T, Square; pyautoattack,
-seed 0, as in ``evaluation.autoattack_agreement``) on the first ``n`` test images that ``strongest``
+seed 0, as in ``checks.autoattack_agreement``) on the first ``n`` test images that ``strongest``
 calls robust at each ε (paper units), and prints, per missed image, which components fool it and
 our attacks' smallest witness norms (in paper units). Diagnosis only: writes
 ``results/<dataset>/robustness/misses-<defense>.csv``.
@@ -17,7 +17,7 @@ import warnings
 import pandas as pd
 import torch
 
-from crossholder import attacks, data, evaluation, experiments, training
+from crossholder import attacks, data, evaluation, paths, store, sweeps, training
 
 
 def main() -> None:
@@ -41,11 +41,11 @@ def main() -> None:
     rows = []
     for e in args.eps:
         k = grid.index(e)
-        idx = torch.from_numpy(evaluation.robust_at(per, k, "strongest")).nonzero().squeeze(1)
+        idx = torch.from_numpy(sweeps.robust_at(per, k, "strongest")).nonzero().squeeze(1)
         xs, ys = x[idx], y[idx]
         fooled = {}
         for name in ("apgd-ce", "apgd-t", "fab-t", "square"):
-            aa = AutoAttack(model, norm="L2", eps=evaluation.to_pixel(e, args.dataset), version="standard",
+            aa = AutoAttack(model, norm="L2", eps=sweeps.to_pixel(e, args.dataset), version="standard",
                             seed=0, device="cpu")
             aa.attacks_to_run = [name]   # the standard version's settings, one component
             aa.verbose = False
@@ -64,8 +64,8 @@ def main() -> None:
                                 for a in ("ce", "cw", "apgd_ce", "fab", "apgd_t")}})
     out = pd.DataFrame(rows)
     print(out.round(3).to_string(index=False))
-    path = experiments.paths.results_dir() / args.dataset / "robustness" / f"misses-{args.defense}.csv"
-    experiments.atomic_write_text(path, out.to_csv(index=False))
+    path = paths.results_dir() / args.dataset / "robustness" / f"misses-{args.defense}.csv"
+    store.atomic_write_text(path, out.to_csv(index=False))
 
 
 if __name__ == "__main__":

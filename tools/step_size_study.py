@@ -22,7 +22,7 @@ import time
 import pandas as pd
 import torch
 
-from crossholder import attacks, data, evaluation, experiments as ex, paths, training
+from crossholder import attacks, data, paths, store, sweeps, training
 
 DEFENSES = ("cross_lipschitz", "cross_holder", "adversarial")
 
@@ -42,7 +42,7 @@ def main() -> None:
     out = paths.results_dir() / "step-size.csv"
     side = out.with_suffix(".json")
     done = pd.read_csv(out) if out.exists() else pd.DataFrame()
-    state = ex.read_json(side, {}) or {}
+    state = store.read_json(side, {}) or {}
     wall = float(state.get("wall_time_s", 0.0))
     params = {"n": args.n, "eps": args.eps, "fractions": args.fractions, "steps": args.steps,
               "restarts": args.restarts, "models": {}}
@@ -59,7 +59,7 @@ def main() -> None:
                                        & (done["eps"] == e)).any():
                     continue
                 t0 = time.perf_counter()
-                ep = evaluation.to_pixel(e, dataset)
+                ep = sweeps.to_pixel(e, dataset)
                 rows = []
                 for f in args.fractions:
                     robust = {}
@@ -75,8 +75,8 @@ def main() -> None:
                                      "robust": int(rb.sum()), "accuracy": float(rb.float().mean())})
                 wall += time.perf_counter() - t0
                 done = pd.concat([done, pd.DataFrame(rows)], ignore_index=True)
-                ex.atomic_write_text(out, done.to_csv(index=False))
-                ex.atomic_write_json(side, ex.provenance(params=params, seed=args.seed, profile="cpu",
+                store.atomic_write_text(out, done.to_csv(index=False))
+                store.atomic_write_json(side, store.provenance(params=params, seed=args.seed, profile="cpu",
                                                          wall_time_s=round(wall, 1),
                                                          files=[paths.relative_to_root(out)]))
                 w = pd.DataFrame(rows)

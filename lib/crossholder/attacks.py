@@ -46,6 +46,7 @@ results and re-verification as :func:`pgd` (:func:`apgd`, :func:`fab`, :func:`sq
 """
 
 from __future__ import annotations
+from .errors import not_allowed
 
 import math
 from contextlib import contextmanager
@@ -56,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AttackResult", "AttackVerificationError", "pgd", "apgd", "fab", "square", "attack_loss",
+__all__ = ["AttackResult", "AttackVerificationError", "pgd", "apgd", "fab", "square", "random_noise_attack", "attack_loss",
            "perturbation_norm", "project", "LOSSES", "APGD_LOSSES", "NORMS", "check_model", "check_eval_mode", "own_random_state",
            "DEFAULT_STEP_FRACTION",
            "CountingModel"]
@@ -110,7 +111,7 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tenso
         mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, y[:, None], True)
         other = logits.masked_fill(mask, float("-inf")).amax(dim=1)
         return other - own
-    raise ValueError(f"loss={loss!r}; allowed values: {', '.join(map(repr, LOSSES))}")
+    raise not_allowed("loss", loss, LOSSES)
 
 
 def check_eval_mode(model: nn.Module) -> None:
@@ -170,9 +171,9 @@ def _validate(x: torch.Tensor, y: torch.Tensor, eps: float, norm: float, loss: s
         raise ValueError(f"eps={eps!r} must be a finite number >= 0 (pixel units of [0, 1] images)")
     norm = float(norm)
     if norm not in NORMS:
-        raise ValueError(f"norm={norm!r}; allowed values: 2 or float('inf')")
+        raise not_allowed("norm", norm, "2 or float('inf')")
     if loss not in LOSSES:
-        raise ValueError(f"loss={loss!r}; allowed values: {', '.join(map(repr, LOSSES))}")
+        raise not_allowed("loss", loss, LOSSES)
     for name, v in (("steps", steps), ("restarts", restarts)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name}={v!r} must be an integer >= 1")
@@ -512,7 +513,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, loss
     """
     _check_eps_tensor(eps)
     if loss not in APGD_LOSSES:
-        raise ValueError(f"loss={loss!r}; allowed values: {', '.join(map(repr, APGD_LOSSES))}")
+        raise not_allowed("loss", loss, APGD_LOSSES)
     for name, v in (("n_iter", n_iter), ("restarts", restarts)) + ((("targets", targets),) if targets is not None else ()):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name}={v!r} must be an integer >= 1")
@@ -612,3 +613,18 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, qu
         return atk.perturb(xs, ys)
 
     return _library_attack(model, x, y, eps, run, active=active, verify=verify, seed=seed)
+
+
+def random_noise_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, queries: int,
+                        seed: int = 0) -> torch.Tensor:
+    """Black-box baseline: ``queries`` uniform samples of the L2 ε-ball (pixels), clamped to the box.
+
+    Returns the bool ``(N,)`` of examples still correctly classified after every query.
+    """
+    check_eval_mode(model)
+    with torch.no_grad():
+        robust = model(x).argmax(1) == y
+        for q in range(queries):
+            noise = _start_noise(x.shape, eps, 2.0, seed + 7919, q, x.dtype).to(x.device)
+            robust &= model((x + noise).clamp(0, 1)).argmax(1) == y
+    return robust

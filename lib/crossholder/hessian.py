@@ -41,13 +41,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Union
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import guards
+from .errors import not_allowed
+from .explicit import explicit_backward, explicit_forward, explicit_hvp, explicit_layers
 
 __all__ = [
     "OperatorNormResult",
@@ -60,6 +62,9 @@ __all__ = [
     "hg_norm",
     "flat_norm",
     "normalize",
+    "dual",
+    "second_grad",
+    "lanczos",
     "full_hessian",
     "hessian_spectrum",
     "METHODS",
@@ -180,7 +185,7 @@ class HVPOperator:
     def __init__(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec,
                  *, backend: str = "auto") -> None:
         if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r}; allowed values: {', '.join(map(repr, BACKENDS))}")
+            raise not_allowed("backend", backend, BACKENDS)
         _check_dtypes(model, x)
         with guards.curvature(model):
             self._setup(model, x, t, j, backend)
@@ -216,7 +221,7 @@ class HVPOperator:
             with torch.no_grad():
                 return explicit_hvp(self._cache, self._adj, v)
         if self.backend == "reverse":
-            return _second_grad(self._g, self.x, v, retain_graph=True)
+            return second_grad(self._g, self.x, v, retain_graph=True)
         with guards.frozen_batch_stats(self.model):
             return _hvp_func(self.model, self.x.detach(), self.t, self.j, v)
 
@@ -247,7 +252,7 @@ def hvp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, v: torch.T
     if v.shape != x.shape:
         raise ValueError(f"v has shape {tuple(v.shape)}, expected {tuple(x.shape)} (same as x)")
     if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}; allowed values: {', '.join(map(repr, BACKENDS))}")
+        raise not_allowed("backend", backend, BACKENDS)
     with guards.curvature(model):
         return _hvp(model, x, t, j, v, create_graph, backend)
 
@@ -255,7 +260,7 @@ def hvp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, v: torch.T
 def _pick_backend(model: nn.Module, backend: str) -> tuple[str, list[nn.Module] | None]:
     """The backend to use and, for ``"explicit"``, the model's layers (:data:`BACKENDS`)."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}; allowed values: {', '.join(map(repr, BACKENDS))}")
+        raise not_allowed("backend", backend, BACKENDS)
     if backend not in ("auto", "explicit"):
         return backend, None
     layers = explicit_layers(model)
@@ -293,10 +298,10 @@ def _hvp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, v: torch.
         logits = model(xr)
         tt, jj = resolve_pairs(logits, t, j)
         (g,) = torch.autograd.grad(_pair_margin(logits, tt, jj).sum(), xr, create_graph=True)
-        return _second_grad(g, xr, v.to(g.dtype), create_graph=create_graph)
+        return second_grad(g, xr, v.to(g.dtype), create_graph=create_graph)
 
 
-def _second_grad(g: torch.Tensor, x: torch.Tensor, v: torch.Tensor, *, retain_graph: bool | None = None,
+def second_grad(g: torch.Tensor, x: torch.Tensor, v: torch.Tensor, *, retain_graph: bool | None = None,
                  create_graph: bool = False) -> torch.Tensor:
     """``d<g, v>/dx`` ``(B, *S)``; zeros where ``g`` does not depend on ``x`` (a model without a second-order
     nonlinearity, e.g. linear or piecewise linear: its input Hessian is zero, not an error)."""
@@ -335,7 +340,7 @@ class OperatorNormResult:
     q: float
 
 
-def _dual(u: torch.Tensor, q: float) -> torch.Tensor:
+def dual(u: torch.Tensor, q: float) -> torch.Tensor:
     """``d ||u||_q / du`` per example (a subgradient where not differentiable)."""
     flat = u.flatten(1)
     if q == 2.0:
@@ -351,13 +356,10 @@ def _dual(u: torch.Tensor, q: float) -> torch.Tensor:
     return s.view_as(u)
 
 
-def _normalize(v: torch.Tensor, p: float) -> torch.Tensor:
+def normalize(v: torch.Tensor, p: float) -> torch.Tensor:
+    """``v / ||v||_p`` per example (``(B, *S)``; a zero row stays zero)."""
     n = flat_norm(v, p).clamp_min(torch.finfo(v.dtype).tiny)
     return v / _bcast(n, v)
-
-
-#: public name of :func:`_normalize` (``v / ||v||_p`` per example) for scripts outside the library
-normalize = _normalize
 
 
 def _start(x: torch.Tensor, v0: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
@@ -400,7 +402,7 @@ def operator_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec =
     """
     p, q = _check_p("p", p), _check_p("q", q)
     if method not in METHODS:
-        raise ValueError(f"method={method!r}; allowed values: {', '.join(map(repr, METHODS))}")
+        raise not_allowed("method", method, METHODS)
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
         raise ValueError(f"iters={iters!r} must be an integer >= 1")
     if not (step > 0 and math.isfinite(step)):
@@ -426,7 +428,7 @@ def operator_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec =
     try:
         with torch.no_grad():
             if method == "lanczos":
-                res = _lanczos(H, v, iters, gen)
+                res = lanczos(H, v, iters, gen)
             elif method == "power":
                 res = _power(H, v, iters)
             else:
@@ -452,7 +454,7 @@ def _result(H: HVPOperator, norm, v, hist, hist_hvps, method, p, q) -> OperatorN
 
 
 def _power(H: HVPOperator, v: torch.Tensor, iters: int) -> OperatorNormResult:
-    v = _normalize(v, 2.0)
+    v = normalize(v, 2.0)
     best = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
     best_v = v.clone()
     hist, hh = [], []
@@ -463,12 +465,12 @@ def _power(H: HVPOperator, v: torch.Tensor, iters: int) -> OperatorNormResult:
         best = torch.where(better, val, best)
         best_v = torch.where(_bcast(better, v), v, best_v)
         hist.append(best.clone()); hh.append(H.count)
-        v = torch.where(_bcast(val > 0, v), _normalize(u, 2.0), v)
+        v = torch.where(_bcast(val > 0, v), normalize(u, 2.0), v)
     return _result(H, best, best_v, hist, hh, "power", 2.0, 2.0)
 
 
 def _ascent(H: HVPOperator, v: torch.Tensor, iters: int, step: float, p: float, q: float) -> OperatorNormResult:
-    v = _normalize(v, p)
+    v = normalize(v, p)
     best = torch.full((v.shape[0],), -1.0, dtype=v.dtype, device=v.device)
     best_v = v.clone()
     hist, hh = [], []
@@ -483,8 +485,8 @@ def _ascent(H: HVPOperator, v: torch.Tensor, iters: int, step: float, p: float, 
     u = H(v)
     for _ in range(iters):
         consider(v, u)
-        grad = H(_dual(u, q))                 # grad_v ||H v||_q = H^T s = H s
-        v = _normalize(v + step * grad, p)
+        grad = H(dual(u, q))                 # grad_v ||H v||_q = H^T s = H s
+        v = normalize(v + step * grad, p)
         u = H(v)
         consider(v, u)
         hist.append(best.clone()); hh.append(H.count)
@@ -496,7 +498,7 @@ def _ascent(H: HVPOperator, v: torch.Tensor, iters: int, step: float, p: float, 
     return _result(H, best, best_v, hist, hh, "ascent", p, q)
 
 
-def _lanczos(H: HVPOperator, v: torch.Tensor, iters: int, gen: torch.Generator | None) -> OperatorNormResult:
+def lanczos(H: HVPOperator, v: torch.Tensor, iters: int, gen: torch.Generator | None) -> OperatorNormResult:
     B = v.shape[0]
     d = v[0].numel()
     k = min(iters, d)
@@ -504,7 +506,7 @@ def _lanczos(H: HVPOperator, v: torch.Tensor, iters: int, gen: torch.Generator |
     Q = torch.zeros(k + 1, B, d, dtype=dt, device=dev)
     alpha = torch.zeros(B, k, dtype=dt, device=dev)
     beta = torch.zeros(B, k, dtype=dt, device=dev)
-    Q[0] = _normalize(v, 2.0).reshape(B, d)
+    Q[0] = normalize(v, 2.0).reshape(B, d)
     hist, hh = [], []
     best = torch.zeros(B, dtype=dt, device=dev)
     best_y = None
@@ -547,7 +549,7 @@ def _lanczos(H: HVPOperator, v: torch.Tensor, iters: int, gen: torch.Generator |
     Y, idx, m = best_y
     y = Y.gather(2, idx[:, None, None].expand(B, m, 1)).squeeze(2)      # (B, m)
     vec = torch.einsum("bk,kbd->bd", y, Q[:m]).view_as(v)
-    vec = _normalize(vec, 2.0)
+    vec = normalize(vec, 2.0)
     return _result(H, best, vec, hist, hh, "lanczos", 2.0, 2.0)
 
 
@@ -561,357 +563,10 @@ def hg_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec = "runn
     H = HVPOperator(model, x, t, j, backend=backend)
     try:
         with torch.no_grad():
-            ghat = _normalize(H.grad, 2.0)
+            ghat = normalize(H.grad, 2.0)
             return flat_norm(H(ghat)).detach()
     finally:
         H.release()
-
-
-# ---------------------------------------------------------------- explicit second-order passes
-# For the networks of this package (a chain of Standardize, Conv2d, Linear, SiLU and Flatten
-# layers) the gradient and the Hessian-vector product are written out as plain tensor operations:
-#
-#   forward            a_l = W_l h_{l-1} + b_l,  h_l = silu(a_l)       (caches silu', silu'')
-#   backward (adjoint) gbar_{l-1} = W_l^T (gbar_l ⊙ silu'(a_l))           ->  g = ∇_x f^(j)
-#   tangent forward    adot_l = W_l hdot_{l-1}, hdot_l = silu'(a_l) ⊙ adot_l    (hdot_0 = v)
-#   tangent backward   ddot_{l-1} = W_l^T (ddot_l ⊙ silu'(a_l) + gbar_l ⊙ silu''(a_l) ⊙ adot_l)  -> H v
-#
-# This is Pearlmutter's R-operator applied by hand: exact, and each product costs one tangent
-# forward and one tangent backward pass, about one forward+backward, instead of autograd's
-# backward-of-backward (about twice that). Because the passes are ordinary differentiable
-# operations, training differentiates ||g|| and ||H v|| w.r.t. the parameters with a single
-# reverse pass (no double or triple backward through autograd's generic formulas).
-
-class _SiluDerivs(torch.autograd.Function):
-    """``a -> (silu(a), silu'(a), silu''(a))`` in one pass, with a hand-written backward.
-
-    With ``s = sigmoid(a)``, ``w = s (1 - s)``, ``b = 1 - 2 s``: ``silu' = s + a w``,
-    ``silu'' = w (2 + a b)`` and the third derivative ``w (b (3 + a b) - 2 a w)``.
-    Fusing saves most of the elementwise passes autograd would record for the composite.
-    """
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor):  # type: ignore[override]
-        s = torch.sigmoid(a)
-        w = s * (1 - s)
-        h = a * s
-        d1 = s + a * w
-        d2 = w * (2 + a * (1 - 2 * s))
-        ctx.save_for_backward(a, s)
-        return h, d1, d2
-
-    @staticmethod
-    def backward(ctx, gh, gd1, gd2):  # type: ignore[override]
-        a, s = ctx.saved_tensors
-        w = s * (1 - s)
-        b = 1 - 2 * s
-        out = None
-        if gh is not None:
-            out = gh * (s + a * w)
-        if gd1 is not None:
-            t = gd1 * (w * (2 + a * b))
-            out = t if out is None else out + t
-        if gd2 is not None:
-            t = gd2 * (w * (b * (3 + a * b) - 2 * a * w))
-            out = t if out is None else out + t
-        return out
-
-
-def _silu_derivs(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """silu and its first two derivatives at ``a``."""
-    return _SiluDerivs.apply(a)
-
-
-def explicit_layers(model: nn.Module) -> list[nn.Module] | None:
-    """The model as a flat list of supported layers, or ``None`` if it has anything else."""
-    from .models import Standardize
-
-    if not isinstance(model, nn.Sequential):
-        return None
-    out: list[nn.Module] = []
-    for layer in model:
-        if isinstance(layer, nn.Sequential):
-            sub = explicit_layers(layer)
-            if sub is None:
-                return None
-            out += sub
-        elif isinstance(layer, (Standardize, nn.Conv2d, nn.Linear, nn.SiLU, nn.Flatten)):
-            if isinstance(layer, nn.Conv2d) and (layer.groups != 1 or layer.padding_mode != "zeros"
-                                                 or isinstance(layer.padding, str)):
-                return None
-            out.append(layer)
-        else:
-            return None
-    return out
-
-
-@dataclass
-class ExplicitCache:
-    """What the explicit passes need from the forward pass of a batch (see :func:`explicit_forward`).
-
-    ``rep``: the passes run on the batch repeated ``rep`` times along dimension 0 (slot-major: row
-    ``s·B + b`` is example ``b`` in slot ``s``); ``d1`` / ``d2`` stay ``(B, ...)`` and are broadcast
-    over the slots instead of being copied ``rep`` times.
-    """
-
-    layers: list[nn.Module]
-    in_shapes: list[torch.Size]
-    d1: dict[int, torch.Tensor]
-    d2: dict[int, torch.Tensor]
-    logits: torch.Tensor
-    rep: int = 1
-
-    def cast(self, dtype: torch.dtype) -> "ExplicitCache":
-        """The cache with silu' and silu'' in ``dtype`` (for :func:`explicit_hvp`'s ``dtype``; once per step)."""
-        return ExplicitCache(self.layers, self.in_shapes, {i: t.to(dtype) for i, t in self.d1.items()},
-                             {i: t.to(dtype) for i, t in self.d2.items()}, self.logits, self.rep)
-
-    def repeat(self, n: int) -> "ExplicitCache":
-        """The cache of the batch repeated ``n`` times along dimension 0 (slot-major); no copies."""
-        return ExplicitCache(self.layers, [torch.Size((s[0] * n,) + tuple(s[1:])) for s in self.in_shapes],
-                             self.d1, self.d2, self.logits, self.rep * n)
-
-
-def cast_passes(cache: ExplicitCache, adj: dict[int, torch.Tensor], dtype: torch.dtype
-                ) -> tuple[ExplicitCache, dict[int, torch.Tensor]]:
-    """``cache`` and the adjoints ``adj`` in ``dtype``, detached: cast once for several :func:`explicit_hvp`
-    products in that dtype (fast mode's power steps in ``power_dtype``)."""
-    return cache.cast(dtype), {i: t.detach().to(dtype) for i, t in adj.items()}
-
-
-def _cmul(u: torch.Tensor, t: torch.Tensor, rep: int) -> torch.Tensor:
-    """``u * t`` where ``u`` is ``(rep·B, ...)`` and ``t`` ``(B, ...)`` (broadcast over the ``rep`` slots)."""
-    if rep == 1:
-        return u * t
-    return (u.view((rep, -1) + tuple(u.shape[1:])) * t.unsqueeze(0)).view(u.shape)
-
-
-def explicit_forward(layers: list[nn.Module], x: torch.Tensor) -> ExplicitCache:
-    """Forward pass caching silu' and silu'' at every SiLU input. Differentiable w.r.t. the parameters."""
-    from .models import Standardize
-
-    h = x
-    shapes, d1, d2 = [], {}, {}
-    for i, layer in enumerate(layers):
-        shapes.append(h.shape)
-        if isinstance(layer, nn.SiLU):
-            h, d1[i], d2[i] = _silu_derivs(h)
-        elif isinstance(layer, Standardize):
-            h = (h - layer.mean) / layer.std
-        else:
-            h = layer(h)
-    return ExplicitCache(layers, shapes, d1, d2, h)
-
-
-def _weight(layer: nn.Module, dtype: torch.dtype | None) -> torch.Tensor:
-    return layer.weight if dtype is None or layer.weight.dtype == dtype else layer.weight.to(dtype)
-
-
-def _affine_T(layer: nn.Module, u: torch.Tensor, in_shape: torch.Size, fold: bool = False,
-              dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Transpose of the linear part of ``layer`` applied to ``u`` (output space -> input space).
-
-    ``fold=True``: a convolution with one input channel (the first layer on grey images) is
-    transposed as a 1x1 convolution ``C -> k·k`` (the columns) followed by ``F.fold`` (col2im) instead
-    of ``conv_transpose2d``, whose backward inductor compiles slowly for a single output channel.
-    Measured on this CPU (1 thread, batch of 128 MNIST images, forward + backward, compiled): 1x1
-    convolution + fold 15.7 ms, the matrix product ``(N·L, C) @ (C, k·k)`` + fold it replaced
-    32.8 ms, ``conv_transpose2d`` 61 ms. Same result up to the order of float additions.
-    ``dtype``: the weights are cast to it (for ``u`` of that dtype: :func:`explicit_hvp`'s ``dtype``).
-    """
-    from .models import Standardize
-
-    if isinstance(layer, nn.Linear):
-        return u @ _weight(layer, dtype)
-    if isinstance(layer, nn.Conv2d) and fold and layer.in_channels == 1 and layer.groups == 1:
-        return _fold_T(_weight(layer, dtype), u, tuple(in_shape[-2:]), layer.kernel_size, layer.dilation,
-                       layer.padding, layer.stride)
-    if isinstance(layer, nn.Conv2d):
-        H, W = in_shape[-2:]
-        out_h, out_w = u.shape[-2:]
-        (sh, sw), (ph, pw), (dh, dw), (kh, kw) = layer.stride, layer.padding, layer.dilation, layer.kernel_size
-        oph = H - ((out_h - 1) * sh - 2 * ph + dh * (kh - 1) + 1)
-        opw = W - ((out_w - 1) * sw - 2 * pw + dw * (kw - 1) + 1)
-        return F.conv_transpose2d(u, _weight(layer, dtype), None, layer.stride, layer.padding, (oph, opw), 1,
-                                  layer.dilation)
-    if isinstance(layer, Standardize):
-        return u / layer.std
-    if isinstance(layer, nn.Flatten):
-        return u.reshape(in_shape)
-    raise TypeError(type(layer))
-
-
-def _fold_T(w: torch.Tensor, u: torch.Tensor, in_hw: tuple[int, int], kernel_size, dilation, padding, stride
-            ) -> torch.Tensor:
-    """Transpose of a one-input-channel convolution with weight ``w`` ``(C, 1, k, k)`` applied to ``u``
-    ``(N, C, Ho, Wo)``: a 1x1 convolution to the ``k·k`` columns, then ``F.fold`` (col2im) -> ``(N, 1, *in_hw)``."""
-    N, C, Ho, Wo = u.shape
-    kk = w[0].numel()
-    w1 = w.reshape(C, kk).t().reshape(kk, C, 1, 1)                                # (k·k, C, 1, 1)
-    cols = F.conv2d(u, w1).reshape(N, kk, Ho * Wo)                                # (N, k·k, L)
-    return F.fold(cols, in_hw, kernel_size, dilation, padding, stride)
-
-
-class _OneChannelConv(torch.autograd.Function):
-    """``F.conv2d(u, w)`` (no bias) for one input channel, whose input gradient is :func:`_fold_T`.
-
-    mkldnn's input gradient of such a convolution is slow on this CPU (9.1 ms for a batch of 128
-    MNIST images against 2.7 ms for the fold), and it is on the path of ``backward_step``: the
-    gradient w.r.t. ``v`` goes through the first layer of the tangent pass. Same numbers up to the
-    order of float additions. The backward is written in differentiable operations.
-    """
-
-    @staticmethod
-    def forward(ctx, u, w, stride, padding, dilation, kernel_size):  # type: ignore[override]
-        ctx.save_for_backward(u, w)
-        ctx.conf = (stride, padding, dilation, kernel_size)
-        return F.conv2d(u, w, None, stride, padding, dilation)
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        u, w = ctx.saved_tensors
-        stride, padding, dilation, kernel_size = ctx.conf
-        gu = gw = None
-        if ctx.needs_input_grad[0]:
-            gu = _fold_T(w, g, tuple(u.shape[-2:]), kernel_size, dilation, padding, stride)
-        if ctx.needs_input_grad[1]:
-            gw = torch.ops.aten.convolution_backward(g, u, w, None, list(stride), list(padding), list(dilation),
-                                                     False, [0, 0], 1, [False, True, False])[1]
-        return gu, gw, None, None, None, None
-
-
-def _affine_lin(layer: nn.Module, u: torch.Tensor, dtype: torch.dtype | None = None, fold: bool = False
-                ) -> torch.Tensor:
-    """Linear part of ``layer`` (no bias, no shift) applied to ``u`` (input space -> output space).
-
-    ``fold=True``: a one-input-channel convolution whose input needs a gradient goes through
-    :class:`_OneChannelConv` (its input gradient by ``F.fold``, as in :func:`_affine_T`).
-    """
-    from .models import Standardize
-
-    if isinstance(layer, nn.Linear):
-        return u @ _weight(layer, dtype).t()
-    if isinstance(layer, nn.Conv2d) and fold and layer.in_channels == 1 and layer.groups == 1 and u.requires_grad:
-        return _OneChannelConv.apply(u, _weight(layer, dtype), layer.stride, layer.padding, layer.dilation,
-                                     layer.kernel_size)
-    if isinstance(layer, nn.Conv2d):
-        return F.conv2d(u, _weight(layer, dtype), None, layer.stride, layer.padding, layer.dilation)
-    if isinstance(layer, Standardize):
-        return u / layer.std
-    if isinstance(layer, nn.Flatten):
-        return layer(u)
-    raise TypeError(type(layer))
-
-
-def explicit_backward(cache: ExplicitCache, e: torch.Tensor, fold: bool = False
-                      ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Input gradient of ``<e, logits>`` ``(N, *S)`` and the adjoints at every SiLU output (``fold``: :func:`_affine_T`)."""
-    u = e
-    adj: dict[int, torch.Tensor] = {}
-    for i in range(len(cache.layers) - 1, -1, -1):
-        layer = cache.layers[i]
-        if isinstance(layer, nn.SiLU):
-            adj[i] = u
-            u = _cmul(u, cache.d1[i], cache.rep)
-        else:
-            u = _affine_T(layer, u, cache.in_shapes[i], fold)
-    return u, adj
-
-
-def explicit_hvp(cache: ExplicitCache, adj: dict[int, torch.Tensor], v: torch.Tensor, fold: bool = False,
-                 dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``H v`` for the function ``<e, logits>`` whose adjoints ``adj`` came from :func:`explicit_backward`.
-
-    ``dtype``: compute in this dtype (e.g. ``torch.bfloat16``: about 2.5x faster convolutions on a CPU
-    with AVX512-BF16, 8 significant bits). ``v``, ``adj``, ``cache.d1`` / ``d2`` and the weights are
-    cast to it (pass :func:`cast_passes`'s result to cast them once for several products); the
-    result is of that dtype. For direction search only (fast mode's power steps,
-    ``regularizers.regularized_loss(power_dtype=...)``), never for a value that is reported or trained on.
-    """
-    layers = cache.layers
-
-    def cast(t: torch.Tensor) -> torch.Tensor:
-        return t if dtype is None or t.dtype == dtype else t.to(dtype)
-
-    d1 = {i: cast(t) for i, t in cache.d1.items()}
-    d2 = {i: cast(t) for i, t in cache.d2.items()}
-    hdot = cast(v)
-    adot: dict[int, torch.Tensor] = {}
-    for i, layer in enumerate(layers):
-        if isinstance(layer, nn.SiLU):
-            adot[i] = hdot
-            hdot = _cmul(hdot, d1[i], cache.rep)
-        else:
-            hdot = _affine_lin(layer, hdot, dtype, fold)
-    u = None                                         # tangent adjoint; zero at the logits
-    for i in range(len(layers) - 1, -1, -1):
-        layer = layers[i]
-        if isinstance(layer, nn.SiLU):
-            curv = _cmul(cast(adj[i]), d2[i], cache.rep) * adot[i]
-            u = curv if u is None else _cmul(u, d1[i], cache.rep) + curv
-        elif u is not None:
-            u = _affine_T(layer, u, cache.in_shapes[i], fold, dtype)
-    if u is None:                                    # no SiLU: the input Hessian is zero
-        return 0 * cast(v)                           # zeros, still connected to v (backward_step)
-    return u
-
-
-def norm_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: str = "ascent", iters: int = 10,
-               step: float = 0.1, lanczos_iters: int | None = 20, batch_size: int = 500, seed: int = 0,
-               progress: bool = True):
-    """Per-example ``|Hg|`` and ``|Hv*|`` for the runner-up class (the paper's appendix C.1, Figure 3).
-
-    ``t`` is the predicted class and ``j`` the runner-up (second-largest logit), as in the paper's
-    footnote 2. Returns a DataFrame with one row per example: ``index``, ``label``, ``pred``, ``j``,
-    ``margin``, ``grad_norm``, ``hg`` (|Hg|), ``hv`` (|Hv*|, the ``method`` estimate with ``iters``
-    steps), ``diff`` (``hv - hg``) and, when ``lanczos_iters`` is set, ``hv_lanczos``: a Lanczos
-    estimate with that many products (beyond the paper: how far the paper's ascent is from the
-    norm). Units: logits per pixel² of [0, 1] images.
-    """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    model.eval()
-    rows = []
-    for start in tqdm(range(0, len(x), batch_size), desc="|Hg|, |Hv*|", disable=not progress, leave=False):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        with torch.no_grad(), guards.frozen_batch_stats(model):
-            t = model(xb).argmax(1)
-        H = HVPOperator(model, xb, t, "runner_up")
-        with torch.no_grad():
-            hg = flat_norm(H(_normalize(H.grad, 2.0)))
-        H.release()
-        res = operator_norm(model, xb, t, H.j, method=method, iters=iters, step=step, seed=seed + start)
-        rows.append(pd.DataFrame({
-            "index": range(start, start + len(xb)), "label": yb.tolist(), "pred": t.tolist(), "j": H.j.tolist(),
-            "margin": H.margin.tolist(), "grad_norm": flat_norm(H.grad).tolist(), "hg": hg.tolist(),
-            "hv": res.norm.tolist()}))
-        if lanczos_iters:
-            lz = operator_norm(model, xb, t, H.j, method="lanczos", iters=lanczos_iters, seed=seed + start)
-            rows[-1]["hv_lanczos"] = lz.norm.tolist()
-    df = pd.concat(rows, ignore_index=True)
-    df["diff"] = df["hv"] - df["hg"]
-    return df
-
-
-def norm_summary(df) -> "pd.DataFrame":  # noqa: F821
-    """Quantiles of ``hg``, ``hv`` and ``diff`` of a :func:`norm_table`, with the histogram mode of each.
-
-    The mode is the centre of the fullest of 50 equal-width bins between the 0.5% and 99.5% quantiles.
-    """
-    import numpy as np
-    import pandas as pd
-
-    rows = []
-    for col in [c for c in ("hg", "hv", "diff", "hv_lanczos") if c in df]:
-        s = df[col].to_numpy()
-        lo, hi = np.quantile(s, [0.005, 0.995])
-        counts, edges = np.histogram(s[(s >= lo) & (s <= hi)], bins=50, range=(lo, hi))
-        k = int(counts.argmax())
-        rows.append({"quantity": col, "mean": s.mean(), "q05": np.quantile(s, 0.05), "q25": np.quantile(s, 0.25),
-                     "median": np.median(s), "q75": np.quantile(s, 0.75), "q95": np.quantile(s, 0.95),
-                     "max": s.max(), "mode": 0.5 * (edges[k] + edges[k + 1])})
-    return pd.DataFrame(rows).set_index("quantity")
 
 
 def full_hessian(model: nn.Module, x: torch.Tensor, t: torch.Tensor | int, j: torch.Tensor | int, *,
@@ -960,81 +615,3 @@ def hessian_spectrum(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpe
         ev = torch.linalg.eigvalsh((H + H.T) / 2)
         out.append(ev[ev.abs().argsort(descending=True, stable=True)])
     return torch.stack(out)
-
-
-def convergence_table(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *, products: tuple[int, ...] = (1, 2, 3, 5, 7, 10, 15, 20, 30),
-                      step: float = 0.1, seed: int = 0, progress: bool = True):
-    """Estimates against the number of Hessian-vector products, with the exact norm, per example.
-
-    ``model`` and ``x`` in float64; the exact spectral norm comes from the full input Hessian
-    (:func:`full_hessian`, ``d x d``) and ``eigvalsh``; ``j`` is the runner-up of ``t``.
-    Ascent with ``T`` steps costs ``2T + 1`` products, so it appears at odd budgets only.
-    Returns a DataFrame: ``example``, ``method``, ``products``, ``estimate``, ``exact``, ``rel_err``.
-    """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    if x.dtype != torch.float64:
-        raise TypeError("convergence_table needs float64 inputs and model (the exact oracle)")
-    with torch.no_grad(), guards.frozen_batch_stats(model):
-        _, j = resolve_pairs(model(x), t, "runner_up")
-    exact = []
-    for b in tqdm(range(len(x)), desc="full Hessians", disable=not progress, leave=False):
-        Hm = full_hessian(model, x[b], t[b], j[b])
-        exact.append(torch.linalg.eigvalsh(0.5 * (Hm + Hm.T)).abs().max())
-    exact_t = torch.stack(exact)
-    rows = []
-    budget = max(products)
-    for method in METHODS:
-        iters = budget if method != "ascent" else (budget - 1) // 2
-        r = operator_norm(model, x, t, j, method=method, iters=iters, step=step, seed=seed)
-        for k, n_prod in enumerate(r.history_hvps):
-            if n_prod not in products:
-                continue
-            est = r.history[k]
-            for b in range(len(x)):
-                rows.append({"example": b, "method": method, "products": n_prod, "estimate": float(est[b]),
-                             "exact": float(exact_t[b]), "rel_err": float((exact_t[b] - est[b]) / exact_t[b])})
-    return pd.DataFrame(rows)
-
-
-def figure3_claims(df) -> "pd.DataFrame":  # noqa: F821
-    """The paper's statements about Figure 3 (appendix C.1) checked against a :func:`norm_table`."""
-    import pandas as pd
-
-    s = norm_summary(df)
-    rows = [
-        {"claim": "|Hv*| is shifted to the right of |Hg| (median)",
-         "ours": f"median |Hg| {s.loc['hg', 'median']:.3g}, |Hv*| {s.loc['hv', 'median']:.3g}",
-         "supported": bool(s.loc["hv", "median"] > s.loc["hg", "median"])},
-        {"claim": "|Hv*| has a heavier right tail (95% quantile)",
-         "ours": f"q95 |Hg| {s.loc['hg', 'q95']:.3g}, |Hv*| {s.loc['hv', 'q95']:.3g}",
-         "supported": bool(s.loc["hv", "q95"] > s.loc["hg", "q95"])},
-        {"claim": "|Hv*| - |Hg| has its mode around 5 (paper's units unknown)",
-         "ours": f"mode {s.loc['diff', 'mode']:.3g}, median {s.loc['diff', 'median']:.3g}",
-         "supported": bool(3.0 <= s.loc["diff", "mode"] <= 7.0)},
-        {"claim": "|Hg| is not a tight lower bound (|Hv*| - |Hg| > 10% of |Hv*| for most examples)",
-         "ours": f"{(df['diff'] > 0.1 * df['hv']).mean():.1%} of examples",
-         "supported": bool((df["diff"] > 0.1 * df["hv"]).mean() > 0.5)},
-    ]
-    return pd.DataFrame(rows)
-
-
-def direction_frame(model: nn.Module, x: torch.Tensor, *, iters: int = 30, seed: int = 0):
-    """Tidy frame of inputs and their top-curvature directions (Lanczos, predicted vs runner-up).
-
-    Columns ``example``, ``kind`` (``"x"`` the image, ``"v"`` the unit direction v*), ``pixel``
-    (flattened index), ``value``; plus ``norm`` (the estimate) on the ``"v"`` rows.
-    """
-    import pandas as pd
-
-    with torch.no_grad(), guards.frozen_batch_stats(model):
-        t = model(x).argmax(1)
-    r = operator_norm(model, x, t, "runner_up", method="lanczos", iters=iters, seed=seed)
-    frames = []
-    d = x[0].numel()
-    for b in range(len(x)):
-        frames.append(pd.DataFrame({"example": b, "kind": "x", "pixel": range(d), "value": x[b].flatten().tolist()}))
-        frames.append(pd.DataFrame({"example": b, "kind": "v", "pixel": range(d), "value": r.v[b].flatten().tolist(),
-                                    "norm": float(r.norm[b])}))
-    return pd.concat(frames, ignore_index=True)

@@ -56,6 +56,8 @@ import pandas as pd
 
 from . import data as data_mod
 from . import experiments as ex
+from . import paths, store
+from .errors import not_allowed
 
 __all__ = ["GPU_FRACTION", "RETRIES", "session", "run_tasks", "train", "evaluate", "grid", "seeds", "main"]
 
@@ -145,7 +147,7 @@ def _options(cpus: int, device: str, gpu_fraction: float, retries: int) -> dict[
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ValueError(f"retries={retries!r} must be an integer >= 0")
     if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ValueError(f"device={device!r}; allowed values: 'cpu', 'cuda' (a share of one GPU per task)")
+        raise not_allowed("device", device, "'cpu', 'cuda' (a share of one GPU per task)")
     env = {k: str(Path(os.environ[k]).resolve()) for k in _ENV if os.environ.get(k)}
     return {"num_cpus": cpus, "num_gpus": gpu_fraction if device.startswith("cuda") else 0,
             "max_retries": retries, "retry_exceptions": False,
@@ -186,7 +188,7 @@ def _train_task(dataset: str, defense: str, profile: str, seed: int, overrides: 
     return {"dataset": dataset, "defense": defense, "seed": seed, "run_id": cfg.run_id, "pid": os.getpid(),
             "resumed_at_epoch": resumed,
             "clean_test_accuracy": res.record.get("clean_test_accuracy"),
-            "checkpoint": ex.paths.relative_to_root(res.checkpoint)}
+            "checkpoint": paths.relative_to_root(res.checkpoint)}
 
 
 def _score_task(dataset: str, defense: str, hp: dict[str, Any], profile: str, seed: int, device: str,
@@ -254,7 +256,7 @@ def _unique(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``calls`` without repeats (two tasks must never run the same step at once)."""
     seen, out = set(), []
     for c in calls:
-        key = repr(sorted(c.items()))
+        key = store.run_id(c)          # canonical: {"eps": 5} and {"eps": 5.0} are one configuration
         if key not in seen:
             seen.add(key)
             out.append(c)
@@ -282,7 +284,7 @@ def train(runs: Sequence[dict[str, Any]], *, profile: str = "cpu", register: boo
 def evaluate(models: Sequence[dict[str, Any]], *, profile: str = "cpu", n: int = 0, until: int | None = None,
              checks: int = 0, protocol: str = "strongest", device: str = "cpu", **kw: Any) -> list[dict[str, Any]]:
     """Robustness curves of registered models as Ray tasks, under ``protocol`` (default ``"strongest"``,
-    :data:`crossholder.evaluation.PROTOCOLS`; :func:`crossholder.evaluation.evaluate_registered`, each
+    :data:`crossholder.sweeps.PROTOCOLS`; :func:`crossholder.evaluation.evaluate_registered`, each
     resuming at its last finished chunk).
 
     ``models``: dicts with ``dataset``, ``defense`` and optionally ``seed`` (the model's training seed,
@@ -290,10 +292,9 @@ def evaluate(models: Sequence[dict[str, Any]], *, profile: str = "cpu", n: int =
     the chunks below it; ``checks``: then the AutoAttack agreement and the masking table on the
     first ``checks`` images (``strongest`` only). ``kw``: :func:`run_tasks`'s options.
     """
-    from . import evaluation
+    from . import sweeps
 
-    if protocol not in evaluation.PROTOCOLS:
-        raise ValueError(f"protocol={protocol!r}; allowed values: {', '.join(map(repr, evaluation.PROTOCOLS))}")
+    protocol = sweeps.protocol_of(protocol).name
     if checks and protocol != "strongest":
         raise ValueError(f"checks={checks!r} needs protocol='strongest' (got {protocol!r})")
     if checks and n and checks > n:

@@ -38,7 +38,6 @@ import torch
 from torch import nn
 
 from .data import MEAN_STD, check_dataset
-from .paths import temp_beside
 
 __all__ = ["Standardize", "paper_cnn", "mlp", "build", "save", "load", "ARCHITECTURES", "CHECKPOINT_FORMAT"]
 
@@ -105,18 +104,10 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """``torch.save`` through :func:`crossholder.store.atomic_write`: never a half-written file."""
+    from . import store
+
+    return store.atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def save(model: nn.Module, path: str | os.PathLike[str], *, meta: dict[str, Any] | None = None) -> Path:

@@ -96,15 +96,15 @@ CANONICAL: dict[str, dict[str, Any]] = {
 
 
 def variant(notebook: str, namespace: dict[str, Any]) -> str:
-    """The variant name (:func:`crossholder.experiments.variant_name`) of a run of ``notebook``
+    """The variant name (:func:`crossholder.store.variant_name`) of a run of ``notebook``
     (e.g. ``"04_robustness"``) with the parameters in ``namespace`` (its ``globals()``): ``""`` for the
     canonical run (:data:`CANONICAL` at the ``cpu`` profile), else the profile and what differs.
-    Outputs then go to :func:`crossholder.experiments.variant_dirs`; committed files stay as they are.
+    Outputs then go to :func:`crossholder.store.variant_dirs`; committed files stay as they are.
 
     Raises:
         KeyError: ``notebook`` is not in :data:`CANONICAL`.
     """
-    from .experiments import variant_name
+    from .store import variant_name
 
     if notebook not in CANONICAL:
         raise KeyError(f"notebook={notebook!r}; known: {', '.join(sorted(CANONICAL))}")

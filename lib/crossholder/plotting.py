@@ -6,8 +6,6 @@ Every function takes a tidy DataFrame read from ``results/`` and writes
 
 from __future__ import annotations
 
-import os
-
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import paths  # noqa: E402
+from . import paths, store  # noqa: E402
 
 __all__ = ["save", "fig3a", "fig3b", "hessian_convergence", "direction_images", "robustness_panel", "strongest_figure", "seeds_figure",
            "DEFENSE_LABELS", "DEFENSE_COLORS"]
@@ -33,19 +31,13 @@ plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "axes.grid": True, "
 
 def save(fig, name: str) -> list[Path]:
     """Write ``figures/<name>.png`` and ``.pdf`` (no timestamps in the PDF metadata). ``name`` may hold
-    folders (``variants/smoke/fig1_mnist_worst_case``, :func:`crossholder.experiments.figure_name`)."""
+    folders (``variants/smoke/fig1_mnist_worst_case``, :func:`crossholder.store.figure_name`)."""
     out = paths.figures_dir()
     files = [out / f"{name}.png", out / f"{name}.pdf"]
     files[0].parent.mkdir(parents=True, exist_ok=True)
     for f, meta in zip(files, ({"Software": None}, {"CreationDate": None, "Producer": None, "Creator": None})):
-        fd, tmp = paths.temp_beside(f)  # temporary file, then rename: never a half-written figure
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format=f.suffix[1:], bbox_inches="tight", metadata=meta)
-            os.replace(tmp, f)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        store.atomic_write(f, lambda fh, f=f, meta=meta: fig.savefig(fh, format=f.suffix[1:], bbox_inches="tight",
+                                                                     metadata=meta), binary=True)
     return files
 
 

@@ -59,10 +59,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hessian import (_dual, _normalize, _second_grad, cast_passes, explicit_backward, explicit_forward, explicit_hvp,
-                      explicit_layers, resolve_pairs)
+from .explicit import cast_passes, explicit_backward, explicit_forward, explicit_hvp, explicit_layers
+from .hessian import dual, normalize, resolve_pairs, second_grad
 from .hessian import flat_norm as _norm
 from . import guards
+from .errors import not_allowed
 
 __all__ = ["RegularizedLoss", "regularized_loss", "hein_cross_lipschitz", "cure_loss", "other_classes", "DirectionStore",
            "compile_available", "power_dtype_of", "warm_norm", "CLASSES", "INNER", "INNER_OR_GRADIENT", "POWER_DTYPES"]
@@ -123,7 +124,7 @@ class RegularizedLoss:
         g = g.detach().to(self.v_next.dtype)                            # (J*B, *S), slot-major
         n = _norm(g)
         ok = ((n > 0) & torch.isfinite(n)).view(J, B).t()               # (B, J)
-        unit = _normalize(g, 2.0).view((J, B) + tuple(self.v_next.shape[2:])).transpose(0, 1)
+        unit = normalize(g, 2.0).view((J, B) + tuple(self.v_next.shape[2:])).transpose(0, 1)
         return torch.where(ok.view((B, J) + (1,) * (unit.dim() - 2)), unit, self.v_next)
 
 
@@ -146,9 +147,9 @@ def _check(lam1: float, lam2: float, p: float, q: float, classes: str, inner: st
         if not (v >= 1):
             raise ValueError(f"{name}={v!r} must be >= 1 (a norm)")
     if classes not in CLASSES:
-        raise ValueError(f"classes={classes!r}; allowed values: {', '.join(map(repr, CLASSES))}")
+        raise not_allowed("classes", classes, CLASSES)
     if inner not in INNER_OR_GRADIENT:
-        raise ValueError(f"inner={inner!r}; allowed values: {', '.join(map(repr, INNER_OR_GRADIENT))}")
+        raise not_allowed("inner", inner, INNER_OR_GRADIENT)
     if inner in ("power", "lanczos", "gradient") and (p != 2 or q != 2):
         raise ValueError(f"inner={inner!r} needs p = q = 2; got p={p}, q={q}")
     if inner == "gradient" and inner_iters != 0:
@@ -197,7 +198,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
     _check(lam1, lam2, p, q, classes, inner, inner_iters, step)
     pdt = power_dtype_of(power_dtype)
     if not isinstance(backward_step, bool):
-        raise ValueError(f"backward_step={backward_step!r}; allowed values: True, False")
+        raise not_allowed("backward_step", backward_step, (True, False))
     if backward_step and not (lam1 > 0 and lam2 > 0 and p == 2 and q == 2):
         raise ValueError(f"backward_step=True needs lam1 > 0, lam2 > 0 and p = q = 2 (the step is the gradient "
                          f"of ||H v||_2 w.r.t. v); got lam1={lam1}, lam2={lam2}, p={p}, q={q}")
@@ -236,13 +237,13 @@ def _regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam
         layers = explicit_layers(model)
         if pdt is not None and (layers is None or inner != "power"):
             raise ValueError(f"power_dtype={power_dtype!r} needs inner='power' (got {inner!r}) and a model the "
-                             "explicit passes support (hessian.explicit_layers); use power_dtype='float32'")
+                             "explicit passes support (explicit.explicit_layers); use power_dtype='float32'")
         if inner == "gradient" and (v0 is not None or backward_step or pdt is not None or compiled):
             raise ValueError("inner='gradient' takes its direction from the gradient: v0, backward_step, a "
                              "power_dtype other than 'float32' and compiled=True do not apply")
         if compiled:
             if layers is None:
-                raise ValueError("compiled=True needs a model the explicit passes support (hessian.explicit_layers)")
+                raise ValueError("compiled=True needs a model the explicit passes support (explicit.explicit_layers)")
             if lam2 > 0 and inner != "power":
                 raise ValueError(f"compiled=True supports inner='power' (or lam2 = 0), got inner={inner!r}")
             return _compiled_loss(layers, x, y, lam1=lam1, lam2=lam2, p=p, q=q, classes=classes, J=J, v0=v0,
@@ -258,7 +259,7 @@ def _regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam
         hvps = 0
         if lam2 > 0:
             hess_term, hn_out, v_next, v_leaf, hvps = _hessian_term(
-                hv_graph, hv_of, x, J=J, v0=_normalize(g.detach(), 2.0).view((J, B) + tuple(x.shape[1:])).transpose(0, 1)
+                hv_graph, hv_of, x, J=J, v0=normalize(g.detach(), 2.0).view((J, B) + tuple(x.shape[1:])).transpose(0, 1)
                 if inner == "gradient" else v0, p=p, q=q, inner=inner, inner_iters=inner_iters, step=step,
                 generator=generator, backward_step=backward_step)
         loss = ce + lam1 * (grad_term + lam2 * hess_term)
@@ -310,10 +311,10 @@ def _margin_passes(model: nn.Module, layers, x: torch.Tensor, y: torch.Tensor, *
         (g,) = torch.autograd.grad(m.sum(), x_rep, create_graph=True)
 
         def hv_graph(vec: torch.Tensor) -> torch.Tensor:      # zeros for a model with a zero input Hessian
-            return _second_grad(g, x_rep, vec, create_graph=True)
+            return second_grad(g, x_rep, vec, create_graph=True)
 
         def hv_of(vec: torch.Tensor) -> torch.Tensor:
-            return _second_grad(g, x_rep, vec, retain_graph=True)
+            return second_grad(g, x_rep, vec, retain_graph=True)
     return logits, jj, g, hv_graph, hv_of
 
 
@@ -333,7 +334,7 @@ def _start_directions(x: torch.Tensor, J: int, v0: torch.Tensor | None, p: float
         if v0.shape != (B, J) + tuple(x.shape[1:]):
             raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected {(B, J) + tuple(x.shape[1:])}")
         v = v0.detach().to(device=x.device, dtype=x.dtype).transpose(0, 1).reshape(rep_shape)
-    return _normalize(v, p)
+    return normalize(v, p)
 
 
 def _hessian_term(hv_graph, hv_of, x: torch.Tensor, *, J: int, v0: torch.Tensor | None, p: float, q: float,
@@ -350,9 +351,9 @@ def _hessian_term(hv_graph, hv_of, x: torch.Tensor, *, J: int, v0: torch.Tensor 
         v_leaf = v = v.detach().requires_grad_(True)
     hvps = 0
     if inner == "lanczos" and inner_iters > 0:
-        from .hessian import _lanczos
+        from .hessian import lanczos
 
-        class _Op:  # the interface hessian._lanczos expects
+        class _Op:  # the interface hessian.lanczos expects
             count, j = 0, None
 
             def __call__(self, vec: torch.Tensor) -> torch.Tensor:
@@ -361,22 +362,22 @@ def _hessian_term(hv_graph, hv_of, x: torch.Tensor, *, J: int, v0: torch.Tensor 
 
         op = _Op()
         with torch.no_grad():
-            v = _lanczos(op, v, inner_iters, generator).v   # top Ritz vector of the Krylov space from v0
+            v = lanczos(op, v, inner_iters, generator).v   # top Ritz vector of the Krylov space from v0
         hvps += op.count
     for _ in range(inner_iters if inner != "lanczos" else 0):
         u = hv_of(v)
         hvps += 1
         if inner == "power":
-            v = _normalize(u, 2.0)
+            v = normalize(u, 2.0)
         else:
-            grad_v = hv_of(_dual(u, q))
+            grad_v = hv_of(dual(u, q))
             hvps += 1
-            v = _normalize(v + step * grad_v, p)
+            v = normalize(v + step * grad_v, p)
     hv = hv_graph(_through(v, v_leaf))
     hvps += 1
     hn = _norm(hv, q)
     hess_term = hn.view(J, B).sum(0).mean()
-    nxt = _normalize(hv.detach(), 2.0) if (p == 2 and q == 2) else v.detach()
+    nxt = normalize(hv.detach(), 2.0) if (p == 2 and q == 2) else v.detach()
     v_next = nxt.view((J, B) + tuple(x.shape[1:])).transpose(0, 1)
     return hess_term, hn.detach().view(J, B).t(), v_next, v_leaf, hvps
 
@@ -441,7 +442,7 @@ def _explicit_core(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, jj
             else:
                 cache_p, adj_p = cache_j, adj
             for _ in range(power_iters):
-                v = _normalize(explicit_hvp(cache_p, adj_p, v, fold=True, dtype=power_dtype).to(x.dtype), 2.0)
+                v = normalize(explicit_hvp(cache_p, adj_p, v, fold=True, dtype=power_dtype).to(x.dtype), 2.0)
         hv = explicit_hvp(cache_j, adj, _through(v, leaf), fold=True)
         hn = _norm(hv, q)
         loss_reg = loss_reg + lam2 * hn.view(J, B).sum(0).mean()
@@ -458,7 +459,7 @@ POWER_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 def power_dtype_of(name: str) -> torch.dtype | None:
     """The torch dtype of ``power_dtype=name`` (``None``: the input's own dtype, i.e. ``"float32"``)."""
     if name not in POWER_DTYPES:
-        raise ValueError(f"power_dtype={name!r}; allowed values: {', '.join(map(repr, POWER_DTYPES))}")
+        raise not_allowed("power_dtype", name, POWER_DTYPES)
     return POWER_DTYPES[name]
 
 
@@ -503,7 +504,7 @@ def _compiled_loss(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *,
     if hn is not None:
         hess_term = hn.detach().view(J, B).sum(0).mean()
         hn_out = hn.detach().view(J, B).t()
-        v_next = _normalize(hv.detach(), 2.0).view((J, B) + tuple(x.shape[1:])).transpose(0, 1)
+        v_next = normalize(hv.detach(), 2.0).view((J, B) + tuple(x.shape[1:])).transpose(0, 1)
     return RegularizedLoss(loss=loss, ce=ce.detach(), grad_term=gn.detach().view(J, B).sum(0).mean(),
                            hess_term=hess_term, logits=logits.detach(), j=jj, grad_norms=gn.detach().view(J, B).t(),
                            hess_norms=hn_out, v_next=v_next, hvps=(int(inner_iters) + 1) if lam2 > 0 else 0,

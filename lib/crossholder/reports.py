@@ -49,6 +49,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import paths
 from .paths import project_root
 
 ROOT = project_root()
@@ -71,7 +72,7 @@ def _hyper(h: dict) -> str:
 
 
 def models_table(root: Path = ROOT) -> str:
-    reg = json.loads((root / "results" / "models.json").read_text())
+    reg = json.loads((paths.results_dir() / "models.json").read_text())
     lines = ["| data set | defense | hyperparameters | clean test accuracy | training wall time |",
              "|---|---|---|---|---|"]
     for ds in NAMES:
@@ -94,7 +95,7 @@ def robustness_table(root: Path = ROOT) -> str:
     lines = ["| data set | defense | n | judged on | " + " | ".join(f"ε = {e:g}" for e in HEADLINE_EPS) + " |",
              "|---|---|---|---|" + "---|" * len(HEADLINE_EPS)]
     for ds in NAMES:
-        f = root / "results" / ds / "robustness.csv"
+        f = paths.results_dir() / ds / "robustness.csv"
         if not f.exists():
             lines.append(f"| {NAMES[ds]} | (not evaluated yet) | | |" + " |" * len(HEADLINE_EPS))
             continue
@@ -124,7 +125,7 @@ def claims_table(root: Path = ROOT, *, evidence: bool = True, worst_min: bool = 
     cols = ["claim", "the paper says", "attack", "supported", "beyond the 95% CIs"] + (["evidence"] if evidence else [])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for ds in NAMES:
-        f = root / "results" / ds / "claims.csv"
+        f = paths.results_dir() / ds / "claims.csv"
         if not f.exists():
             lines.append(f"| {NAMES[ds]} | not evaluated yet |" + " |" * (len(cols) - 2))
             continue
@@ -152,10 +153,10 @@ def verdicts_table(root: Path = ROOT) -> str:
     the point estimates (``k of m``: a claim refuted in every seed reads ``0 of m``;
     :func:`claims_seeds_table` has each seed's verdict), on the first ``n`` test images
     of ``seeds.csv`` (named in the header), while the other columns stand on seed 0's full curves."""
-    from crossholder.evaluation import CLAIMS
+    from crossholder.claims import CLAIMS
 
-    seeds = {ds: pd.read_csv(root / "results" / ds / "claims-seeds.csv") for ds in NAMES
-             if (root / "results" / ds / "claims-seeds.csv").exists()}
+    seeds = {ds: pd.read_csv(paths.results_dir() / ds / "claims-seeds.csv") for ds in NAMES
+             if (paths.results_dir() / ds / "claims-seeds.csv").exists()}
 
     def held(ds: str, cid: str) -> str:
         if ds not in seeds:
@@ -175,13 +176,13 @@ def verdicts_table(root: Path = ROOT) -> str:
         return ("**yes**" if sup else "**no**") + {True: ", beyond CIs", False: ", within CIs"}.get(ci, "")
 
     extra = bool(seeds)
-    ns = {int(n) for ds in seeds if (root / "results" / ds / "seeds.csv").exists()
-          for n in pd.read_csv(root / "results" / ds / "seeds.csv")["n"].unique()}
+    ns = {int(n) for ds in seeds if (paths.results_dir() / ds / "seeds.csv").exists()
+          for n in pd.read_csv(paths.results_dir() / ds / "seeds.csv")["n"].unique()}
     head = f" holds in (seeds, n = {ns.pop()}) |" if len(ns) == 1 else " holds in (seeds) |"
     lines = ["| claim | the paper says | the paper's PGD | strongest |" + (head if extra else ""),
              "|---|---|---|---|" + ("---|" if extra else "")]
     for ds in NAMES:
-        f = root / "results" / ds / "claims.csv"
+        f = paths.results_dir() / ds / "claims.csv"
         if not f.exists():
             lines.append(f"| {NAMES[ds]} | not evaluated yet | | |" + (" |" if extra else ""))
             continue
@@ -203,7 +204,7 @@ def _newest_check(root: Path, ds: str, kind: str, defense: str, run_id: str) -> 
     highest code version of the sweep, then the largest ``n``, then the last file name.
     ``(code, params, rows)``, or ``None`` when no such table checked that model."""
     best: tuple[tuple[int, int], dict, pd.DataFrame] | None = None
-    for f in sorted((root / "results" / ds / "robustness").glob(f"{kind}-*.json")):
+    for f in sorted((paths.results_dir() / ds / "robustness").glob(f"{kind}-*.json")):
         meta = json.loads(f.read_text())
         params = meta.get("params", {})
         if (meta.get("profile") != "cpu" or params.get("models", {}).get(defense) != run_id
@@ -220,7 +221,7 @@ def _newest_check(root: Path, ds: str, kind: str, defense: str, run_id: str) -> 
 def _newest_per_model(root: Path, kind: str) -> dict[tuple[str, str], tuple[int, dict, pd.DataFrame]]:
     """:func:`_newest_check` for each registered model (``results/models.json``), by ``(dataset,
     defense)``; models no table checked are left out. Values: ``(code, params, rows)``."""
-    models = json.loads((root / "results" / "models.json").read_text())
+    models = json.loads((paths.results_dir() / "models.json").read_text())
     found: dict[tuple[str, str], tuple[int, dict, pd.DataFrame]] = {}
     for ds in NAMES:
         for defense in DEFENSE_NAMES:
@@ -235,7 +236,7 @@ def masking_table(root: Path = ROOT) -> str:
     """Gradient masking, measured (notebook 04, ``strongest`` protocol): per registered model, at the
     table's ε (paper units), on its first ``n`` test images: how many images the paper's PGD (either
     loss) fools, how many more each stronger attack fools beyond it (APGD-T and FAB-T only where
-    the sweep runs them, :func:`crossholder.evaluation.strong_sweep`), and the black-box Square
+    the sweep runs them, :func:`crossholder.sweeps.strong_sweep`), and the black-box Square
     attack (no gradients): fooled, beyond PGD, beyond ``strongest``. From
     ``results/<dataset>/robustness/masking-*.csv`` of the ``cpu`` profile, the newest code version
     per model (then the largest ``n``). The last column reads it: Square beyond ``strongest`` would
@@ -294,7 +295,7 @@ def paired_table(root: Path = ROOT, *, judged_on: tuple[str, ...] = ("worst-per-
     eps_all: list[float] = []
     body = []
     for ds in NAMES:
-        f = root / "results" / ds / "paired.csv"
+        f = paths.results_dir() / ds / "paired.csv"
         if not f.exists():
             body.append((ds, None, None, None))
             continue
@@ -330,7 +331,7 @@ def seed_curves_table(root: Path = ROOT) -> str:
     lines = ["| data set | defense | seed | n | " + " | ".join(f"ε = {e:g}" for e in eps) + " |",
              "|---|---|---|---|" + "---|" * len(eps)]
     for ds in NAMES:
-        f = root / "results" / ds / "seeds.csv"
+        f = paths.results_dir() / ds / "seeds.csv"
         if not f.exists():
             lines.append(f"| {NAMES[ds]} | not computed yet (`make seeds`) | | |" + " |" * len(eps))
             continue
@@ -358,7 +359,7 @@ def claims_seeds_table(root: Path = ROOT) -> str:
     also holds with the 95% intervals)."""
     lines = ["| claim | the paper says | judged on | holds in | per seed |", "|---|---|---|---|---|"]
     for ds in NAMES:
-        f = root / "results" / ds / "claims-seeds.csv"
+        f = paths.results_dir() / ds / "claims-seeds.csv"
         if not f.exists():
             lines.append(f"| {NAMES[ds]} | not computed yet (`make seeds`) | | | |")
             continue
@@ -380,7 +381,7 @@ def paired_seeds_table(root: Path = ROOT) -> str:
     lines = ["| data set | Cross-Hölder vs | judged on | ε | seeds | Δ (p) | p < 0.05 alone | per seed |",
              "|---|---|---|---|---|---|---|---|"]
     for ds in NAMES:
-        f = root / "results" / ds / "paired-seeds.csv"
+        f = paths.results_dir() / ds / "paired-seeds.csv"
         if not f.exists():
             lines.append(f"| {NAMES[ds]} | not computed yet (`make seeds`) | | | | | | |")
             continue
@@ -403,7 +404,7 @@ def seed_checks_table(root: Path = ROOT) -> str:
     (``python -m crossholder.jobs evaluate ... --checks N``)."""
     rows, missing = [], []
     for ds in NAMES:
-        f = root / "results" / ds / "seeds.json"
+        f = paths.results_dir() / ds / "seeds.json"
         if not f.exists():
             missing.append(ds)
             continue
@@ -447,13 +448,13 @@ def _bool(v) -> bool | None:
 
 
 def figure3_table(root: Path = ROOT) -> str:
-    from crossholder import hessian
+    from crossholder import hessian_tables
 
     lines = ["| claim (Figure 3, appendix C.1) | ours | supported |", "|---|---|---|"]
-    for side in sorted((root / "results" / "mnist" / "hessian").glob("norms-*.json")):
+    for side in sorted((paths.results_dir() / "mnist" / "hessian").glob("norms-*.json")):
         if json.loads(side.read_text()).get("profile") != "cpu":
             continue
-        for _, r in hessian.figure3_claims(pd.read_csv(side.with_suffix(".csv"))).iterrows():
+        for _, r in hessian_tables.figure3_claims(pd.read_csv(side.with_suffix(".csv"))).iterrows():
             lines.append(f"| {_cell(r['claim'])} | {_cell(r['ours'])} | {'**yes**' if r['supported'] else '**no**'} |")
         break
     return "\n".join(lines)
@@ -463,11 +464,11 @@ def autoattack_table(root: Path = ROOT) -> str:
     lines = ["| data set | defense | n | ε | AutoAttack | our PGD (per-example worst case) | gap |",
              "|---|---|---|---|---|---|---|"]
     for ds in NAMES:
-        side = root / "results" / ds / "robustness.json"
+        side = paths.results_dir() / ds / "robustness.json"
         if not side.exists():
             continue
         model_ids = json.loads(side.read_text())["params"]["models"]
-        for f in sorted((root / "results" / ds / "robustness").glob("autoattack-*.json")):
+        for f in sorted((paths.results_dir() / ds / "robustness").glob("autoattack-*.json")):
             meta = json.loads(f.read_text())
             if meta.get("params", {}).get("models") != model_ids or meta.get("profile") != "cpu":
                 continue
@@ -520,7 +521,7 @@ def selection_table(root: Path = ROOT) -> str:
     lines = ["| data set | defense | hyperparameters | clean val accuracy | worst case ε = 3 / 4 | admissible | "
              "winner (of the points scored) | paper's pick |", "|---|---|---|---|---|---|---|---|"]
     for ds in NAMES:
-        f = root / "results" / ds / "selection" / "grid-cpu.csv"
+        f = paths.results_dir() / ds / "selection" / "grid-cpu.csv"
         side = f.with_suffix(".json")
         t = pd.read_csv(f) if f.exists() else pd.DataFrame()
         missing = len(json.loads(side.read_text()).get("points_missing", [])) if side.exists() else None
@@ -543,7 +544,7 @@ def selection_table(root: Path = ROOT) -> str:
 
 def _curve_side(root: Path, ds: str, defense: str, run_id: str) -> Path | None:
     """The provenance file of the full-grid ``cpu``-protocol curve (n = 300, 50 steps x 10 restarts) of ``run_id``."""
-    for side in sorted((root / "results" / ds / "robustness").glob(f"{defense}-*.json")):
+    for side in sorted((paths.results_dir() / ds / "robustness").glob(f"{defense}-*.json")):
         prm = json.loads(side.read_text()).get("params", {})
         if prm.get("model") == run_id and prm.get("n") == 300 and prm.get("steps") == 50 and prm.get("restarts") == 10:
             return side
@@ -569,12 +570,12 @@ def _curve_of(root: Path, ds: str, defense: str, run_id: str) -> pd.DataFrame | 
 
 def _class_forms(root: Path) -> dict[str, list[tuple[str, dict]]]:
     """Per gradient regularizer: ``(run id, record)`` of the registered MNIST model first, then every all-class run."""
-    reg = json.loads((root / "results" / "models.json").read_text())
+    reg = json.loads((paths.results_dir() / "models.json").read_text())
     out: dict[str, list[tuple[str, dict]]] = {}
     for defense in ("cross_lipschitz", "cross_holder"):
         registered = reg[f"mnist/{defense}"]
         out[defense] = [(registered["run_id"], registered)]
-        for side in sorted((root / "results" / "mnist" / "models").glob(f"{defense}-*.json")):
+        for side in sorted((paths.results_dir() / "mnist" / "models").glob(f"{defense}-*.json")):
             rec = json.loads(side.read_text())
             if rec["hyperparameters"].get("classes") == "all":
                 out[defense].append((rec["run_id"], rec))
@@ -614,7 +615,7 @@ def _examples_of(root: Path, ds: str, defense: str, run_id: str) -> tuple[pd.Dat
 
 def all_classes_paired_table(root: Path = ROOT) -> str:
     """Paired comparisons (same 300 images, exact McNemar) of the all-class runs against the other forms."""
-    from crossholder.evaluation import paired_comparison
+    from crossholder.claims import paired_comparison
 
     forms = {f"{DEFENSE_NAMES[d]}, {'all classes' if rec['hyperparameters']['classes'] == 'all' else 'runner-up'}":
              (d, rid) for d, runs in _class_forms(root).items() for rid, rec in runs}
@@ -670,19 +671,19 @@ def fidelity_robustness_table(root: Path = ROOT) -> str:
     ``paper-v1`` curve on the first 300 images exists (:func:`_curve_side`), its robustness paired
     (exact McNemar) against the registered run's; a run without one says whether it has a
     ``strongest`` curve instead (the seed study's). Closest first."""
-    from crossholder.evaluation import paired_comparison
+    from crossholder.claims import paired_comparison
 
-    reg = json.loads((root / "results" / "models.json").read_text())["mnist/cross_holder"]
+    reg = json.loads((paths.results_dir() / "models.json").read_text())["mnist/cross_holder"]
     base = _examples_of(root, "mnist", "cross_holder", reg["run_id"])
     theta_reg = _flat_weights(root, reg["checkpoint"])
     curve_params = [json.loads(f.read_text()).get("params", {})
-                    for f in (root / "results" / "mnist" / "robustness").glob("cross_holder-*.json")]
+                    for f in (paths.results_dir() / "mnist" / "robustness").glob("cross_holder-*.json")]
     with_strongest = {prm.get("model") for prm in curve_params if prm.get("protocol") == "strongest"}
     rows = []
-    for side in sorted((root / "results" / "mnist" / "models").glob("cross_holder-*.json")):
+    for side in sorted((paths.results_dir() / "mnist" / "models").glob("cross_holder-*.json")):
         rec = json.loads(side.read_text())
         hp, rid = rec["hyperparameters"], rec["run_id"]
-        log = root / "results" / "mnist" / "training" / f"cross_holder-{rid}.csv"
+        log = paths.results_dir() / "mnist" / "training" / f"cross_holder-{rid}.csv"
         if hp.get("classes") != "runner_up" or hp.get("mode") != "fast" or not log.exists():
             continue
         dist = float((_flat_weights(root, rec["checkpoint"]) - theta_reg).norm() / theta_reg.norm())
@@ -712,7 +713,7 @@ def fidelity_robustness_table(root: Path = ROOT) -> str:
 
 def fidelity_table(root: Path = ROOT) -> str:
     """Fidelity against products per visit (the frontier) and epoch by epoch in the training runs."""
-    f = root / "results" / "mnist" / "benchmarks" / "fidelity-frontier.csv"
+    f = paths.results_dir() / "mnist" / "benchmarks" / "fidelity-frontier.csv"
     t = pd.read_csv(f)
     epochs = sorted(t["epoch"].unique())
     lines = ["| inner loop (next visit) | products per visit | " + " | ".join(f"after epoch {e}" for e in epochs) + " |",
@@ -729,8 +730,8 @@ def fidelity_table(root: Path = ROOT) -> str:
     lines += ["", "| run | data set | λ1, λ2 | power steps per visit | fidelity after epoch 1, 2, … | mean epoch time | "
               "clean test accuracy |", "|---|---|---|---|---|---|---|"]
     for ds in NAMES:
-        for log in sorted((root / "results" / ds / "training").glob("cross_holder-*.csv")):
-            side = root / "results" / ds / "models" / (log.stem + ".json")
+        for log in sorted((paths.results_dir() / ds / "training").glob("cross_holder-*.csv")):
+            side = paths.results_dir() / ds / "models" / (log.stem + ".json")
             lg = pd.read_csv(log)
             if not side.exists() or "fidelity_median" not in lg:
                 continue
@@ -746,7 +747,7 @@ def fidelity_table(root: Path = ROOT) -> str:
 
 def spectrum_table(root: Path = ROOT) -> str:
     """Medians of the exact top of the input-Hessian spectrum, and ||H v_k|| against |v_k^T H v_k| (bench_spectrum)."""
-    f = root / "results" / "mnist" / "hessian" / "spectrum-top.csv"
+    f = paths.results_dir() / "mnist" / "hessian" / "spectrum-top.csv"
     t = pd.read_csv(f)
     steps = sorted(int(c.split("_")[1]) for c in t.columns if c.startswith("norm_") and c.endswith("_over_op_norm"))
     lines = ["| MNIST model | ‖H‖₂ | \\|λ₂\\| / \\|λ₁\\| | largest \\|λ\\| of the other sign / \\|λ₁\\| | "
@@ -764,7 +765,7 @@ def spectrum_table(root: Path = ROOT) -> str:
 def speed_table(root: Path = ROOT) -> str:
     """Step costs of compiled fast Cross-Hölder: the latest run (``step-cost.json``) and the range over
     every recorded run (``step-cost-history.csv``), both written by ``benchmarks/bench_training.py``."""
-    bench = root / "results" / "mnist" / "benchmarks"
+    bench = paths.results_dir() / "mnist" / "benchmarks"
     d = json.loads((bench / "step-cost.json").read_text())["summary"]
     hist = pd.read_csv(bench / "step-cost-history.csv") if (bench / "step-cost-history.csv").exists() else None
 
@@ -824,7 +825,7 @@ def speed_table(root: Path = ROOT) -> str:
 
 def step_size_table(root: Path = ROOT) -> str:
     """PGD's robust accuracy against its step (``results/step-size.csv``, ``tools/step_size_study.py``)."""
-    f = root / "results" / "step-size.csv"
+    f = paths.results_dir() / "step-size.csv"
     if not f.exists():
         return "(not measured yet)"
     df = pd.read_csv(f)

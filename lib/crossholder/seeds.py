@@ -8,7 +8,7 @@ on the same first ``n`` test images.
   attacked independently, so these are the rows a run on ``n`` images gives);
 * :func:`seeds_table`: the tidy table of ``results/<dataset>/seeds.csv`` (defense, seed, attack, ε,
   n, robust, accuracy, 95% Wilson interval);
-* :func:`claims_across_seeds`: each claim of :data:`crossholder.evaluation.CLAIMS` judged on each
+* :func:`claims_across_seeds`: each claim of :data:`crossholder.claims.CLAIMS` judged on each
   seed's curves: "holds in k of 3 seeds";
 * :func:`pooled_paired`: the exact McNemar test of two defenses pooled over seeds (each seed's
   discordant images added up: a stratified sign test, paired within each seed).
@@ -26,8 +26,10 @@ import numpy as np
 import pandas as pd
 
 from . import data as data_mod
+from . import claims, stats, sweeps
 from . import evaluation as ev
 from . import experiments as ex
+from . import paths, store
 
 __all__ = ["models_by_seed", "per_examples_by_seed", "seeds_table", "claims_across_seeds", "pooled_paired", "write", "SEEDS", "SEEDS_N"]
 
@@ -51,7 +53,7 @@ def models_by_seed(dataset: str, *, seeds: Sequence[int] = SEEDS, profile: str =
     data_mod.check_dataset(dataset)
     out: dict[tuple[str, int], dict[str, Any]] = {}
     for s in seeds:
-        reg = ex.read_json(training.registry_path(training.profile_variant(profile, s)), {}) or {}
+        reg = store.read_json(training.registry_path(training.profile_variant(profile, s)), {}) or {}
         for d in defenses:
             rec = reg.get(f"{dataset}/{ex.check_defense(d)}")
             if rec is None:
@@ -110,7 +112,7 @@ def per_examples_by_seed(dataset: str, *, seeds: Sequence[int] = SEEDS, n: int =
 def seeds_table(per_examples: dict[tuple[str, int], pd.DataFrame], eps: Sequence[float], *,
                 dataset: str) -> pd.DataFrame:
     """Tidy curves per (defense, seed): columns ``defense, seed, attack, eps, eps_pixel, n, robust,
-    accuracy, ci_low, ci_high`` (:func:`crossholder.evaluation.curve_from_sweeps`), for ``eps`` the
+    accuracy, ci_low, ci_high`` (:func:`crossholder.sweeps.curve_from_sweeps`), for ``eps`` the
     grid (paper units) the per-example rows were computed on.
 
     Raises:
@@ -126,21 +128,21 @@ def seeds_table(per_examples: dict[tuple[str, int], pd.DataFrame], eps: Sequence
         if not np.array_equal(per["index"].to_numpy(), ref):
             raise ValueError(f"per_examples[({d!r}, {s})] is not on the same images as the others "
                              f"(n = {len(per)} against {len(ref)}, or a different 'index' order)")
-        c = ev.curve_from_sweeps(per, list(eps), ev.to_pixel(list(eps), dataset), defense=d)
+        c = sweeps.curve_from_sweeps(per, list(eps), sweeps.to_pixel(list(eps), dataset), defense=d)
         c.insert(1, "seed", s)
         out.append(c)
     return pd.concat(out, ignore_index=True)
 
 
 def claims_across_seeds(table: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """Each claim of ``dataset`` (:func:`crossholder.evaluation.claims_table`) judged on every seed's
+    """Each claim of ``dataset`` (:func:`crossholder.claims.claims_table`) judged on every seed's
     curves in ``table`` (:func:`seeds_table`): columns ``claim, statement, attack, seeds`` (the seeds
     with every defense the claim names), ``supported_in`` (how many of them support it),
     ``clear_for_in`` (supported, and beyond the 95% intervals), ``clear_against_in`` (refuted beyond
     the intervals) and ``per_seed`` (e.g. ``"0: yes*, 1: no, 2: yes"``; ``*``: beyond the intervals)."""
     rows = {}
     for s, g in table.groupby("seed"):
-        for _, r in ev.claims_table(g.drop(columns="seed"), dataset).iterrows():
+        for _, r in claims.claims_table(g.drop(columns="seed"), dataset).iterrows():
             key = (r["claim"], r["attack"])
             rec = rows.setdefault(key, {"claim": r["claim"], "statement": r["statement"], "attack": r["attack"],
                                         "seeds": 0, "supported_in": 0, "clear_for_in": 0, "clear_against_in": 0,
@@ -159,8 +161,8 @@ def claims_across_seeds(table: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 
 def pooled_paired(per_examples: dict[tuple[str, int], pd.DataFrame], eps: Sequence[float], *, dataset: str,
-                  attacks: Sequence[str] = ("worst-per-example", "strongest"), pairs=ev.PAIRS,
-                  eps_points: Sequence[float] = ev.PAIRED_EPS, alpha: float = 0.05) -> pd.DataFrame:
+                  attacks: Sequence[str] = ("worst-per-example", "strongest"), pairs=claims.PAIRS,
+                  eps_points: Sequence[float] = claims.PAIRED_EPS, alpha: float = 0.05) -> pd.DataFrame:
     """Exact McNemar tests of each pair of ``pairs`` (Cross-Hölder against the others) pooled over the
     seeds both defenses have: the discordant images of every seed (robust for one model only, each
     seed's two models on the same images) are added up and tested as one sign test,
@@ -189,11 +191,11 @@ def pooled_paired(per_examples: dict[tuple[str, int], pd.DataFrame], eps: Sequen
                 tot = {"both": 0, "only_a": 0, "only_b": 0, "neither": 0}
                 per_seed, per_seed_p, signs = [], [], []
                 for s in common:
-                    c = ev.paired_comparison(per_examples[(a, s)], per_examples[(b, s)], k, attack)
+                    c = claims.paired_comparison(per_examples[(a, s)], per_examples[(b, s)], k, attack)
                     for key in tot:
                         tot[key] += c[key]
                     per_seed.append(f"{s}: {c['only_a']}/{c['only_b']}")
-                    p_s = ev.mcnemar_exact(c["only_a"], c["only_b"])
+                    p_s = stats.mcnemar_exact(c["only_a"], c["only_b"])
                     per_seed_p.append(f"{s}: {p_s:.2g}")
                     signs.append(np.sign(c["only_a"] - c["only_b"]) if p_s < alpha else 0)
                 pooled_sign = np.sign(tot["only_a"] - tot["only_b"])
@@ -201,7 +203,7 @@ def pooled_paired(per_examples: dict[tuple[str, int], pd.DataFrame], eps: Sequen
                              "n": sum(tot.values()), "a_robust": tot["both"] + tot["only_a"],
                              "b_robust": tot["both"] + tot["only_b"], "only_a": tot["only_a"],
                              "only_b": tot["only_b"],
-                             "p_value": ev.mcnemar_exact(tot["only_a"], tot["only_b"]), "per_seed": ", ".join(per_seed),
+                             "p_value": stats.mcnemar_exact(tot["only_a"], tot["only_b"]), "per_seed": ", ".join(per_seed),
                              "per_seed_p": ", ".join(per_seed_p),
                              "significant_in": int(sum(1 for g in signs if g != 0 and g == pooled_sign))})
     return pd.DataFrame(rows)
@@ -225,20 +227,20 @@ def write(dataset: str, *, seeds: Sequence[int] = SEEDS, n: int = SEEDS_N, profi
     status = {"found": sorted(found), "missing": missing}
     if not found:
         return status
-    folder = ex.paths.results_dir() / dataset
+    folder = paths.results_dir() / dataset
     table = seeds_table(found, eps, dataset=dataset)
     csv = table.to_csv(index=False)
     table = pd.read_csv(io.StringIO(csv))                      # everything below from the file's contents
     claims = claims_across_seeds(table, dataset)
     paired = pooled_paired(found, eps, dataset=dataset)          # computed before anything is written
-    ex.atomic_write_text(folder / "seeds.csv", csv)
-    ex.atomic_write_json(folder / "seeds.json", ex.provenance(
+    store.atomic_write_text(folder / "seeds.csv", csv)
+    store.atomic_write_json(folder / "seeds.json", store.provenance(
         params={"dataset": dataset, "seeds": list(seeds), "n": n, "eps": eps, "protocol": "strongest",
                 "models": {f"{d}/{s}": recs[(d, s)]["run_id"] for d, s in sorted(found)},
                 "missing": [f"{d}/{s}" for d, s in missing]},
         seed=0, profile=profile))
-    ex.atomic_write_text(folder / "claims-seeds.csv", claims.to_csv(index=False))
-    ex.atomic_write_text(folder / "paired-seeds.csv", paired.to_csv(index=False))
+    store.atomic_write_text(folder / "claims-seeds.csv", claims.to_csv(index=False))
+    store.atomic_write_text(folder / "paired-seeds.csv", paired.to_csv(index=False))
     plotting.seeds_figure(table, std=data_mod.MEAN_STD[dataset][1], name=f"seeds_{dataset}",
                           title=f"{NAMES[dataset]}: strongest, per training seed (the first {n} test images)\n"
                                 "band: the range between the seeds, not a confidence interval")

@@ -32,7 +32,8 @@ import pandas as pd
 
 from . import data as data_mod
 from . import experiments as ex
-from . import evaluation, training
+from . import store
+from . import sweeps, training
 
 __all__ = ["GRIDS", "ABLATION_GRIDS", "THRESHOLD", "SELECTION", "SELECTION_TRAIN", "SELECTION_EPS", "SELECTION_CODE_VERSION", "EPS_UNIT_SETTINGS", "grid", "score_point", "missing_points", "write_table",
            "run_grid", "eps_unit_test", "select_points"]
@@ -123,7 +124,7 @@ def _point_path(dataset: str, defense: str, hp: dict[str, Any], profile: str, se
     train_opts = SELECTION_TRAIN.get(profile, {}).get(defense)
     if train_opts:
         params["train"] = train_opts
-    rid = ex.run_id(params)
+    rid = store.run_id(params)
     return paths.results_dir() / dataset / "selection" / "points" / f"{defense}-{rid}.json"
 
 
@@ -140,17 +141,17 @@ def score_point(dataset: str, defense: str, hp: dict[str, Any], profile: str = "
 
     ex.check_profile(profile)
     path = _point_path(dataset, defense, hp, profile, seed)
-    cached = ex.read_json(path)
+    cached = store.read_json(path)
     if cached is not None and not force:
         return cached["row"]
     t0 = time.perf_counter()
     row = _score(dataset, defense, hp, profile, seed, device)
-    record = {"row": row, "provenance": ex.provenance(
+    record = {"row": row, "provenance": store.provenance(
         params={"dataset": dataset, "defense": defense, "hp": hp, "settings": SELECTION[profile],
                 "train": SELECTION_TRAIN.get(profile, {}).get(defense, {}), "code": SELECTION_CODE_VERSION},
         seed=seed, profile=profile,
         wall_time_s=time.perf_counter() - t0, device=device)}
-    ex.atomic_write_json(path, record)
+    store.atomic_write_json(path, record)
     return row
 
 
@@ -169,7 +170,7 @@ def _score(dataset: str, defense: str, hp: dict[str, Any], profile: str, seed: i
     # the selection score keeps Madry et al.'s step 2.5 eps / steps (step_fraction=None): the grids were
     # scored with it, and their cached points must stay reproducible (SELECTION_CODE_VERSION 1); it is a
     # criterion for choosing hyperparameters, not a robustness claim
-    curve = evaluation.robustness_curve(model, xv[:n], yv[:n], [0.0, *SELECTION_EPS], steps=sel["steps"],
+    curve = sweeps.robustness_curve(model, xv[:n], yv[:n], [0.0, *SELECTION_EPS], steps=sel["steps"],
                                         restarts=sel["restarts"], dataset=dataset, defense=defense, seed=seed,
                                         progress=False, step_fraction=None)
     acc = curve.pivot_table(index="eps", columns="attack", values="accuracy")
@@ -233,16 +234,16 @@ def write_table(df: pd.DataFrame, dataset: str, profile: str, *, seed: int = 0,
                 variant: str | None = None) -> "Path":  # noqa: F821
     """``<results>/<dataset>/selection/grid-<profile>.csv`` (+ a JSON sidecar with the points still missing;
     each point's provenance is in its own file under ``selection/points/``). ``<results>`` is the folder
-    of ``variant`` (:func:`crossholder.experiments.variant_dirs`); ``None``: the profile's default
+    of ``variant`` (:func:`crossholder.store.variant_dirs`); ``None``: the profile's default
     (:func:`crossholder.training.profile_variant`), so a smoke run never replaces the committed table.
     """
     from . import paths
 
     variant = training.profile_variant(profile, seed) if variant is None else variant
-    path = ex.variant_dirs(variant)[0] / dataset / "selection" / f"grid-{profile}.csv"
+    path = store.variant_dirs(variant)[0] / dataset / "selection" / f"grid-{profile}.csv"
     missing = missing_points(dataset, profile, seed=seed)
-    ex.atomic_write_text(path, df.to_csv(index=False))
-    ex.atomic_write_json(path.with_suffix(".json"), ex.summary_record(
+    store.atomic_write_text(path, df.to_csv(index=False))
+    store.atomic_write_json(path.with_suffix(".json"), store.summary_record(
         params={"dataset": dataset, "grid": grid(dataset, profile), "settings": SELECTION[profile],
                 "train": SELECTION_TRAIN.get(profile, {}), "code": SELECTION_CODE_VERSION},
         seed=seed, profile=profile, points_scored=len(df), points_missing=[{"defense": d, **hp} for d, hp in missing],

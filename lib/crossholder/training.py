@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +61,13 @@ from . import data as data_mod
 from . import experiments as ex
 from . import models as models_mod
 from . import paths
+from . import store
 from .attacks import pgd_last_iterate
 from . import regularizers
 from .regularizers import DirectionStore, hein_cross_lipschitz, regularized_loss
+from .errors import not_allowed
 
-__all__ = ["TrainConfig", "TrainResult", "make_config", "train", "load_registered", "load_run", "selected_models",
+__all__ = ["TrainConfig", "TrainResult", "make_config", "parse_override", "train", "load_registered", "load_run", "selected_models",
            "config_variant", "profile_variant", "registry_path", "final_config",
            "accuracy", "run_paths", "TRAIN_CODE_VERSION"]
 
@@ -112,6 +115,19 @@ class TrainConfig:
     seed: int = 0
     profile: str = "cpu"
 
+    def __post_init__(self) -> None:
+        # one configuration, one identity: numbers in the field's declared type (eps=5 is eps=5.0, numpy
+        # scalars become Python numbers); a value that is not a number is left for validate() to refuse
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or v is None:
+                continue
+            kind = str(f.type)
+            if kind == "float" and isinstance(v, numbers.Real):
+                object.__setattr__(self, f.name, float(v))
+            elif kind.startswith("int") and isinstance(v, numbers.Real) and float(v).is_integer():
+                object.__setattr__(self, f.name, int(v))
+
     def validate(self) -> "TrainConfig":
         data_mod.check_dataset(self.dataset)
         ex.check_defense(self.defense)
@@ -131,15 +147,15 @@ class TrainConfig:
         if self.compiled and self.defense in ("cross_holder_hg", "cure"):
             raise ValueError(f"compiled=True is not supported for defense={self.defense!r}; use compiled=False")
         if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r}; allowed values: {', '.join(map(repr, MODES))}")
+            raise not_allowed("mode", self.mode, MODES)
         if self.cl_variant not in CL_VARIANTS:
-            raise ValueError(f"cl_variant={self.cl_variant!r}; allowed values: {', '.join(map(repr, CL_VARIANTS))}")
+            raise not_allowed("cl_variant", self.cl_variant, CL_VARIANTS)
         if self.eps_unit not in EPS_UNITS:
-            raise ValueError(f"eps_unit={self.eps_unit!r}; allowed values: {', '.join(map(repr, EPS_UNITS))}")
+            raise not_allowed("eps_unit", self.eps_unit, EPS_UNITS)
         if self.classes not in ("all", "runner_up"):
-            raise ValueError(f"classes={self.classes!r}; allowed values: 'all', 'runner_up'")
+            raise not_allowed("classes", self.classes, ("all", "runner_up"))
         if not isinstance(self.compiled, bool):
-            raise ValueError(f"compiled={self.compiled!r}; allowed values: True, False")
+            raise not_allowed("compiled", self.compiled, (True, False))
         if self.compiled and self.defense == "cross_lipschitz" and self.cl_variant != "margin":
             raise ValueError(f"compiled=True supports cl_variant='margin' only, got {self.cl_variant!r}")
         if self.compiled and self.defense == "cross_holder" and (self.mode != "fast" or self.inner != "power"):
@@ -156,7 +172,7 @@ class TrainConfig:
                              f"inner='power' only; got defense={self.defense!r}, mode={self.mode!r}, "
                              f"inner={self.inner!r}")
         if not isinstance(self.backward_step, bool):
-            raise ValueError(f"backward_step={self.backward_step!r}; allowed values: True, False")
+            raise not_allowed("backward_step", self.backward_step, (True, False))
         if self.backward_step and (self.defense != "cross_holder" or self.mode != "fast"):
             raise ValueError(f"backward_step=True applies to cross_holder with mode='fast' only; got "
                              f"defense={self.defense!r}, mode={self.mode!r}")
@@ -215,7 +231,7 @@ class TrainConfig:
 
     @property
     def run_id(self) -> str:
-        return ex.run_id({**self.relevant(), "code": TRAIN_CODE_VERSION,
+        return store.run_id({**self.relevant(), "code": TRAIN_CODE_VERSION,
                           "choices": {k: ex.TRAINING_CHOICES[k] for k in ("optimizer", "schedule")}})
 
     @property
@@ -225,6 +241,35 @@ class TrainConfig:
     @property
     def eps_pixel(self) -> float:
         return self.eps * data_mod.MEAN_STD[self.dataset][1] if self.eps_unit == "paper" else self.eps
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` (the CLI's ``--set``) as ``(key, value)`` with the value in :class:`TrainConfig`'s
+    type for that key: ``eps=5`` gives ``5.0`` (a float field), ``epochs=10`` gives ``10``, ``compiled=True``
+    gives ``True``, ``n_train=None`` gives ``None``; so the CLI names the same run as the Python API.
+
+    Raises:
+        ValueError: no ``=``, an unknown key, or a value that is not of the key's type.
+    """
+    key, sep, value = text.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if not sep or key not in fields:
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+    kind = str(fields[key].type)
+    try:
+        if value == "None" and "None" in kind:
+            return key, None
+        if kind == "bool":
+            if value not in ("True", "False"):
+                raise ValueError(value)
+            return key, value == "True"
+        if kind.startswith("int"):
+            return key, int(value)
+        if kind == "float":
+            return key, float(value)
+        return key, value
+    except ValueError:
+        raise ValueError(f"--set {text!r}: {key} takes a value of type {kind}") from None
 
 
 def make_config(dataset: str, defense: str, *, profile: str = "cpu", seed: int = 0, **overrides: Any) -> TrainConfig:
@@ -368,7 +413,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
     p = run_paths(cfg)
     if p["checkpoint"].exists() and p["sidecar"].exists() and p["log"].exists():
         model = models_mod.load(p["checkpoint"])
-        record = ex.read_json(p["sidecar"])
+        record = store.read_json(p["sidecar"])
         if register:
             _register(cfg, record)
         return TrainResult(model, cfg, pd.read_csv(p["log"]), p["checkpoint"], record)
@@ -389,7 +434,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, register: bool = False, ma
         st.rows.append(row)
         st.epoch, st.wall_time_s = epoch + 1, wall_before + (time.perf_counter() - t_run)
         # log first, then the state that points at it: a kill between the two re-runs one epoch at most
-        ex.atomic_write_text(p["log"], pd.DataFrame(st.rows).to_csv(index=False))
+        store.atomic_write_text(p["log"], pd.DataFrame(st.rows).to_csv(index=False))
         st.save(p["state"])
         if progress:
             print(f"[{cfg.dataset}/{cfg.defense}] epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} "
@@ -533,11 +578,11 @@ def _finish(cfg: TrainConfig, model: nn.Module, log: pd.DataFrame, wall: float, 
         "hyperparameters": cfg.relevant(), "profile": cfg.profile, "seed": cfg.seed,
         "clean_test_accuracy": test_acc, "test_n": len(xt), "clean_val_accuracy": float(log["val_acc"].iloc[-1]),
         "eps_pixel": cfg.eps_pixel if cfg.defense == "adversarial" else None,
-        "provenance": ex.provenance(params={**cfg.relevant(), "code": TRAIN_CODE_VERSION,
+        "provenance": store.provenance(params={**cfg.relevant(), "code": TRAIN_CODE_VERSION,
                                             "choices": ex.TRAINING_CHOICES},
                                     seed=cfg.seed, profile=cfg.profile, wall_time_s=wall, device=str(dev)),
     }
-    ex.atomic_write_json(p["sidecar"], record)
+    store.atomic_write_json(p["sidecar"], record)
     _remove_state(p["state"])
     return record
 
@@ -590,7 +635,7 @@ def final_config(dataset: str, defense: str, *, profile: str = "cpu", seed: int 
 
 
 def config_variant(cfg: TrainConfig) -> str:
-    """The variant (:func:`crossholder.experiments.variant_name`) a run registers under.
+    """The variant (:func:`crossholder.store.variant_name`) a run registers under.
 
     ``""`` (``results/models.json``, what notebook 04 and the committed results use) for the
     canonical configuration: the ``cpu`` profile's final choice (:data:`crossholder.experiments.FINAL`)
@@ -602,22 +647,22 @@ def config_variant(cfg: TrainConfig) -> str:
     ref = make_config(cfg.dataset, cfg.defense, profile=cfg.profile, seed=0, **final).relevant()
     mine = cfg.relevant()
     changed = {k: mine.get(k) for k in sorted(set(mine) | set(ref)) if mine.get(k) != ref.get(k)}
-    return ex.variant_name(cfg.profile, changed)
+    return store.variant_name(cfg.profile, changed)
 
 
 def profile_variant(profile: str, seed: int = 0) -> str:
     """The variant whose registry holds a profile's default models of ``seed`` (:func:`config_variant`
     of ``make_config(..., profile=profile, seed=seed)`` with the final choices at ``cpu``)."""
-    return ex.variant_name(profile, {"seed": seed} if seed else {})
+    return store.variant_name(profile, {"seed": seed} if seed else {})
 
 
 def registry_path(variant: str = "") -> Path:
     """``results/models.json`` (``variant=""``) or ``results/variants/<variant>/models.json``."""
-    return ex.variant_dirs(variant)[0] / "models.json"
+    return store.variant_dirs(variant)[0] / "models.json"
 
 
 def _register(cfg: TrainConfig, record: dict[str, Any]) -> None:
-    ex.update_json(registry_path(config_variant(cfg)), f"{cfg.dataset}/{cfg.defense}", record)
+    store.update_json(registry_path(config_variant(cfg)), f"{cfg.dataset}/{cfg.defense}", record)
 
 
 def load_registered(dataset: str, defense: str, variant: str = "") -> tuple[nn.Module, dict[str, Any]]:
@@ -627,7 +672,7 @@ def load_registered(dataset: str, defense: str, variant: str = "") -> tuple[nn.M
     Raises:
         KeyError: nothing registered under that key (the message says how to train it).
     """
-    reg = ex.read_json(registry_path(variant), {}) or {}
+    reg = store.read_json(registry_path(variant), {}) or {}
     key = f"{data_mod.check_dataset(dataset)}/{ex.check_defense(defense)}"
     if key not in reg:
         raise KeyError(f"{key} is not in {registry_path(variant)}; train it with notebook 02 or "
@@ -639,7 +684,7 @@ def load_registered(dataset: str, defense: str, variant: str = "") -> tuple[nn.M
 def load_run(dataset: str, defense: str, run_id: str) -> tuple[nn.Module, dict[str, Any]]:
     """The model of the finished training run ``<defense>-<run_id>`` (registered or not) and its record."""
     ckpt = _checkpoint_path(data_mod.check_dataset(dataset), f"{ex.check_defense(defense)}-{run_id}")
-    rec = ex.read_json(ckpt.with_suffix(".json"))
+    rec = store.read_json(ckpt.with_suffix(".json"))
     if not ckpt.exists() or rec is None:
         raise FileNotFoundError(f"run_id={run_id!r}: no finished training run {ckpt} (+ .json sidecar)")
     return models_mod.load(ckpt), rec
@@ -659,20 +704,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides, e.g. lam1=0.1 mode=faithful classes=all")
     args = ap.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        if v in ("True", "False"):
-            overrides[k] = v == "True"
-            continue
-        for conv in (int, float):
-            try:
-                overrides[k] = conv(v)
-                break
-            except ValueError:
-                continue
-        else:
-            overrides[k] = None if v == "None" else v
+    overrides = dict(parse_override(kv) for kv in args.set)
     cfg = final_config(args.dataset, args.defense, profile=args.profile, seed=args.seed, **overrides)
     res = train(cfg, register=not args.no_register, threads=args.threads, device=args.device)
     print(f"[{cfg.dataset}/{cfg.defense}] done: clean test accuracy {res.record.get('clean_test_accuracy')}, "
@@ -689,7 +721,7 @@ def selected_models(dataset: str, profile: str, *, seed: int = 0, progress: bool
     a missing model raises a ``KeyError`` that says how to train it (notebook 02), because that
     takes hours on a CPU. A registered model from another profile than asked is also an error.
     """
-    reg = ex.read_json(registry_path(profile_variant(profile, seed)), {}) or {}
+    reg = store.read_json(registry_path(profile_variant(profile, seed)), {}) or {}
     out = {}
     for defense in ex.DEFENSES:
         key = f"{dataset}/{defense}"
