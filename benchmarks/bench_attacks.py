@@ -10,9 +10,12 @@
    attacking every ε from scratch with the same seeds (the sweep's robust set is a subset).
 
 3. The ``strongest`` sweep against AutoAttack standard L2 run from scratch at every grid ε on the
-   registered MNIST Cross-Hölder model's first ``--strong-n`` test images: gradient evaluations
-   (``strong_vs_autoattack_grad_evals``, target <= 0.5), wall time, and the largest share of images
-   AutoAttack fools that ``strongest`` calls robust (``strong_missed_max``, target <= 0.01).
+   registered MNIST Cross-Hölder model's first ``--strong-n`` test images: gradient evaluations of
+   the attacks beyond the paper's PGD (``strong_extra_vs_autoattack_grad_evals``, target <= 0.5: the
+   paper's PGD is the protocol and costs about half of AutoAttack by itself; the total is
+   ``strong_vs_autoattack_grad_evals``), wall time (``strong_vs_autoattack_seconds``, target <= 0.5),
+   and the largest share of images AutoAttack fools that ``strongest`` calls robust
+   (``strong_missed_max``, target <= 0.01).
 
 Usage: ``python benchmarks/bench_attacks.py [--curve-n 100] [--strong-n 200]``. Model: the registered MNIST model
 of ``--defense`` (default ``none``) when it exists, else a freshly initialized paper CNN.
@@ -161,6 +164,7 @@ def strongest_vs_autoattack(x, y, eps):
         sw = sweeps.sweep(model, x, y, eps_pix, loss=loss, steps=50, restarts=10, seed=0)
         norms.append(sw["min_norm"])
         grad += int(sw["grad_evals"])
+    pgd_grad = grad
     strong = sweeps.strong_sweep(model, x, y, eps_pix, prior_norm=np.minimum(*norms), seed=0)
     grad += sum(int(v.get("grad_evals", 0)) for v in strong.values())
     t_strong, c_strong = time.perf_counter() - t0, time.process_time() - c0
@@ -190,6 +194,10 @@ def strongest_vs_autoattack(x, y, eps):
     return {"strong_n": len(x), "strong_grad_evals": grad, "autoattack_grad_evals": counted.grad_rows,
             "autoattack_forward_rows": counted.forward_rows,
             "strong_vs_autoattack_grad_evals": round(grad / max(counted.grad_rows, 1), 3),
+            # the decision of issue 30: the paper's PGD is the protocol (about 0.5 of AutoAttack by itself),
+            # so the target <= 0.5 is judged on what the attacks beyond it add
+            "strong_pgd_grad_evals": pgd_grad, "strong_extra_grad_evals": grad - pgd_grad,
+            "strong_extra_vs_autoattack_grad_evals": round((grad - pgd_grad) / max(counted.grad_rows, 1), 3),
             "strong_vs_autoattack_seconds": round(t_strong / t_aa, 3),
             # CPU seconds of this process: the fair ratio when other work shares the machine
             "strong_vs_autoattack_cpu_seconds": round(c_strong / max(c_aa, 1e-9), 3),

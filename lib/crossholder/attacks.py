@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AttackResult", "AttackVerificationError", "pgd", "apgd", "fab", "square", "random_noise_attack", "attack_loss",
+__all__ = ["AttackResult", "AttackVerificationError", "pgd", "apgd", "fab", "square", "random_noise_attack", "ball_and_box_problems", "attack_loss",
            "perturbation_norm", "project", "LOSSES", "APGD_LOSSES", "NORMS", "check_model", "check_eval_mode", "own_random_state",
            "DEFAULT_STEP_FRACTION",
            "CountingModel"]
@@ -329,6 +329,20 @@ def _record(x_adv, best_norm, success, where, xa, x, norm) -> None:
     success[where] = True
 
 
+def ball_and_box_problems(x_adv: torch.Tensor, x: torch.Tensor, eps: float, *, norm: float = 2.0,
+                          rtol: float = VERIFY_RTOL) -> list[str]:
+    """What is wrong with points ``x_adv`` ``(B, *S)`` as perturbations of ``x`` within the ``eps``-ball
+    (``norm``, relative slack ``rtol``) and the [0, 1] box: an empty list when nothing is. The library's
+    one ball-and-box check (:func:`verify_result`, and ``crossholder.checks`` on AutoAttack's points)."""
+    n = perturbation_norm(x_adv - x, norm)
+    problems = []
+    if bool((n > eps * (1 + rtol) + 1e-12).any()):
+        problems.append(f"perturbation norm up to {float(n.max()):.6g} exceeds eps={eps:.6g}")
+    if bool((x_adv < 0).any()) or bool((x_adv > 1).any()):
+        problems.append("pixels outside [0, 1]")
+    return problems
+
+
 def verify_result(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: AttackResult, eps: float,
                   norm: float) -> None:
     """Fresh forward pass: every success is misclassified, within ``eps (1 + 1e-5)`` and in [0, 1]."""
@@ -338,14 +352,10 @@ def verify_result(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: At
     xa = result.x_adv[s]
     with torch.no_grad():
         pred = model(xa).argmax(1)
-    n = perturbation_norm(xa - x[s], norm)
     problems = []
     if bool((pred == y[s]).any()):
         problems.append(f"{int((pred == y[s]).sum())} 'successful' examples are classified correctly")
-    if bool((n > eps * (1 + VERIFY_RTOL) + 1e-12).any()):
-        problems.append(f"perturbation norm up to {float(n.max()):.6g} exceeds eps={eps:.6g}")
-    if bool((xa < 0).any()) or bool((xa > 1).any()):
-        problems.append("pixels outside [0, 1]")
+    problems += ball_and_box_problems(xa, x[s], eps, norm=norm)
     if problems:
         raise AttackVerificationError("adversarial examples failed re-verification: " + "; ".join(problems))
 

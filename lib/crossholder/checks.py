@@ -118,6 +118,19 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dataset
 
 
 # ---------------------------------------------------------------- independent check: AutoAttack
+def _check_autoattack_points(x_adv: torch.Tensor, x: torch.Tensor, eps_pixel: float) -> None:
+    """AutoAttack's points must lie in the ε-ball (relative slack 1e-4 for its float32 projection) and the
+    [0, 1] box (:func:`crossholder.attacks.ball_and_box_problems`).
+
+    Raises:
+        crossholder.attacks.AttackVerificationError (a RuntimeError): naming what is wrong.
+    """
+    problems = attacks_mod.ball_and_box_problems(x_adv, x, eps_pixel, rtol=1e-4)
+    if problems:
+        raise attacks_mod.AttackVerificationError("AutoAttack returned points outside the ε-ball or the [0, 1] box: "
+                                                  + "; ".join(problems))
+
+
 def autoattack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *,
                      dataset: str, defense: str, per_example: pd.DataFrame | None = None,
                      eps_grid_used: Sequence[float] | None = None, seed: int = 0) -> pd.DataFrame:
@@ -141,9 +154,7 @@ def autoattack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
         aa = AutoAttack(model, norm="L2", eps=ep, version="standard", seed=seed, device=str(x.device))
         aa.verbose = False
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))   # (adversarial x, their labels)
-        delta = (x_adv - x).flatten(1).norm(dim=1)
-        if bool((delta > ep * (1 + 1e-4)).any()) or bool((x_adv < 0).any()) or bool((x_adv > 1).any()):
-            raise RuntimeError("AutoAttack returned points outside the ε-ball or the [0, 1] box")
+        _check_autoattack_points(x_adv, x, ep)
         with torch.no_grad():
             acc = float((model(x_adv).argmax(1) == y).float().mean())
         row = {"defense": defense, "eps": e, "eps_pixel": ep, "n": len(x), "autoattack": acc}
@@ -205,9 +216,8 @@ def autoattack_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per
             with warnings.catch_warnings(), attacks_mod.own_random_state(x.device):
                 warnings.simplefilter("ignore")
                 x_adv, _ = aa.run_standard_evaluation(xs, ys, batch_size=len(xs))
+            _check_autoattack_points(x_adv, xs, ep)
             delta = (x_adv - xs).flatten(1).norm(dim=1)
-            if bool((delta > ep * (1 + 1e-4)).any()) or bool((x_adv < 0).any()) or bool((x_adv > 1).any()):
-                raise RuntimeError("AutoAttack returned points outside the ε-ball or the [0, 1] box")
             with torch.no_grad():
                 fooled = (model(x_adv).argmax(1) != ys).cpu()
             missed = int(fooled.sum())

@@ -1,0 +1,27 @@
+"""Statistics against scipy: Wilson score intervals and the exact McNemar test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from crossholder import stats
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (512, 1000), (1, 500)])
+def test_wilson_interval_matches_scipy(k, n):
+    lo, hi = stats.wilson_interval(k, n)
+    ref = sps.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert float(lo) == pytest.approx(ref.low, abs=1e-6) and float(hi) == pytest.approx(ref.high, abs=1e-6)
+
+
+def test_wilson_interval_of_nothing_is_nan():
+    lo, hi = stats.wilson_interval(0, 0)
+    assert np.isnan(lo) and np.isnan(hi)
+
+
+@pytest.mark.parametrize("a,b", [(0, 0), (3, 0), (7, 2), (40, 55), (300, 260)])
+def test_mcnemar_exact_is_the_two_sided_binomial_test(a, b):
+    ref = 1.0 if a + b == 0 else sps.binomtest(min(a, b), a + b, 0.5).pvalue
+    assert stats.mcnemar_exact(a, b) == pytest.approx(ref, rel=1e-9)
