@@ -21,7 +21,7 @@ PMARGS  := -p profile $(PROFILE) -p device $(DEVICE)
 RAY_CLUSTER ?=
 JOBS    := $(PY) -m crossholder.jobs --profile $(PROFILE) --device $(DEVICE)$(if $(RAY_CLUSTER), --address $(RAY_CLUSTER),)
 
-.PHONY: all setup data test figures selection seeds lab bench browser clean distclean
+.PHONY: all setup data test figures selection seeds lab bench browser clean distclean plan check-device
 all: figures
 
 # ---------------------------------------------------------------- environment
@@ -52,7 +52,8 @@ data: $(RAW)
 # redraws, writing the same bytes. Stamps in results/.make (gitignored).
 NB        := notebooks
 RUNS      := $(NB)/runs
-STAMPS    := results/.make
+# one stamp folder per profile and device: `make figures PROFILE=paper DEVICE=cuda` after a cpu run does its own work
+STAMPS    := results/.make/$(PROFILE)-$(DEVICE)
 NOTEBOOKS := $(sort $(wildcard $(NB)/[0-9][0-9]_*.ipynb))
 LIB       := $(wildcard lib/crossholder/*.py)
 DATASETS  := mnist fashion_mnist
@@ -67,7 +68,7 @@ run = mkdir -p $(RUNS) && if [ -n "$(CANONICAL)" ] && [ -z "$(2)" ]; then \
       else out=$(RUNS)/$(basename $(notdir $(1)))$(2)$(SUFFIX).ipynb; \
         $(PAPERMILL) $(1) $$out $(RUNARGS) $(3) && $(STRIP) $$out; fi
 
-$(STAMPS)/01.done: $(NB)/01_hessian_norm_estimation.ipynb $(LIB) | $(RAW)
+$(STAMPS)/01.done: $(NB)/01_hessian_norm_estimation.ipynb $(LIB) | $(RAW) check-device
 	$(call run,$<,,)
 	@mkdir -p $(STAMPS) && touch $@
 
@@ -75,7 +76,7 @@ $(STAMPS)/01.done: $(NB)/01_hessian_norm_estimation.ipynb $(LIB) | $(RAW)
 # The eight trainings run first as Ray tasks, in parallel (cached: with committed results they only load);
 # the notebooks then find them done.
 TRAIN_ALL := $(foreach ds,$(DATASETS),--dataset $(ds)) $(foreach def,$(DEFENSES),--defense $(def))
-$(STAMPS)/02.done: $(NB)/02_training.ipynb $(LIB) | $(RAW)
+$(STAMPS)/02.done: $(NB)/02_training.ipynb $(LIB) | $(RAW) check-device
 	$(JOBS) train $(TRAIN_ALL)
 	for ds in $(DATASETS); do for def in $(DEFENSES); do \
 	  if [ $$ds-$$def = mnist-cross_holder ]; then name=""; else name="-$$ds-$$def"; fi; \
@@ -88,7 +89,7 @@ $(STAMPS)/02.done: $(NB)/02_training.ipynb $(LIB) | $(RAW)
 # (17 training runs per data set). `make selection` scores every missing point (resumable, cached
 # per grid point; executed copies in notebooks/runs/), then redraws the source notebook, which
 # tables the points scored (grid=False, its default; seconds).
-$(STAMPS)/03.done: $(NB)/03_hyperparameter_selection.ipynb $(LIB) | $(RAW)
+$(STAMPS)/03.done: $(NB)/03_hyperparameter_selection.ipynb $(LIB) | $(RAW) check-device
 	for ds in $(DATASETS); do $(call run,$<,-$$ds-grid,-p grid True -p dataset $$ds -p address "$(RAY_CLUSTER)") || exit 1; done
 	$(call run,$<,,)
 	$(call run,$<,-fashion_mnist,-p dataset fashion_mnist)
@@ -97,7 +98,7 @@ $(STAMPS)/03.done: $(NB)/03_hyperparameter_selection.ipynb $(LIB) | $(RAW)
 # 04: robustness curves per dataset (needs the models of 02). The eight curves of the notebook's
 # protocol run first as Ray tasks, in parallel (cached: with committed results they only load).
 EVAL_PROTOCOL := $(or $(shell sed -n 's/^protocol: str = "\([^"]*\)".*/\1/p' $(NB)/04_robustness.py),strongest)
-$(STAMPS)/04.done: $(NB)/04_robustness.ipynb $(STAMPS)/02.done $(LIB) | $(RAW)
+$(STAMPS)/04.done: $(NB)/04_robustness.ipynb $(STAMPS)/02.done $(LIB) | $(RAW) check-device
 	$(JOBS) evaluate $(TRAIN_ALL) --protocol $(EVAL_PROTOCOL)
 	$(call run,$<,,)
 	$(call run,$<,-fashion_mnist,-p dataset fashion_mnist)
@@ -106,14 +107,22 @@ $(STAMPS)/04.done: $(NB)/04_robustness.ipynb $(STAMPS)/02.done $(LIB) | $(RAW)
 # 05-08: analysis notebooks; they compute nothing and show tables generated from results/ (crossholder.reports)
 ANALYSES := $(sort $(wildcard $(NB)/0[5-9]_*.ipynb))
 # (they show the committed cpu results, so they run only in the canonical run: in place, no parameters)
-$(STAMPS)/analyses.done: $(ANALYSES) $(LIB) | $(STAMP)
+$(STAMPS)/analyses.done: $(ANALYSES) $(LIB) | $(STAMP) check-device
 	@if [ -z "$(CANONICAL)" ]; then echo "notebooks 05-08 show the committed cpu results: skipped"; else \
 	  for nb in $(ANALYSES); do $(PAPERMILL) $$nb $$nb && $(STRIP) $$nb || exit 1; done; \
 	  mkdir -p $(STAMPS) && touch $@; fi
 
 FIGURE_STAMPS := $(STAMPS)/01.done $(STAMPS)/02.done $(STAMPS)/04.done $(STAMPS)/analyses.done
-figures: $(FIGURE_STAMPS)
-selection: $(STAMPS)/03.done
+figures: plan $(FIGURE_STAMPS)
+selection: plan $(STAMPS)/03.done
+
+# what this run will do, in one line, before any work
+plan:
+	@echo "[make] $(MAKECMDGOALS) at PROFILE=$(PROFILE) DEVICE=$(DEVICE): $(if $(CANONICAL),the canonical run (notebooks in place; results/, figures/),a variant (executed copies in notebooks/runs/; results/variants/, figures/variants/)); stamps in $(STAMPS)/"
+
+# DEVICE must be usable here: one line and no file written otherwise (before any notebook runs)
+check-device: $(STAMP)
+	@$(PY) -m crossholder.experiments check-device $(DEVICE)
 # seeds 1 and 2 of every configuration, trained then evaluated (strongest protocol), as Ray tasks;
 # resumable: a rerun skips what is done
 # (seeds 1 and 2 on the first 500 test images, seed 0's 1,000-image curves contributing their first
@@ -130,7 +139,7 @@ seeds: $(STAMP) | $(RAW)
 # notebook (re-executed against the committed results; cells marked NBVAL_CHECK_OUTPUT must match).
 NBVAL_ARGS = --nbval-lax --nbval-kernel-name $(KERNEL) --nbval-sanitize-with tests/nbval_sanitize.cfg
 test: $(STAMP) | $(RAW)
-	nbs="$$($(PY) -m crossholder.notebooks executed $(NOTEBOOKS) $(wildcard $(RUNS)/*.ipynb))"; \
+	nbs="$$($(PY) -m crossholder.notebooks executed $(NOTEBOOKS) $(wildcard $(RUNS)/*.ipynb))" && \
 	$(PY) -m pytest tests $$nbs $(NBVAL_ARGS) -p no:cacheprovider
 
 # Debian's Chromium and its driver for tests/test_lab_browser.py (the test runs this only when they are missing)
@@ -147,8 +156,9 @@ bench: $(STAMP) | $(RAW)
 # JupyterLab at the project root (README, figures/, results/ browsable); on a remote machine:
 #   make lab LAB_ARGS="--no-browser --ip=127.0.0.1 --port=8888"   then ssh -L 8888:127.0.0.1:8888 HOST
 LAB_ARGS ?=
+# (as root, in containers and cloud notebooks, Jupyter refuses to start without --allow-root: added then)
 lab: $(STAMP) | $(RAW)
-	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
 clean:
 	rm -rf .pytest_cache

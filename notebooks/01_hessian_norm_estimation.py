@@ -40,7 +40,7 @@ method: str = "ascent"  # |Hv*| estimator: "ascent" (the paper's), "power" or "l
 iters: int = 10  # the paper's T (ascent steps; products for power / lanczos)
 step: float = 0.1  # the paper's ascent step o
 lanczos_iters: int = 20  # Lanczos products of the extra estimate per example (0: skip)
-exact_n: int = 0  # examples with a full float64 Hessian (0: 2 at smoke, 16 at cpu, 32 at paper)
+exact_n: "Optional[int]" = None  # examples with a full float64 Hessian (None: 2 at smoke, 16 at cpu, 32 at paper)
 n_images: int = 8  # digits shown beside their top-curvature direction
 progress: bool = True  # progress bars (widgets in JupyterLab); `make` and CI turn them off
 
@@ -61,7 +61,7 @@ dev = experiments.check_device(device)
 if method not in hessian.METHODS:
     raise ValueError(f"method={method!r}; allowed values: {hessian.METHODS}")
 n_test = prof["hessian_n"]  # None: the whole test set
-exact_n = exact_n or {"smoke": 2, "cpu": 16, "paper": 32}[profile]
+exact_n = exact_n if exact_n is not None else {"smoke": 2, "cpu": 16, "paper": 32}[profile]
 torch.manual_seed(seed)
 pd.set_option("display.precision", 4)
 

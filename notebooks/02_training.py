@@ -37,13 +37,13 @@ device: str = "cpu"  # "cpu" or "cuda": where the arithmetic runs (not part of a
 seed: int = 0  # seed of the initialization, the batch order and the random directions
 dataset: str = "mnist"  # "mnist" or "fashion_mnist"
 defense: str = "cross_holder"  # "none", "cross_lipschitz", "cross_holder" or "adversarial"
-lam1: float = -1.0  # λ1 of eq. (5); -1: the final model's choice (below)
-lam2: float = -1.0  # λ2 of eq. (5) (Cross-Hölder); -1: the final model's choice
-eps: float = -1.0  # adversarial training radius in the paper's units; -1: the final model's choice
-epochs: int = 0  # 0: the profile's number of epochs
+lam1: "Optional[float]" = None  # λ1 of eq. (5); None: the final model's choice (below)
+lam2: "Optional[float]" = None  # λ2 of eq. (5) (Cross-Hölder; 0 turns its Hessian term off); None: the final model's choice
+eps: "Optional[float]" = None  # adversarial training radius in the paper's units; None: the final model's choice
+epochs: "Optional[int]" = None  # None: the profile's number of epochs
 mode: str = "fast"  # Cross-Hölder: "fast" (ours) or "faithful" (Algorithm 1 as written)
-classes: str = ""  # "all" or "runner_up" for both gradient regularizers; "": the profile's choice
-compiled: int = -1  # gradient regularizers: 1 torch.compile'd explicit passes, 0 eager; -1: the final model's choice
+classes: "Optional[str]" = None  # "all" or "runner_up" for both gradient regularizers; None: the profile's choice
+compiled: "Optional[bool]" = None  # gradient regularizers: True torch.compile'd explicit passes, False eager; None: the final model's choice
 progress: bool = True  # progress bars (widgets in JupyterLab); `make` and CI turn them off
 
 # %%
@@ -66,14 +66,10 @@ from crossholder import data, experiments, paths, plotting, store, training
 
 data.check_dataset(dataset)
 experiments.check_defense(defense)
-if compiled not in (-1, 0, 1):
-    raise ValueError(f"compiled={compiled!r}; allowed values: -1 (the final model's choice), 0, 1")
 base = dict(experiments.FINAL[dataset].get(defense, {})) if profile == "cpu" else {}
-given = {k: v for k, v in {"lam1": lam1, "lam2": lam2, "eps": eps, "epochs": epochs, "classes": classes}.items()
-         if v not in (-1.0, 0, "")}
+given = {k: v for k, v in {"lam1": lam1, "lam2": lam2, "eps": eps, "epochs": epochs, "classes": classes,
+                           "compiled": compiled}.items() if v is not None}   # None: not given; 0 is a value
 overrides = {**base, **given}
-if compiled != -1:
-    overrides["compiled"] = bool(compiled)
 if defense == "cross_holder":
     overrides["mode"] = mode
 config = training.make_config(dataset, defense, profile=profile, seed=seed, **overrides)

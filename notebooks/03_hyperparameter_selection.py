@@ -41,7 +41,7 @@ seed: int = 0  # seed of every training run and attack
 dataset: str = "mnist"  # "mnist" or "fashion_mnist"
 grid: bool = False  # True: score every missing point (hours at "cpu"; `make selection`); False: table the points scored
 progress: bool = True  # progress bars (widgets in JupyterLab); `make` and CI turn them off
-address: str = ""  # where grid points run: empty for a local Ray instance, else a Ray cluster address (auto, host:port, ray://host:port)
+address: "Optional[str]" = None  # where grid points run: None for a local Ray instance, else a Ray cluster address (auto, host:port, ray://host:port)
 
 # %%
 from crossholder import notebooks
@@ -66,7 +66,7 @@ print(f"{len(selection.grid(dataset, profile))} grid points; selection settings:
 
 # %%
 if grid:  # the missing points as Ray tasks, then the table of every cached point (as run_grid gives it)
-    table = jobs.grid(dataset, profile=profile, seed=seed, device=device, address=address or None, progress=progress)
+    table = jobs.grid(dataset, profile=profile, seed=seed, device=device, address=address, progress=progress)
 else:
     table = selection.run_grid(dataset, profile, seed=seed, progress=progress, device=device, cached_only=True)
 missing = selection.missing_points(dataset, profile, seed=seed)

@@ -47,13 +47,13 @@ device: str = "cpu"  # "cpu" or "cuda": where the arithmetic runs (not part of a
 seed: int = 0  # seed of the attacks' random starts
 dataset: str = "mnist"  # "mnist" (Figures 1, 4) or "fashion_mnist" (Figures 2, 5)
 protocol: str = "strongest"  # "strongest" (PGD + APGD + FAB + FAB-T) or "paper-v1" (legacy PGD; see above)
-n_examples: int = 0  # test examples attacked; 0: the profile's choice (all at "paper")
-steps: int = 0  # PGD steps per restart; 0: the profile's choice (50)
-restarts: int = 0  # random restarts; 0: the profile's choice (10)
+n_examples: "Optional[int]" = None  # test examples attacked; None: the profile's choice (all at "paper")
+steps: "Optional[int]" = None  # PGD steps per restart; None: the profile's choice (50)
+restarts: "Optional[int]" = None  # random restarts; None: the profile's choice (10)
 eps_max: float = 6.0  # largest ε, paper units
 eps_step: float = 0.5  # ε grid step, paper units
-sanity_n: int = 0  # examples for the sanity checks; 0: 16 at smoke, 100 otherwise
-autoattack_n: int = 0  # examples for the AutoAttack check; 0: 8 at smoke, 200 at cpu (paper-v1: 50), 500 at paper
+sanity_n: "Optional[int]" = None  # examples for the sanity checks; None: 16 at smoke, 100 otherwise
+autoattack_n: "Optional[int]" = None  # examples for the AutoAttack check; None: 8 at smoke, 200 at cpu (paper-v1: 50), 500 at paper
 progress: bool = True  # progress bars (widgets in JupyterLab); `make` and CI turn them off
 
 # %%

@@ -19,7 +19,7 @@
 # An analysis notebook: it computes nothing and only shows tables generated from the committed files in `results/` (`crossholder.reports`), with what we read in them. The runs behind them are named in each table's source (`crossholder.reports`) and in the text.
 
 # %% tags=["parameters"]
-results_root: str = ""  # project root whose results/ the tables read ("": this repository)
+results_root: "Optional[str]" = None  # project root whose results/ the tables read (None: results/ of this repository, or CROSSHOLDER_RESULTS)
 
 # %%
 from crossholder import notebooks
@@ -33,7 +33,7 @@ from IPython.display import Markdown, display
 
 from crossholder import paths, reports
 
-root = Path(results_root) if results_root else paths.project_root()
+root = None if results_root is None else Path(results_root)
 
 # %% [markdown]
 # Issue 5's targets for fast mode: a training step on the runner-up class at most 4× a plain step,

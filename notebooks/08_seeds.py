@@ -27,7 +27,7 @@
 # attacks' seed.
 
 # %% tags=["parameters"]
-results_root: str = ""  # project root whose results/ the tables read ("": this repository)
+results_root: "Optional[str]" = None  # project root whose results/ the tables read (None: results/ of this repository, or CROSSHOLDER_RESULTS)
 
 # %%
 from crossholder import notebooks
@@ -41,7 +41,7 @@ from IPython.display import Markdown, display
 
 from crossholder import paths, reports
 
-root = Path(results_root) if results_root else paths.project_root()
+root = None if results_root is None else Path(results_root)
 
 # %% [markdown]
 # ## Robust accuracy per seed

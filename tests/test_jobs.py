@@ -168,6 +168,19 @@ def test_bad_addresses_fail_fast_with_a_clear_error():
         jobs.run_tasks(print, [], cpus=0)
 
 
+def test_a_stale_ray_address_variable_fails_fast_naming_it(monkeypatch):
+    """Issue 33, item 6 (ray PR #7977): RAY_ADDRESS=127.0.0.1:1 with address='auto' waited > 540 s."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError, match=r"address='127.0.0.1:1': no Ray cluster answers there within 5 s "
+                                              r"\(.*the address came from address='auto', from the RAY_ADDRESS variable"):
+        jobs.run_tasks(print, [], address="auto")
+    assert time.perf_counter() - t0 < 2 * jobs.ADDRESS_TIMEOUT_S
+    monkeypatch.setenv("RAY_ADDRESS", "nowhere")
+    with pytest.raises(ValueError, match="address='nowhere'; allowed.*from the RAY_ADDRESS variable"):
+        jobs.run_tasks(print, [], address="auto")
+
+
 def test_jobs_trains_exactly_the_registered_configurations(monkeypatch):
     """jobs.train builds training.final_config: for every registered model it is the registered run,
     in the canonical variant (so `make figures` only loads, and seeds land in `cpu-seed=<s>`)."""

@@ -99,6 +99,20 @@ def test_smoke_run_of_the_legacy_protocol(smoke_env):
     assert set(curves["attack"]) == {"pgd-ce", "pgd-cw", "worst-min", "worst-per-example"}
 
 
+def test_zero_is_a_value_the_training_notebook_runs_with(smoke_env):
+    """Issue 32, item 2: `-p lam2 0` printed {'mode': 'fast'} and reused the λ2 = 0.5 checkpoint."""
+    nb = ROOT / "notebooks" / "02_training.ipynb"
+    pm.execute_notebook(str(nb), str(smoke_env / nb.name), parameters={"profile": "smoke", "lam2": 0, "progress": False},
+                        kernel_name="crossholder", cwd=str(smoke_env), progress_bar=False)
+    sides = list((smoke_env / "results" / "mnist" / "models").glob("cross_holder-*.json"))
+    assert len(sides) == 1
+    import json
+    rec = json.loads(sides[0].read_text())
+    assert rec["hyperparameters"]["lam2"] == 0.0, "the run asked for: lam2 = 0"
+    log = pd.read_csv(smoke_env / "results" / "mnist" / "training" / f"cross_holder-{rec['run_id']}.csv")
+    assert (log["hess_term"] == 0).all()
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_bad_parameter_fails_clearly(nb, smoke_env):
     params, message = BAD[nb.stem]
@@ -407,3 +421,49 @@ def test_robustness_table_says_what_each_row_is_judged_on(tmp_path):
     pd.DataFrame([r for r in rows if r["attack"] != "strongest"]).to_csv(ds / "robustness.csv", index=False)
     assert reports.robustness_table(tmp_path).splitlines()[2] == \
         "| MNIST | Cross-Hölder | 1000 | PGD per example (worst-min) | " + " | ".join(["60.0 (70.0)"] * 5) + " |"
+
+
+def test_every_committed_notebook_is_executed_and_checked():
+    """Issue 33, item 7 (nbval #81): a cleared checked cell must fail, never be skipped."""
+    from crossholder import notebooks
+
+    committed = NOTEBOOKS + sorted((ROOT / "notebooks" / "runs").glob("*.ipynb"))
+    assert len(committed) >= 17
+    assert {str(p): notebooks.unchecked(p) for p in committed if notebooks.unchecked(p)} == {}
+
+
+def test_a_cleared_checked_cell_fails_the_notebook_list(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    nb = json.loads((ROOT / "notebooks" / "07_results_in_detail.ipynb").read_text())
+    checked = [c for c in nb["cells"] if "NBVAL_CHECK_OUTPUT" in "".join(c.get("source", []))]
+    checked[-1]["outputs"], checked[-1]["execution_count"] = [], None
+    bad = tmp_path / "07_results_in_detail.ipynb"
+    bad.write_text(json.dumps(nb))
+    out = subprocess.run([sys.executable, "-m", "crossholder.notebooks", "executed", str(bad)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "never executed" in out.stderr and "has no output" in out.stderr
+
+
+def test_strip_coalesces_a_split_stream(tmp_path):
+    """Issue 32, item 3: a printed table whose last newline arrived as a separate stream output."""
+    import json
+
+    from crossholder import notebooks
+
+    src = ROOT / "notebooks" / "03_hyperparameter_selection.ipynb"
+    nb = json.loads(src.read_text())
+    cell = next(c for c in nb["cells"] if any(o.get("output_type") == "stream" for o in c.get("outputs", [])))
+    i = next(k for k, o in enumerate(cell["outputs"]) if o.get("output_type") == "stream")
+    text = "".join(cell["outputs"][i]["text"])
+    assert text.endswith("\n") and len(text) > 1
+    name = cell["outputs"][i]["name"]
+    cell["outputs"][i:i + 1] = [{"name": name, "output_type": "stream", "text": [text[:-1]]},
+                                {"name": name, "output_type": "stream", "text": ["\n"]}]
+    split = tmp_path / src.name
+    split.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    assert split.read_bytes() != src.read_bytes()
+    notebooks.strip(split)
+    assert split.read_bytes() == src.read_bytes(), "strip restores the bytes of the unsplit run"

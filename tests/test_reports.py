@@ -39,3 +39,16 @@ def test_an_edited_copy_is_what_the_tables_show(tmp_path, monkeypatch):
     monkeypatch.setenv("CROSSHOLDER_RESULTS", str(copy))
     after = reports.robustness_table()
     assert "12.3 (" in after and "12.3 (" not in before
+
+
+def test_an_explicit_project_root_is_read_instead(tmp_path, monkeypatch):
+    """The analysis notebooks' results_root: <root>/results, whatever CROSSHOLDER_RESULTS says."""
+    copy = tmp_path / "proj" / "results" / "mnist"
+    copy.mkdir(parents=True)
+    curve = pd.read_csv(paths.results_dir() / "mnist" / "robustness.csv")
+    curve.loc[(curve["defense"] == "none") & (curve["attack"] == "strongest") & (curve["eps"] == 2.0),
+              "accuracy"] = 0.456
+    curve.to_csv(copy / "robustness.csv", index=False)
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "elsewhere"))
+    table = reports.robustness_table(tmp_path / "proj")
+    assert "| MNIST | none |" in table and "45.6 (" in table

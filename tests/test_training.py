@@ -103,7 +103,7 @@ def test_fast_mode_directions_follow_their_examples():
 @pytest.mark.parametrize("defense,kw,match", [
     ("dropout", {}, "defense='dropout'"),
     ("cross_lipschitz", {"lam1": -0.1}, "lam1=-0.1"),
-    ("cross_holder", {"lam2": 0.0}, "lam2=0.0"),
+    ("cross_holder", {"lam2": -0.5}, "lam2=-0.5"),
     ("adversarial", {"eps": 0.0}, "eps=0.0"),
     ("adversarial", {"eps": -1.0}, "eps=-1.0"),
     ("none", {"epochs": 0}, "epochs=0"),
@@ -302,3 +302,13 @@ def test_ablation_configs_identity_and_h_schedule():
     assert [cure.h_at(e) for e in range(5)] == [0.5, 1.0, 1.5, 1.5, 1.5]
     assert training.make_config("mnist", "cure", h_ramp_epochs=0).h_at(0) == 1.5
     assert cure.run_id != training.make_config("fashion_mnist", "cure", h=0.5, gamma=4.0).run_id
+
+
+def test_cross_holder_with_its_hessian_term_off_is_a_run_of_its_own(tmp_path, monkeypatch):
+    """Issue 32, item 2: lam2 = 0 is a value a researcher asks for (the ablation), never "not given"."""
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path))
+    off = small("cross_holder", lam2=0.0, epochs=1)
+    assert off.lam2 == 0.0 and off.run_id != small("cross_holder", epochs=1).run_id
+    assert off.run_id != small("cross_lipschitz", lam1=off.lam1, epochs=1).run_id
+    run = training.train(off, progress=False)
+    assert run.record["hyperparameters"]["lam2"] == 0.0 and (run.log["hess_term"] == 0).all()

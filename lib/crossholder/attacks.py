@@ -46,6 +46,7 @@ results and re-verification as :func:`pgd` (:func:`apgd`, :func:`fab`, :func:`sq
 """
 
 from __future__ import annotations
+from . import guards
 from .errors import not_allowed
 
 import math
@@ -130,27 +131,15 @@ def check_eval_mode(model: nn.Module) -> None:
 
 
 def check_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Guards: every submodule in eval mode (:func:`check_eval_mode`, before any forward pass) and
-    logits, not probabilities. Returns the clean logits ``(B, K)``."""
+    """Guards: every submodule in eval mode (:func:`check_eval_mode`, before any forward pass), parameters
+    of the dtype policy, no final softmax-type layer, and logits, not probabilities, in any batch size
+    (:mod:`crossholder.guards`). Returns the clean logits ``(B, K)``."""
     check_eval_mode(model)
+    guards.check_model_dtype(model)
+    guards.refuse_probability_layer(model)
     with torch.no_grad():
         z = model(x)
-    if z.dim() != 2:
-        raise ValueError(f"the model must return logits of shape (B, K); got {tuple(z.shape)}")
-    if z.shape[0] > 1 or z.shape[1] > 2:
-        # exactly one-hot rows (0s and one 1) are valid logits too (a hard margin of 1): the check fires
-        # only when some output lies strictly inside (0, 1), as a softmax's do
-        inside = bool(((z > 1e-6) & (z < 1 - 1e-6)).any())
-        probs_like = inside and bool(((z >= 0) & (z <= 1)).all()) and \
-            torch.allclose(z.sum(1), torch.ones_like(z[:, 0]), atol=1e-4)
-        p = z.exp()
-        logprobs_like = bool((z <= 0).all()) and bool(((p > 1e-6) & (p < 1 - 1e-6)).any()) and \
-            torch.allclose(p.sum(1), torch.ones_like(z[:, 0]), atol=1e-4)
-        if probs_like or logprobs_like:
-            raise ValueError("the model's outputs look like (log-)probabilities (every row sums to 1); attacks "
-                             "need logits: remove the final softmax / log-softmax (if these really are logits, "
-                             "adding any constant to them changes no prediction and passes this check)")
-    return z
+    return guards.check_logits(z)
 
 
 @contextmanager
@@ -184,10 +173,10 @@ def _validate(x: torch.Tensor, y: torch.Tensor, eps: float, norm: float, loss: s
 
 
 def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
-    if x.dim() < 2 or y.shape != (x.shape[0],) or y.dtype != torch.int64:
-        raise ValueError(f"x must be (B, *S) and y int64 (B,); got {tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
-    if bool((x < 0).any()) or bool((x > 1).any()):
-        raise ValueError("x has pixels outside [0, 1]; attacks work on [0, 1] images")
+    """Finite float32/float64 images in [0, 1], at least one, with int64 labels (:func:`crossholder.guards.check_inputs`)."""
+    guards.check_inputs(x, y, box=True)
+    if x.dim() < 2:
+        raise ValueError(f"x must be (B, *S); got {tuple(x.shape)}")
 
 
 def _clean_start(model: nn.Module, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor | None):
@@ -246,6 +235,7 @@ def _pull_back(out: torch.Tensor, x: torch.Tensor, eps: float, norm: float) -> t
     return out
 
 
+@guards.with_gradients
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: float = 2, loss: str = "ce",
         steps: int = 50, restarts: int = 10, step_size: float | None = None, seed: int = 0,
         active: torch.Tensor | None = None, verify: bool = True) -> AttackResult:
@@ -494,6 +484,7 @@ def _library_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     return result
 
 
+@guards.with_gradients
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, loss: str = "ce", n_iter: int = 100,
          restarts: int = 1, targets: int | None = None, seed: int = 0, active: torch.Tensor | None = None,
          verify: bool = True) -> AttackResult:
@@ -528,7 +519,8 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, loss
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name}={v!r} must be an integer >= 1")
     paa = _pyautoattack()
-    check_eval_mode(model)                       # before the forward pass that counts the classes
+    _check_xy(x, y)
+    check_model(model, x[:1])                    # before the forward pass that counts the classes
     with torch.no_grad():
         k = model(x[:1]).shape[-1]
     if loss == "dlr-t" and k < 4:
@@ -550,6 +542,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, loss
     return _library_attack(model, x, y, eps, run, active=active, verify=verify, seed=seed)
 
 
+@guards.with_gradients
 def fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_iter: int = 100, seed: int = 0,
         active: torch.Tensor | None = None, verify: bool = True, targets: int = 0) -> AttackResult:
     """FAB (Croce & Hein 2020), L2: each image's smallest adversarial distance it finds.
@@ -574,6 +567,8 @@ def fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_iter: int = 100
     if not isinstance(targets, int) or isinstance(targets, bool) or targets < 0:
         raise ValueError(f"targets={targets!r} must be an integer >= 0 (0: untargeted FAB)")
     paa = _pyautoattack()
+    _check_xy(x, y)
+    check_model(model, x[:1])                    # before the forward pass that counts the classes
     diameter = math.sqrt(x[0].numel())
     if targets:
         with torch.no_grad():
@@ -602,6 +597,7 @@ def fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_iter: int = 100
     return _library_attack(model, x, y, diameter, run, active=active, verify=verify, seed=seed)
 
 
+@guards.with_gradients
 def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, queries: int = 5000, seed: int = 0,
            active: torch.Tensor | None = None, verify: bool = True) -> AttackResult:
     """The black-box Square attack (Andriushchenko et al. 2020), L2, ``queries`` forward passes per image.
@@ -631,9 +627,10 @@ def random_noise_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
 
     Returns the bool ``(N,)`` of examples still correctly classified after every query.
     """
-    check_eval_mode(model)
+    _check_eps_tensor(eps)
+    _check_xy(x, y)
     with torch.no_grad():
-        robust = model(x).argmax(1) == y
+        robust = check_model(model, x).argmax(1) == y
         for q in range(queries):
             noise = _start_noise(x.shape, eps, 2.0, seed + 7919, q, x.dtype).to(x.device)
             robust &= model((x + noise).clamp(0, 1)).argmax(1) == y

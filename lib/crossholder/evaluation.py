@@ -23,10 +23,11 @@ from torch import nn
 
 from . import data as data_mod
 from . import experiments as ex
-from . import paths, store
+from . import guards, paths, store
 from .attacks import LOSSES
 from .checks import strong_checks
 from . import sweeps
+from .errors import not_allowed
 from .sweeps import (ATTACK_COLUMNS, EVAL_CODE_VERSION, PROTOCOLS, Protocol, check_eps_list, curve_from_sweeps,
                      protocol_of, to_pixel)
 
@@ -84,6 +85,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
         n=len(x), seed=seed, profile=profile, protocol=protocol)
     eps = check_eps_list(eps_list)
     eps_pixel = to_pixel(eps, dataset, "paper")
+    guards.check_inputs(x, y, box=True)              # before any cached row is read or computed
     inputs = store.fingerprint(x, y)
     if curve_csv.exists() and side.exists() and per_csv.exists():
         record, per = store.read_json(side), pd.read_csv(per_csv)
@@ -453,10 +455,11 @@ class DatasetEvaluation:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def settings(profile: str, protocol: str | Protocol = "strongest", *, n_examples: int = 0, steps: int = 0,
-             restarts: int = 0, eps_max: float = 6.0, eps_step: float = 0.5, sanity_n: int = 0,
-             autoattack_n: int = 0) -> dict[str, Any]:
-    """A data set evaluation's settings at ``profile`` (0 for any count: the profile's choice).
+def settings(profile: str, protocol: str | Protocol = "strongest", *, n_examples: int | None = None,
+             steps: int | None = None, restarts: int | None = None, eps_max: float = 6.0, eps_step: float = 0.5,
+             sanity_n: int | None = None, autoattack_n: int | None = None) -> dict[str, Any]:
+    """A data set evaluation's settings at ``profile`` (``None`` for any count: the profile's choice;
+    a count given must be an integer >= 1).
 
     ``n`` test images (``None``: all; ``eval_n`` of :data:`crossholder.experiments.PROFILES`, ``eval_n_v1``
     under ``paper-v1``), PGD ``steps`` and ``restarts``, the ε grid ``eps`` (paper units,
@@ -466,16 +469,23 @@ def settings(profile: str, protocol: str | Protocol = "strongest", *, n_examples
     """
     prof = ex.PROFILES[ex.check_profile(profile)]
     proto = protocol_of(protocol)
+    for name, v in (("n_examples", n_examples), ("steps", steps), ("restarts", restarts), ("sanity_n", sanity_n),
+                    ("autoattack_n", autoattack_n)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise not_allowed(name, v, "None (the profile's choice) or an integer >= 1")
     eps = eps_grid(profile, eps_max, eps_step)
     if profile == "smoke":
         aa_eps = [3.0]
     else:
         aa_eps = [3.0, 5.0] if proto.name == "paper-v1" else [2.0, 3.0, 4.0, 5.0, 6.0]
-    return {"n": n_examples or prof["eval_n_v1" if proto.name == "paper-v1" else "eval_n"],
-            "steps": steps or prof["eval_steps"], "restarts": restarts or prof["eval_restarts"], "eps": eps,
-            "sanity_n": sanity_n or (16 if profile == "smoke" else 100),
-            "autoattack_n": autoattack_n or {"smoke": 8, "cpu": 50 if proto.name == "paper-v1" else 200,
-                                             "paper": 500}[profile],
+    def given(v, default):
+        return default if v is None else v
+
+    return {"n": given(n_examples, prof["eval_n_v1" if proto.name == "paper-v1" else "eval_n"]),
+            "steps": given(steps, prof["eval_steps"]), "restarts": given(restarts, prof["eval_restarts"]), "eps": eps,
+            "sanity_n": given(sanity_n, 16 if profile == "smoke" else 100),
+            "autoattack_n": given(autoattack_n, {"smoke": 8, "cpu": 50 if proto.name == "paper-v1" else 200,
+                                                 "paper": 500}[profile]),
             "autoattack_eps": aa_eps, "masking_eps": 5.0 if 5.0 in eps else eps[-1]}
 
 

@@ -189,3 +189,21 @@ def tune_allocator() -> str:
 def allocator_state() -> str:
     """What :func:`tune_allocator` did in this process (``"default"`` before it ran, or where not glibc)."""
     return _ALLOCATOR.get("state", "default")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m crossholder.experiments check-device DEVICE``: exit 0 if ``DEVICE`` is usable here,
+    else exit 1 with one line saying why and what to do (``make`` runs it before any notebook)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "check-device":
+        raise SystemExit("usage: python -m crossholder.experiments check-device DEVICE")
+    try:
+        check_device(args[1])
+    except ValueError as err:
+        raise SystemExit(f"[crossholder] DEVICE={args[1]}: {err} (e.g. make figures DEVICE=cpu)") from None
+
+
+if __name__ == "__main__":
+    main()

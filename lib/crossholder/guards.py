@@ -1,4 +1,9 @@
-"""The guard every per-example curvature computation goes through (:func:`curvature`).
+"""Guards on users' models and inputs: the curvature guard (:func:`curvature`), and the checks every
+entry point runs before any work (:func:`check_inputs`, :func:`check_model_dtype`,
+:func:`refuse_probability_layer`, :func:`check_logits`) with its gradient-context policy
+(:func:`with_gradients`).
+
+The curvature guard:
 
 Used by :mod:`crossholder.hessian` (``hvp``, ``HVPOperator`` and so ``operator_norm``,
 ``hg_norm``; ``full_hessian``, ``hessian_spectrum``) and :mod:`crossholder.regularizers`
@@ -32,7 +37,8 @@ import torch
 from torch import nn
 
 __all__ = ["curvature", "frozen_batch_stats", "warn_if_zero_curvature", "training_logits", "PIECEWISE_LINEAR",
-           "SMOOTH", "ZeroCurvatureWarning"]
+           "SMOOTH", "ZeroCurvatureWarning", "check_inputs", "check_model_dtype", "check_logits",
+           "refuse_probability_layer", "with_gradients", "COMPUTE_DTYPES", "PROBABILITY_LAYERS"]
 
 #: Modules that are linear or piecewise linear in their input (zero second derivative almost everywhere).
 PIECEWISE_LINEAR = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.Hardtanh, nn.Hardsigmoid, nn.Threshold,
@@ -150,3 +156,105 @@ def curvature(model: nn.Module) -> Iterator[None]:
     warn_if_zero_curvature(model)
     with frozen_batch_stats(model):
         yield
+
+
+# ---------------------------------------------------------------- inputs, outputs, dtypes, gradient contexts
+#: The dtype policy: every entry point computes in the dtype of its inputs, which must be float32 or
+#: float64 (the model's parameters the same). Half precision (float16, bfloat16) is refused, naming the
+#: dtype: the attacks' ball projections and witness checks, and the curvature's second derivatives,
+#: lose their meaning at 8-11 bits of mantissa (an L-inf PGD step rounds past the ε-ball, an L2 input
+#: gradient underflows), and a refusal is clearer than a misleading error deep inside. Convert both
+#: with ``model.float(); x = x.float()``.
+COMPUTE_DTYPES = (torch.float32, torch.float64)
+#: Final modules whose outputs are (log-)probabilities: entry points that need logits refuse them.
+PROBABILITY_LAYERS = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d)
+_PROBS_MESSAGE = ("the model's outputs look like (log-)probabilities{why}; attacks, curvature and regularizers "
+                  "need logits: remove the final softmax / log-softmax (if these really are logits, adding any "
+                  "constant to them changes no prediction and passes this check)")
+
+
+def check_inputs(x: torch.Tensor, y: torch.Tensor | None = None, *, box: bool = False, name: str = "x") -> None:
+    """Refuse, before any work, inputs no entry point can give a right answer on.
+
+    ``x`` ``(B, *S)``: a tensor of a :data:`COMPUTE_DTYPES` dtype with at least one example (an empty
+    batch is refused, the same everywhere) and only finite values (a NaN pixel would otherwise count
+    as robust: every comparison with NaN is false); with ``box``, every value in [0, 1]. ``y``: int64
+    ``(B,)``.
+
+    Raises:
+        TypeError: a non-tensor or a dtype outside the policy. ValueError: an empty batch, a non-finite
+        value (naming how many and the first examples), a value outside the box, a bad ``y``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, *S); got {type(x).__name__}")
+    if x.dtype not in COMPUTE_DTYPES:
+        raise TypeError(f"{name} has dtype {x.dtype}; allowed dtypes: float32, float64 (half precision is refused: "
+                        "convert with model.float() and x.float())")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); pass at least one example")
+    bad = ~torch.isfinite(x.detach()).flatten(1).all(1) if x.dim() > 1 else ~torch.isfinite(x.detach())
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{name} has non-finite values (NaN or inf) in {int(bad.sum())} example(s), first at "
+                         f"index {rows}; every value must be a finite number")
+    if box and (bool((x < 0).any()) or bool((x > 1).any())):
+        raise ValueError(f"{name} has pixels outside [0, 1]; attacks work on [0, 1] images")
+    if y is not None and (not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or y.dtype != torch.int64):
+        raise ValueError(f"y must be int64 of shape ({x.shape[0]},) (one label per example of {name}); got "
+                         f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
+
+
+def check_model_dtype(model: nn.Module) -> None:
+    """Refuse a model with parameters outside :data:`COMPUTE_DTYPES` (the dtype policy), naming the dtype."""
+    for pname, p in model.named_parameters():
+        if p.is_floating_point() and p.dtype not in COMPUTE_DTYPES:
+            raise TypeError(f"the model's parameter {pname!r} has dtype {p.dtype}; allowed dtypes: float32, float64 "
+                            "(half precision is refused: convert with model.float() and x.float())")
+
+
+def refuse_probability_layer(model: nn.Module) -> None:
+    """Refuse a model whose last module is a softmax-type layer (:data:`PROBABILITY_LAYERS`), whatever
+    its outputs' values: a confident softmax gives exactly one-hot rows, which the value check of
+    :func:`check_logits` cannot tell from logits."""
+    leaves = [m for m in model.modules() if not list(m.children())]
+    if leaves and isinstance(leaves[-1], PROBABILITY_LAYERS):
+        raise ValueError(_PROBS_MESSAGE.format(why=f" (its last module is nn.{type(leaves[-1]).__name__})"))
+
+
+def check_logits(z: torch.Tensor) -> torch.Tensor:
+    """Refuse outputs ``(B, K)`` that look like (log-)probabilities, any batch size: rows in [0, 1] that
+    sum to 1 with some value strictly inside (0, 1), or rows <= 0 whose exponentials sum to 1.
+    Exactly one-hot rows pass (valid logits with a margin of 1; a final nn.Softmax is caught by
+    :func:`refuse_probability_layer`). Returns ``z``."""
+    if z.dim() != 2:
+        raise ValueError(f"the model must return logits of shape (B, K); got {tuple(z.shape)}")
+    z = z.detach()
+    if z.shape[1] >= 2 and z.shape[0] >= 1:
+        ones = torch.ones_like(z[:, 0])
+        inside = bool(((z > 1e-6) & (z < 1 - 1e-6)).any())
+        probs_like = inside and bool(((z >= 0) & (z <= 1)).all()) and torch.allclose(z.sum(1), ones, atol=1e-4)
+        p = z.exp()
+        logprobs_like = bool((z <= 0).all()) and bool(((p > 1e-6) & (p < 1 - 1e-6)).any()) and \
+            torch.allclose(p.sum(1), ones, atol=1e-4)
+        if probs_like or logprobs_like:
+            raise ValueError(_PROBS_MESSAGE.format(why=" (every row sums to 1)"))
+    return z
+
+
+def with_gradients(fn):
+    """Decorator of every entry point that differentiates: the gradient-context policy is **work as
+    outside**. Under ``torch.no_grad()`` or ``torch.inference_mode()`` the function runs with gradients
+    enabled (``torch.inference_mode(False)``, ``torch.enable_grad()``), and tensor arguments created in
+    inference mode are cloned first (an inference tensor cannot be saved for backward); so it returns
+    the same numbers in every context. The caller's context is restored on return."""
+    import functools
+
+    def plain(v):
+        return v.clone() if isinstance(v, torch.Tensor) and v.is_inference() else v
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*[plain(a) for a in args], **{k: plain(v) for k, v in kwargs.items()})
+
+    return wrapper

@@ -97,8 +97,14 @@ def _check_p(name: str, value: float) -> float:
 
 
 def _check_dtypes(model: nn.Module, x: torch.Tensor) -> None:
+    """The entry points' checks before any work: finite float32/float64 inputs, at least one
+    (:func:`crossholder.guards.check_inputs`), the model's dtype and no final softmax-type layer, then
+    the same dtype for both."""
     if not torch.is_floating_point(x):
         raise TypeError(f"x has dtype {x.dtype}; a floating-point input is required")
+    guards.check_inputs(x)
+    guards.check_model_dtype(model)
+    guards.refuse_probability_layer(model)
     p = next(model.parameters(), None)
     if p is not None and p.dtype != x.dtype:
         raise TypeError(f"x has dtype {x.dtype} but the model's parameters are {p.dtype}; convert one of them "
@@ -113,6 +119,7 @@ def resolve_pairs(logits: torch.Tensor, t: torch.Tensor, j: JSpec) -> tuple[torc
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be (B, K), got shape {tuple(logits.shape)}")
+    guards.check_logits(logits)
     B, K = logits.shape
     if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.shape != (B,):
         raise ValueError(f"t must be an int64 tensor of shape ({B},), got "
@@ -142,14 +149,17 @@ def _pair_margin(logits: torch.Tensor, t: torch.Tensor, j: torch.Tensor) -> torc
     return logits.gather(1, t[:, None]).squeeze(1) - logits.gather(1, j[:, None]).squeeze(1)
 
 
+@guards.with_gradients
 def margins(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec) -> torch.Tensor:
     """Margins ``f_t(x) - f_j(x)``, ``(B,)``. ``j`` an int64 ``(B,)`` tensor or ``"runner_up"``."""
+    _check_dtypes(model, x)
     with guards.frozen_batch_stats(model):
         logits = model(x)
     t, jj = resolve_pairs(logits, t, j)
     return _pair_margin(logits, t, jj)
 
 
+@guards.with_gradients
 def margin_and_grad(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, *,
                     create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Margins ``(B,)``, their input gradients ``(B, *S)`` and the resolved ``j`` ``(B,)``.
@@ -182,6 +192,7 @@ class HVPOperator:
     ``grad`` ``(B, *S)`` (detached), ``backend`` (the one actually used).
     """
 
+    @guards.with_gradients
     def __init__(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec,
                  *, backend: str = "auto") -> None:
         if backend not in BACKENDS:
@@ -212,6 +223,7 @@ class HVPOperator:
         self.margin = m.detach()
         self.grad = self._g.detach()
 
+    @guards.with_gradients
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         if v.shape != self.x.shape:
             raise ValueError(f"v has shape {tuple(v.shape)}, expected {tuple(self.x.shape)} (same as x)")
@@ -241,6 +253,7 @@ def _hvp_func(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: torch.Tenso
     return jvp(grad(total_margin), (x,), (v.to(x.dtype),))[1]
 
 
+@guards.with_gradients
 def hvp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec, v: torch.Tensor, *,
         create_graph: bool = False, backend: str = "auto") -> torch.Tensor:
     """Exact Hessian-vector products ``H_{f^(j)}(x_b) v_b`` for every example: ``(B, *S)``.
@@ -374,6 +387,7 @@ def _start(x: torch.Tensor, v0: torch.Tensor | None, generator: torch.Generator 
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
 
 
+@guards.with_gradients
 def operator_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec = "runner_up", *,
                   p: float = 2.0, q: float = 2.0, iters: int = 10, step: float = 0.1,
                   method: str = "ascent", v0: torch.Tensor | None = None, seed: int | None = 0,
@@ -553,6 +567,7 @@ def lanczos(H: HVPOperator, v: torch.Tensor, iters: int, gen: torch.Generator | 
     return _result(H, best, vec, hist, hh, "lanczos", 2.0, 2.0)
 
 
+@guards.with_gradients
 def hg_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec = "runner_up", *,
             backend: str = "auto") -> torch.Tensor:
     """The paper's ``|Hg|``: ``||H ĝ||_2`` with ``ĝ = grad f^(j)(x) / ||grad f^(j)(x)||_2``, ``(B,)``.
@@ -569,6 +584,7 @@ def hg_norm(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec = "runn
         H.release()
 
 
+@guards.with_gradients
 def full_hessian(model: nn.Module, x: torch.Tensor, t: torch.Tensor | int, j: torch.Tensor | int, *,
                  chunk: int = 112) -> torch.Tensor:
     """The full ``d x d`` input Hessian of ``f_t - f_j`` at one example ``x`` ``(*S)``.
@@ -593,6 +609,7 @@ def full_hessian(model: nn.Module, x: torch.Tensor, t: torch.Tensor | int, j: to
     return torch.cat(cols).T.contiguous()
 
 
+@guards.with_gradients
 def hessian_spectrum(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec = "runner_up", *,
                      chunk: int = 112) -> torch.Tensor:
     """Every eigenvalue of the input Hessian of ``f_t - f_j`` per example, largest modulus first.

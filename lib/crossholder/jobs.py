@@ -82,10 +82,39 @@ def _ray():
     return ray
 
 
+#: Seconds a probe of a Ray address may take before the address is declared dead (Ray itself keeps
+#: retrying a silent GCS for minutes).
+ADDRESS_TIMEOUT_S = 5
+
+
+def _resolve_auto() -> tuple[str | None, str]:
+    """What ``address="auto"`` connects to, and where that came from: the ``RAY_ADDRESS`` variable, else
+    the address file of the newest local cluster (Ray's own order); ``(None, "")`` when neither exists
+    (Ray then fails fast by itself)."""
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env and env != "auto":
+        return env, "the RAY_ADDRESS variable"
+    import tempfile
+
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if current.exists() and current.read_text().strip():
+        return current.read_text().strip(), f"Ray's address file {current}"
+    return None, ""
+
+
 def _check_address(address: str | None) -> None:
-    """Fail fast on an address nobody answers (Ray itself waits a long time before giving up)."""
-    if address is None or address == "auto":
+    """Fail within :data:`ADDRESS_TIMEOUT_S` seconds on an address nobody answers, whatever ``RAY_ADDRESS``
+    says (Ray itself waits minutes before giving up): an explicit address is probed as given; ``"auto"``
+    is resolved as Ray resolves it (:func:`_resolve_auto`) and that address is probed. The error names
+    the address and where it came from."""
+    if address is None:
         return
+    source = "the address argument"
+    if address == "auto":
+        address, source = _resolve_auto()
+        if address is None:
+            return
+        source = f"address='auto', from {source}"
     if not isinstance(address, str) or not address:
         raise ValueError(f"address={address!r}; {_ADDRESS_HELP}")
     client = address.startswith("ray://")
@@ -94,13 +123,14 @@ def _check_address(address: str | None) -> None:
     if client and not sep:
         host, port = hostport, "10001"                  # Ray Client's default port
     if not host or not port.isdigit():
-        raise ValueError(f"address={address!r}; {_ADDRESS_HELP}")
+        raise ValueError(f"address={address!r}; {_ADDRESS_HELP} (the address came from {source})")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S):
             pass
     except OSError as err:
-        raise ConnectionError(f"address={address!r}: no Ray cluster answers there ({err}); start one with "
-                              "`ray start --head` or run locally with address=None") from err
+        raise ConnectionError(f"address={address!r}: no Ray cluster answers there within {ADDRESS_TIMEOUT_S} s "
+                              f"({err}; the address came from {source}); start one with `ray start --head`, "
+                              "unset a stale RAY_ADDRESS, or run locally with address=None") from err
 
 
 @contextlib.contextmanager

@@ -20,9 +20,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .paths import temp_beside
 
-__all__ = ["strip", "is_executed", "check_parameters", "variant", "CANONICAL", "NEUTRAL"]
+__all__ = ["strip", "is_executed", "unchecked", "check_parameters", "variant", "CANONICAL", "NEUTRAL"]
 
 #: names IPython puts in a notebook's namespace
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -62,17 +61,28 @@ def check_parameters(namespace: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
                          f"this notebook's parameters: {', '.join(sorted(declared))}")
-    for name, typ in declared.items():
-        typ = typing.get_origin(typ) or typ
-        if not isinstance(typ, type) or name not in namespace:
+    for name, ann in declared.items():
+        if name not in namespace:
             continue
+        if isinstance(ann, str):   # "Optional[float]": a string, so papermill's parser reads the cell
+            ann = eval(ann, {"Optional": typing.Optional, "float": float, "int": int, "str": str, "bool": bool,
+                             "list": list, "dict": dict})  # noqa: S307 - the notebook's own annotation
         v = namespace[name]
-        ok = isinstance(v, typ) or (typ is float and isinstance(v, int))
-        if typ in (int, float) and isinstance(v, bool):
-            ok = False
+        # ``float | None``: None means "not given" (documented in the parameters cell); 0 is a value
+        members = typing.get_args(ann) if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union \
+            else (ann,)
+        if v is None and type(None) in members:
+            continue
+        typs = [typing.get_origin(t) or t for t in members if t is not type(None)]
+        typs = [t for t in typs if isinstance(t, type)]
+        if not typs:
+            continue
+        ok = any((isinstance(v, t) or (t is float and isinstance(v, int))) and
+                 not (t in (int, float) and isinstance(v, bool)) for t in typs)
         if not ok:
-            raise TypeError(f"parameter {name}={v!r} is a {type(v).__name__}; expected {typ.__name__}")
-        if typ is float and isinstance(v, int):
+            want = " or ".join(t.__name__ for t in typs) + (" or None" if type(None) in members else "")
+            raise TypeError(f"parameter {name}={v!r} is a {type(v).__name__}; expected {want}")
+        if float in typs and int not in typs and isinstance(v, int) and not isinstance(v, bool):
             namespace[name] = float(v)
 
 
@@ -88,10 +98,10 @@ NEUTRAL = ("dataset", "defense", "device", "progress", "grid", "address")
 #: training configuration instead (:func:`crossholder.training.config_variant`).
 CANONICAL: dict[str, dict[str, Any]] = {
     "01_hessian_norm_estimation": {"seed": 0, "method": "ascent", "iters": 10, "step": 0.1, "lanczos_iters": 20,
-                                   "exact_n": 0, "n_images": 8},
+                                   "exact_n": None, "n_images": 8},
     "03_hyperparameter_selection": {"seed": 0},
-    "04_robustness": {"seed": 0, "protocol": "strongest", "n_examples": 0, "steps": 0, "restarts": 0,
-                      "eps_max": 6.0, "eps_step": 0.5, "sanity_n": 0, "autoattack_n": 0},
+    "04_robustness": {"seed": 0, "protocol": "strongest", "n_examples": None, "steps": None, "restarts": None,
+                      "eps_max": 6.0, "eps_step": 0.5, "sanity_n": None, "autoattack_n": None},
 }
 
 
@@ -138,12 +148,21 @@ def strip(path: str | os.PathLike[str]) -> None:
 
     Removes papermill's timings, paths and environment, execution timestamps, progress-bar widgets
     (their outputs and saved widget state carry random model ids), and gives every cell a stable id
-    (``cell-<index>``), so re-executing a notebook whose inputs did not change writes identical
-    bytes. An executed copy in ``notebooks/runs/`` also loses its jupytext pairing, so opening it
-    in JupyterLab does not create a paired script beside it.
+    (``cell-<index>``); merges consecutive stream outputs of the same name (nbconvert's
+    ``CoalesceStreamsPreprocessor``: how a printed table is split into chunks depends on the
+    kernel's timing, e.g. its last newline arriving on its own under load). So re-executing a
+    notebook whose inputs did not change writes identical bytes. An executed copy in
+    ``notebooks/runs/`` also loses its jupytext pairing, so opening it in JupyterLab does not create
+    a paired script beside it. Reads and writes with ``nbformat`` (its JSON layout).
     """
+    import nbformat
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
+    from . import store
+
     path = Path(path)
-    nb = json.loads(path.read_text(encoding="utf-8"))
+    nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+    nb, _ = CoalesceStreamsPreprocessor().preprocess(nb, {})
     meta = nb.get("metadata", {})
     pm = meta.get("papermill")
     if isinstance(pm, dict):
@@ -161,30 +180,46 @@ def strip(path: str | os.PathLike[str]) -> None:
         cell["id"] = f"cell-{i}"
         if "outputs" in cell:
             cell["outputs"] = [o for o in cell["outputs"] if _WIDGET not in o.get("data", {})]
-    fd, tmp = temp_beside(path)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(nb, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    store.atomic_write_text(path, nbformat.writes(nb) + "\n")
 
 
 def is_executed(path: str | os.PathLike[str]) -> bool:
     """True when every code cell of the notebook has been executed (committed with its outputs)."""
+    return not unchecked(path)
+
+
+def unchecked(path: str | os.PathLike[str]) -> list[str]:
+    """Why nbval could not check the notebook at ``path`` as committed: code cells never executed, and
+    ``NBVAL_CHECK_OUTPUT`` cells without an output (a cleared checked cell passes nbval vacuously,
+    nbval issue #81). Empty when the notebook is fully executed and every checked cell has an output."""
     nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    code = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
-    return bool(code) and all(c.get("execution_count") is not None for c in code)
+    code = [(i, c) for i, c in enumerate(nb.get("cells", [])) if c.get("cell_type") == "code"]
+    if not code:
+        return ["no code cell"]
+    problems = [f"cell {i} was never executed" for i, c in code if c.get("execution_count") is None]
+    problems += [f"cell {i} is checked (NBVAL_CHECK_OUTPUT) but has no output" for i, c in code
+                 if "NBVAL_CHECK_OUTPUT" in "".join(c.get("source", [])) and not c.get("outputs")]
+    return problems
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``strip NB...`` (remove timings) or ``executed NB...`` (print those committed with outputs)."""
+    """``strip NB...`` (remove timings) or ``executed NB...`` (print them, for nbval; exit 1 naming any
+    notebook that is not fully executed or has a checked cell without output: every committed notebook
+    must be checked, none may be skipped)."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in ("strip", "executed"):
         raise SystemExit("usage: python -m crossholder.notebooks {strip|executed} NOTEBOOK.ipynb [...]")
+    bad = []
     for nb in args[1:]:
         if args[0] == "strip":
             strip(nb)
-        elif is_executed(nb):
+        elif problems := unchecked(nb):
+            bad.append(f"{nb}: {'; '.join(problems)}")
+        else:
             print(nb)
+    if bad:
+        raise SystemExit("every committed notebook must be executed with its checked outputs (re-run it with "
+                         "`make figures`, or papermill, then strip it):\n  " + "\n  ".join(bad))
 
 
 if __name__ == "__main__":

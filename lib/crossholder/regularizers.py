@@ -160,6 +160,15 @@ def _check(lam1: float, lam2: float, p: float, q: float, classes: str, inner: st
         raise ValueError(f"step={step!r} must be a finite number > 0")
 
 
+def _check_model_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Before any work (:mod:`crossholder.guards`): finite float32/float64 inputs, at least one, int64
+    labels; the model's dtype; no final softmax-type layer (the logits are checked after the forward)."""
+    guards.check_inputs(x, y)
+    guards.check_model_dtype(model)
+    guards.refuse_probability_layer(model)
+
+
+@guards.with_gradients
 def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1: float, lam2: float = 0.0,
                      p: float = 2.0, q: float = 2.0, classes: str = "all", v0: torch.Tensor | None = None,
                      inner: str = "ascent", inner_iters: int = 10, step: float = 0.1,
@@ -196,6 +205,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
         :class:`RegularizedLoss`.
     """
     _check(lam1, lam2, p, q, classes, inner, inner_iters, step)
+    _check_model_inputs(model, x, y)
     pdt = power_dtype_of(power_dtype)
     if not isinstance(backward_step, bool):
         raise not_allowed("backward_step", backward_step, (True, False))
@@ -206,6 +216,7 @@ def regularized_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1
     with torch.enable_grad():
         if lam1 == 0:
             logits = model(x)
+            guards.check_logits(logits)
             ce = F.cross_entropy(logits, y)
             zero = torch.zeros((), dtype=x.dtype, device=x.device)
             K = logits.shape[1]
@@ -286,6 +297,7 @@ def _margin_passes(model: nn.Module, layers, x: torch.Tensor, y: torch.Tensor, *
         z = model(x_rep)
     K = z.shape[1]
     logits = z[:B]
+    guards.check_logits(logits)
     jj = other_classes(y, K) if classes == "all" else _runner_up(logits, y)    # (B, J)
     j_rep = jj.t().reshape(-1)                                                  # slot-major (J*B,)
     y_rep = y.repeat(J)
@@ -382,6 +394,7 @@ def _hessian_term(hv_graph, hv_of, x: torch.Tensor, *, J: int, v0: torch.Tensor 
     return hess_term, hn.detach().view(J, B).t(), v_next, v_leaf, hvps
 
 
+@guards.with_gradients
 def warm_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v0: torch.Tensor, power_steps: int, *,
               power_dtype: str = "float32") -> torch.Tensor:
     """``(B,)`` fast mode's ``||H v||`` for the runner-up class: ``power_steps`` power steps from ``v0``
@@ -499,6 +512,7 @@ def _compiled_loss(layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *,
             v = v.detach().requires_grad_(True)
     loss, ce, logits, jj, gn, hn, hv = core(layers, x.detach(), y, jj, J, v, float(lam1), float(lam2), float(q),
                                             int(inner_iters) if lam2 > 0 else 0, power_dtype)
+    guards.check_logits(logits)
     hn_out = v_next = None
     hess_term = torch.zeros((), dtype=x.dtype, device=x.device)
     if hn is not None:
@@ -522,12 +536,14 @@ def _num_classes(model: nn.Module) -> int:
     return last[-1].out_features
 
 
+@guards.with_gradients
 def hein_cross_lipschitz(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam1: float) -> RegularizedLoss:
     """Hein & Andriushchenko (2017)'s Cross-Lipschitz: ``CE + lam1 · mean_b (1/K²) Σ_{l,m} ||∇f_l - ∇f_m||²_2``.
 
     Uses ``Σ_{l,m} ||a_l - a_m||² = 2K Σ_l ||a_l||² - 2 ||Σ_l a_l||²`` on the full input Jacobian.
     """
     _check(lam1, 0.0, 2.0, 2.0, "all", "ascent", 0, 0.1)
+    _check_model_inputs(model, x, y)
     B = x.shape[0]
     K = _num_classes(model)
     x_rep = x.detach().repeat((K,) + (1,) * (x.dim() - 1)).requires_grad_(True)
@@ -535,6 +551,7 @@ def hein_cross_lipschitz(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     with guards.frozen_batch_stats(model):          # per-example Jacobians (guards module)
         z = model(x_rep)
     logits = z[:B] if logits_train is None else logits_train
+    guards.check_logits(logits)
     ce = F.cross_entropy(logits, y)
     cls = torch.arange(K, device=x.device).repeat_interleave(B)
     (jac,) = torch.autograd.grad(z.gather(1, cls[:, None]).sum(), x_rep, create_graph=True)
@@ -590,6 +607,7 @@ class DirectionStore:
         self.classes.copy_(state["classes"])
 
 
+@guards.with_gradients
 def cure_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, gamma: float, h: float) -> RegularizedLoss:
     """CURE (Moosavi-Dezfooli, Fawzi, Uesato and Frossard, CVPR 2019, Section 5), L2 form.
 
@@ -629,6 +647,7 @@ def cure_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, gamma: floa
         raise ValueError(f"gamma={gamma!r} must be a finite number >= 0")
     if not (isinstance(h, (int, float)) and math.isfinite(h) and h > 0):
         raise ValueError(f"h={h!r} must be a finite number > 0 (pixel L2 units)")
+    _check_model_inputs(model, x, y)
     B = x.shape[0]
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     with torch.enable_grad():
@@ -636,6 +655,7 @@ def cure_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, gamma: floa
         with guards.frozen_batch_stats(model):
             x0 = x.detach().requires_grad_(True)
             logits = model(x0)
+            guards.check_logits(logits)
             ce = F.cross_entropy(logits if logits_train is None else logits_train, y)
             if gamma == 0:
                 return RegularizedLoss(loss=ce, ce=ce.detach(), grad_term=zero, hess_term=zero,

@@ -59,6 +59,13 @@ DEFENSE_NAMES = {"none": "none", "cross_lipschitz": "Cross-Lipschitz", "cross_ho
 HEADLINE_EPS = (2.0, 3.0, 4.0, 5.0, 6.0)
 
 
+def _results(root: Path | None) -> Path:
+    """The results folder the tables read: ``<root>/results`` for a project root given explicitly (the
+    analysis notebooks' ``results_root``), else :func:`crossholder.paths.results_dir` (which honours
+    ``CROSSHOLDER_RESULTS``)."""
+    return paths.results_dir() if root is None else Path(root) / "results"
+
+
 def _hyper(h: dict) -> str:
     d = h["defense"]
     if d == "cross_lipschitz":
@@ -71,8 +78,8 @@ def _hyper(h: dict) -> str:
     return ""
 
 
-def models_table(root: Path = ROOT) -> str:
-    reg = json.loads((paths.results_dir() / "models.json").read_text())
+def models_table(root: Path | None = None) -> str:
+    reg = json.loads((_results(root) / "models.json").read_text())
     lines = ["| data set | defense | hyperparameters | clean test accuracy | training wall time |",
              "|---|---|---|---|---|"]
     for ds in NAMES:
@@ -88,14 +95,14 @@ def models_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def robustness_table(root: Path = ROOT) -> str:
+def robustness_table(root: Path | None = None) -> str:
     """Robust accuracy (%) at :data:`HEADLINE_EPS`: the column ``judged on`` says what each row shows,
     ``strongest (the paper's PGD, per-example worst case)`` or, for a legacy curve, ``per-example
     worst case (the paper's worst-min)``."""
     lines = ["| data set | defense | n | judged on | " + " | ".join(f"ε = {e:g}" for e in HEADLINE_EPS) + " |",
              "|---|---|---|---|" + "---|" * len(HEADLINE_EPS)]
     for ds in NAMES:
-        f = paths.results_dir() / ds / "robustness.csv"
+        f = _results(root) / ds / "robustness.csv"
         if not f.exists():
             lines.append(f"| {NAMES[ds]} | (not evaluated yet) | | |" + " |" * len(HEADLINE_EPS))
             continue
@@ -119,13 +126,13 @@ def robustness_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def claims_table(root: Path = ROOT, *, evidence: bool = True, worst_min: bool = True) -> str:
+def claims_table(root: Path | None = None, *, evidence: bool = True, worst_min: bool = True) -> str:
     """``results/<dataset>/claims.csv`` (notebook 04's verdicts), each claim under each attack it is
     judged on, with its evidence (notebook 07)."""
     cols = ["claim", "the paper says", "attack", "supported", "beyond the 95% CIs"] + (["evidence"] if evidence else [])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for ds in NAMES:
-        f = paths.results_dir() / ds / "claims.csv"
+        f = _results(root) / ds / "claims.csv"
         if not f.exists():
             lines.append(f"| {NAMES[ds]} | not evaluated yet |" + " |" * (len(cols) - 2))
             continue
@@ -139,7 +146,7 @@ def claims_table(root: Path = ROOT, *, evidence: bool = True, worst_min: bool = 
     return "\n".join(lines)
 
 
-def verdicts_table(root: Path = ROOT) -> str:
+def verdicts_table(root: Path | None = None) -> str:
     """The README's verdict table: each claim once, judged side by side under the paper's protocol
     (its PGD attack, or for the worst-case claims the per-example worst case of its two PGD attacks)
     and under ``strongest`` (every attack we run), where ``claims.csv`` holds ``strongest`` rows. A
@@ -155,8 +162,8 @@ def verdicts_table(root: Path = ROOT) -> str:
     of ``seeds.csv`` (named in the header), while the other columns stand on seed 0's full curves."""
     from crossholder.claims import CLAIMS
 
-    seeds = {ds: pd.read_csv(paths.results_dir() / ds / "claims-seeds.csv") for ds in NAMES
-             if (paths.results_dir() / ds / "claims-seeds.csv").exists()}
+    seeds = {ds: pd.read_csv(_results(root) / ds / "claims-seeds.csv") for ds in NAMES
+             if (_results(root) / ds / "claims-seeds.csv").exists()}
 
     def held(ds: str, cid: str) -> str:
         if ds not in seeds:
@@ -176,13 +183,13 @@ def verdicts_table(root: Path = ROOT) -> str:
         return ("**yes**" if sup else "**no**") + {True: ", beyond CIs", False: ", within CIs"}.get(ci, "")
 
     extra = bool(seeds)
-    ns = {int(n) for ds in seeds if (paths.results_dir() / ds / "seeds.csv").exists()
-          for n in pd.read_csv(paths.results_dir() / ds / "seeds.csv")["n"].unique()}
+    ns = {int(n) for ds in seeds if (_results(root) / ds / "seeds.csv").exists()
+          for n in pd.read_csv(_results(root) / ds / "seeds.csv")["n"].unique()}
     head = f" holds in (seeds, n = {ns.pop()}) |" if len(ns) == 1 else " holds in (seeds) |"
     lines = ["| claim | the paper says | the paper's PGD | strongest |" + (head if extra else ""),
              "|---|---|---|---|" + ("---|" if extra else "")]
     for ds in NAMES:
-        f = paths.results_dir() / ds / "claims.csv"
+        f = _results(root) / ds / "claims.csv"
         if not f.exists():
             lines.append(f"| {NAMES[ds]} | not evaluated yet | | |" + (" |" if extra else ""))
             continue
@@ -198,13 +205,13 @@ def verdicts_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def _newest_check(root: Path, ds: str, kind: str, defense: str, run_id: str) -> tuple[int, dict, pd.DataFrame] | None:
+def _newest_check(root: Path | None, ds: str, kind: str, defense: str, run_id: str) -> tuple[int, dict, pd.DataFrame] | None:
     """The rows of model ``run_id`` (a ``defense`` model of data set ``ds``) in the newest table
     ``results/<ds>/robustness/<kind>-*.csv`` (one- or multi-model) of the ``cpu`` profile that checked it: the
     highest code version of the sweep, then the largest ``n``, then the last file name.
     ``(code, params, rows)``, or ``None`` when no such table checked that model."""
     best: tuple[tuple[int, int], dict, pd.DataFrame] | None = None
-    for f in sorted((paths.results_dir() / ds / "robustness").glob(f"{kind}-*.json")):
+    for f in sorted((_results(root) / ds / "robustness").glob(f"{kind}-*.json")):
         meta = json.loads(f.read_text())
         params = meta.get("params", {})
         if (meta.get("profile") != "cpu" or params.get("models", {}).get(defense) != run_id
@@ -218,10 +225,10 @@ def _newest_check(root: Path, ds: str, kind: str, defense: str, run_id: str) -> 
     return None if best is None else (best[0][0], best[1], best[2])
 
 
-def _newest_per_model(root: Path, kind: str) -> dict[tuple[str, str], tuple[int, dict, pd.DataFrame]]:
+def _newest_per_model(root: Path | None, kind: str) -> dict[tuple[str, str], tuple[int, dict, pd.DataFrame]]:
     """:func:`_newest_check` for each registered model (``results/models.json``), by ``(dataset,
     defense)``; models no table checked are left out. Values: ``(code, params, rows)``."""
-    models = json.loads((paths.results_dir() / "models.json").read_text())
+    models = json.loads((_results(root) / "models.json").read_text())
     found: dict[tuple[str, str], tuple[int, dict, pd.DataFrame]] = {}
     for ds in NAMES:
         for defense in DEFENSE_NAMES:
@@ -232,7 +239,7 @@ def _newest_per_model(root: Path, kind: str) -> dict[tuple[str, str], tuple[int,
     return found
 
 
-def masking_table(root: Path = ROOT) -> str:
+def masking_table(root: Path | None = None) -> str:
     """Gradient masking, measured (notebook 04, ``strongest`` protocol): per registered model, at the
     table's ε (paper units), on its first ``n`` test images: how many images the paper's PGD (either
     loss) fools, how many more each stronger attack fools beyond it (APGD-T and FAB-T only where
@@ -279,7 +286,7 @@ def masking_table(root: Path = ROOT) -> str:
 _JUDGED_ON = {"worst-per-example": "the paper's PGD", "strongest": "strongest"}
 
 
-def paired_table(root: Path = ROOT, *, judged_on: tuple[str, ...] = ("worst-per-example", "strongest")) -> str:
+def paired_table(root: Path | None = None, *, judged_on: tuple[str, ...] = ("worst-per-example", "strongest")) -> str:
     """``results/<dataset>/paired.csv`` (notebook 04, ``strongest`` protocol): Cross-Hölder against
     Cross-Lipschitz and against adversarial training on the same ``n`` images, per ε (paper units):
     the difference in robust accuracy Δ = Cross-Hölder − the other (points) and the exact McNemar
@@ -295,7 +302,7 @@ def paired_table(root: Path = ROOT, *, judged_on: tuple[str, ...] = ("worst-per-
     eps_all: list[float] = []
     body = []
     for ds in NAMES:
-        f = paths.results_dir() / ds / "paired.csv"
+        f = _results(root) / ds / "paired.csv"
         if not f.exists():
             body.append((ds, None, None, None))
             continue
@@ -318,12 +325,12 @@ def paired_table(root: Path = ROOT, *, judged_on: tuple[str, ...] = ("worst-per-
     return "\n".join(lines)
 
 
-def paired_strongest_table(root: Path = ROOT) -> str:
+def paired_strongest_table(root: Path | None = None) -> str:
     """:func:`paired_table`'s ``strongest`` rows only (the README's, for length)."""
     return paired_table(root, judged_on=("strongest",))
 
 
-def seed_curves_table(root: Path = ROOT) -> str:
+def seed_curves_table(root: Path | None = None) -> str:
     """``results/<dataset>/seeds.csv`` (``python -m crossholder.seeds``): ``strongest`` robust accuracy
     (%) of each defense and training seed at ε = 3, 4, 5, 6 (paper units), on the same first ``n``
     test images; the last row per defense is the mean and the range over its seeds."""
@@ -331,7 +338,7 @@ def seed_curves_table(root: Path = ROOT) -> str:
     lines = ["| data set | defense | seed | n | " + " | ".join(f"ε = {e:g}" for e in eps) + " |",
              "|---|---|---|---|" + "---|" * len(eps)]
     for ds in NAMES:
-        f = paths.results_dir() / ds / "seeds.csv"
+        f = _results(root) / ds / "seeds.csv"
         if not f.exists():
             lines.append(f"| {NAMES[ds]} | not computed yet (`make seeds`) | | |" + " |" * len(eps))
             continue
@@ -353,13 +360,13 @@ def seed_curves_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def claims_seeds_table(root: Path = ROOT) -> str:
+def claims_seeds_table(root: Path | None = None) -> str:
     """``results/<dataset>/claims-seeds.csv``: each claim judged on each training seed's curves
     (``strongest`` and the paper's PGD), how many seeds support it, and per seed (``*``: the verdict
     also holds with the 95% intervals)."""
     lines = ["| claim | the paper says | judged on | holds in | per seed |", "|---|---|---|---|---|"]
     for ds in NAMES:
-        f = paths.results_dir() / ds / "claims-seeds.csv"
+        f = _results(root) / ds / "claims-seeds.csv"
         if not f.exists():
             lines.append(f"| {NAMES[ds]} | not computed yet (`make seeds`) | | | |")
             continue
@@ -372,7 +379,7 @@ def claims_seeds_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def paired_seeds_table(root: Path = ROOT) -> str:
+def paired_seeds_table(root: Path | None = None) -> str:
     """``results/<dataset>/paired-seeds.csv``: Cross-Hölder against the others, the exact McNemar test
     pooled over training seeds (:func:`crossholder.seeds.pooled_paired`: the null is that on these
     fixed images either defense is equally likely to be the robust one): Δ (points, over image-seed
@@ -381,7 +388,7 @@ def paired_seeds_table(root: Path = ROOT) -> str:
     lines = ["| data set | Cross-Hölder vs | judged on | ε | seeds | Δ (p) | p < 0.05 alone | per seed |",
              "|---|---|---|---|---|---|---|---|"]
     for ds in NAMES:
-        f = paths.results_dir() / ds / "paired-seeds.csv"
+        f = _results(root) / ds / "paired-seeds.csv"
         if not f.exists():
             lines.append(f"| {NAMES[ds]} | not computed yet (`make seeds`) | | | | | | |")
             continue
@@ -393,7 +400,7 @@ def paired_seeds_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def seed_checks_table(root: Path = ROOT) -> str:
+def seed_checks_table(root: Path | None = None) -> str:
     """AutoAttack against the ``strongest`` sweep for every model of the seed study (the models in
     ``results/<dataset>/seeds.json``), from ``results/<dataset>/robustness/agreement-*.csv`` and
     ``masking-*.csv`` (the newest table per model, :func:`_newest_check`): per defense and training
@@ -404,7 +411,7 @@ def seed_checks_table(root: Path = ROOT) -> str:
     (``python -m crossholder.jobs evaluate ... --checks N``)."""
     rows, missing = [], []
     for ds in NAMES:
-        f = paths.results_dir() / ds / "seeds.json"
+        f = _results(root) / ds / "seeds.json"
         if not f.exists():
             missing.append(ds)
             continue
@@ -447,11 +454,11 @@ def _bool(v) -> bool | None:
     return bool(v)
 
 
-def figure3_table(root: Path = ROOT) -> str:
+def figure3_table(root: Path | None = None) -> str:
     from crossholder import hessian_tables
 
     lines = ["| claim (Figure 3, appendix C.1) | ours | supported |", "|---|---|---|"]
-    for side in sorted((paths.results_dir() / "mnist" / "hessian").glob("norms-*.json")):
+    for side in sorted((_results(root) / "mnist" / "hessian").glob("norms-*.json")):
         if json.loads(side.read_text()).get("profile") != "cpu":
             continue
         for _, r in hessian_tables.figure3_claims(pd.read_csv(side.with_suffix(".csv"))).iterrows():
@@ -460,15 +467,15 @@ def figure3_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def autoattack_table(root: Path = ROOT) -> str:
+def autoattack_table(root: Path | None = None) -> str:
     lines = ["| data set | defense | n | ε | AutoAttack | our PGD (per-example worst case) | gap |",
              "|---|---|---|---|---|---|---|"]
     for ds in NAMES:
-        side = paths.results_dir() / ds / "robustness.json"
+        side = _results(root) / ds / "robustness.json"
         if not side.exists():
             continue
         model_ids = json.loads(side.read_text())["params"]["models"]
-        for f in sorted((paths.results_dir() / ds / "robustness").glob("autoattack-*.json")):
+        for f in sorted((_results(root) / ds / "robustness").glob("autoattack-*.json")):
             meta = json.loads(f.read_text())
             if meta.get("params", {}).get("models") != model_ids or meta.get("profile") != "cpu":
                 continue
@@ -493,7 +500,7 @@ def _agreement_cells(rows: pd.DataFrame, eps: list[float]) -> list[str]:
     return cells
 
 
-def agreement_table(root: Path = ROOT) -> str:
+def agreement_table(root: Path | None = None) -> str:
     """AutoAttack against the ``strongest`` sweep, per registered robust model: on its first ``n`` test
     images, how many images the sweep calls robust and how many of those AutoAttack fools (``missed``),
     per ε; from ``results/<dataset>/robustness/agreement-*.csv`` of the ``cpu`` profile, the highest
@@ -516,12 +523,12 @@ def agreement_table(root: Path = ROOT) -> str:
     return "\n".join(lines) if len(lines) > 2 else "(no AutoAttack agreement yet)"
 
 
-def selection_table(root: Path = ROOT) -> str:
+def selection_table(root: Path | None = None) -> str:
     """The scored grid points of notebook 03 (``results/<dataset>/selection/grid-cpu.csv``)."""
     lines = ["| data set | defense | hyperparameters | clean val accuracy | worst case ε = 3 / 4 | admissible | "
              "winner (of the points scored) | paper's pick |", "|---|---|---|---|---|---|---|---|"]
     for ds in NAMES:
-        f = paths.results_dir() / ds / "selection" / "grid-cpu.csv"
+        f = _results(root) / ds / "selection" / "grid-cpu.csv"
         side = f.with_suffix(".json")
         t = pd.read_csv(f) if f.exists() else pd.DataFrame()
         missing = len(json.loads(side.read_text()).get("points_missing", [])) if side.exists() else None
@@ -542,9 +549,9 @@ def selection_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def _curve_side(root: Path, ds: str, defense: str, run_id: str) -> Path | None:
+def _curve_side(root: Path | None, ds: str, defense: str, run_id: str) -> Path | None:
     """The provenance file of the full-grid ``cpu``-protocol curve (n = 300, 50 steps x 10 restarts) of ``run_id``."""
-    for side in sorted((paths.results_dir() / ds / "robustness").glob(f"{defense}-*.json")):
+    for side in sorted((_results(root) / ds / "robustness").glob(f"{defense}-*.json")):
         prm = json.loads(side.read_text()).get("params", {})
         if prm.get("model") == run_id and prm.get("n") == 300 and prm.get("steps") == 50 and prm.get("restarts") == 10:
             return side
@@ -562,27 +569,27 @@ def _p(p_value: float) -> str:
     return "< 0.001" if p_value < 0.001 else format(p_value, ".3f" if p_value < 0.01 else ".2f")
 
 
-def _curve_of(root: Path, ds: str, defense: str, run_id: str) -> pd.DataFrame | None:
+def _curve_of(root: Path | None, ds: str, defense: str, run_id: str) -> pd.DataFrame | None:
     """That curve (:func:`_curve_side`), if computed."""
     side = _curve_side(root, ds, defense, run_id)
     return None if side is None else pd.read_csv(side.with_suffix(".csv"))
 
 
-def _class_forms(root: Path) -> dict[str, list[tuple[str, dict]]]:
+def _class_forms(root: Path | None) -> dict[str, list[tuple[str, dict]]]:
     """Per gradient regularizer: ``(run id, record)`` of the registered MNIST model first, then every all-class run."""
-    reg = json.loads((paths.results_dir() / "models.json").read_text())
+    reg = json.loads((_results(root) / "models.json").read_text())
     out: dict[str, list[tuple[str, dict]]] = {}
     for defense in ("cross_lipschitz", "cross_holder"):
         registered = reg[f"mnist/{defense}"]
         out[defense] = [(registered["run_id"], registered)]
-        for side in sorted((paths.results_dir() / "mnist" / "models").glob(f"{defense}-*.json")):
+        for side in sorted((_results(root) / "mnist" / "models").glob(f"{defense}-*.json")):
             rec = json.loads(side.read_text())
             if rec["hyperparameters"].get("classes") == "all":
                 out[defense].append((rec["run_id"], rec))
     return out
 
 
-def all_classes_table(root: Path = ROOT) -> str:
+def all_classes_table(root: Path | None = None) -> str:
     """Runner-up class against every class (the paper's form) for the MNIST gradient regularizers."""
     registered = _class_forms(root)
     lines = ["| run | defense | classes | λ | clean test accuracy | training wall time | worst case (per example) at "
@@ -607,13 +614,13 @@ def _examples_beside(side: Path, curve: pd.DataFrame) -> tuple[pd.DataFrame, lis
             [float(e) for e in sorted(curve["eps"].unique())])
 
 
-def _examples_of(root: Path, ds: str, defense: str, run_id: str) -> tuple[pd.DataFrame, list[float]] | None:
+def _examples_of(root: Path | None, ds: str, defense: str, run_id: str) -> tuple[pd.DataFrame, list[float]] | None:
     """Per-example results and the ε grid of that curve (:func:`_curve_side`), if computed."""
     side = _curve_side(root, ds, defense, run_id)
     return None if side is None else _examples_beside(side, pd.read_csv(side.with_suffix(".csv")))
 
 
-def all_classes_paired_table(root: Path = ROOT) -> str:
+def all_classes_paired_table(root: Path | None = None) -> str:
     """Paired comparisons (same 300 images, exact McNemar) of the all-class runs against the other forms."""
     from crossholder.claims import paired_comparison
 
@@ -656,16 +663,16 @@ def _schedule(hp: dict) -> str:
     return steps
 
 
-def _flat_weights(root: Path, checkpoint: str):
+def _flat_weights(root: Path | None, checkpoint: str):
     """All parameters of a committed checkpoint as one flat float64 tensor."""
     import torch
 
     from crossholder import models
 
-    return torch.cat([p.detach().double().flatten() for p in models.load(root / checkpoint).parameters()])
+    return torch.cat([p.detach().double().flatten() for p in models.load((paths.project_root() if root is None else Path(root)) / checkpoint).parameters()])
 
 
-def fidelity_robustness_table(root: Path = ROOT) -> str:
+def fidelity_robustness_table(root: Path | None = None) -> str:
     """Does fidelity change the trained model? Every MNIST fast Cross-Hölder runner-up run: its seed,
     schedule, λ, lowest epoch fidelity, how far its weights lie from the registered run's and, where its
     ``paper-v1`` curve on the first 300 images exists (:func:`_curve_side`), its robustness paired
@@ -673,17 +680,17 @@ def fidelity_robustness_table(root: Path = ROOT) -> str:
     ``strongest`` curve instead (the seed study's). Closest first."""
     from crossholder.claims import paired_comparison
 
-    reg = json.loads((paths.results_dir() / "models.json").read_text())["mnist/cross_holder"]
+    reg = json.loads((_results(root) / "models.json").read_text())["mnist/cross_holder"]
     base = _examples_of(root, "mnist", "cross_holder", reg["run_id"])
     theta_reg = _flat_weights(root, reg["checkpoint"])
     curve_params = [json.loads(f.read_text()).get("params", {})
-                    for f in (paths.results_dir() / "mnist" / "robustness").glob("cross_holder-*.json")]
+                    for f in (_results(root) / "mnist" / "robustness").glob("cross_holder-*.json")]
     with_strongest = {prm.get("model") for prm in curve_params if prm.get("protocol") == "strongest"}
     rows = []
-    for side in sorted((paths.results_dir() / "mnist" / "models").glob("cross_holder-*.json")):
+    for side in sorted((_results(root) / "mnist" / "models").glob("cross_holder-*.json")):
         rec = json.loads(side.read_text())
         hp, rid = rec["hyperparameters"], rec["run_id"]
-        log = paths.results_dir() / "mnist" / "training" / f"cross_holder-{rid}.csv"
+        log = _results(root) / "mnist" / "training" / f"cross_holder-{rid}.csv"
         if hp.get("classes") != "runner_up" or hp.get("mode") != "fast" or not log.exists():
             continue
         dist = float((_flat_weights(root, rec["checkpoint"]) - theta_reg).norm() / theta_reg.norm())
@@ -711,9 +718,9 @@ def fidelity_robustness_table(root: Path = ROOT) -> str:
     return "\n".join(lines + [r for _, r in sorted(rows, key=lambda t: t[0])])
 
 
-def fidelity_table(root: Path = ROOT) -> str:
+def fidelity_table(root: Path | None = None) -> str:
     """Fidelity against products per visit (the frontier) and epoch by epoch in the training runs."""
-    f = paths.results_dir() / "mnist" / "benchmarks" / "fidelity-frontier.csv"
+    f = _results(root) / "mnist" / "benchmarks" / "fidelity-frontier.csv"
     t = pd.read_csv(f)
     epochs = sorted(t["epoch"].unique())
     lines = ["| inner loop (next visit) | products per visit | " + " | ".join(f"after epoch {e}" for e in epochs) + " |",
@@ -730,8 +737,8 @@ def fidelity_table(root: Path = ROOT) -> str:
     lines += ["", "| run | data set | λ1, λ2 | power steps per visit | fidelity after epoch 1, 2, … | mean epoch time | "
               "clean test accuracy |", "|---|---|---|---|---|---|---|"]
     for ds in NAMES:
-        for log in sorted((paths.results_dir() / ds / "training").glob("cross_holder-*.csv")):
-            side = paths.results_dir() / ds / "models" / (log.stem + ".json")
+        for log in sorted((_results(root) / ds / "training").glob("cross_holder-*.csv")):
+            side = _results(root) / ds / "models" / (log.stem + ".json")
             lg = pd.read_csv(log)
             if not side.exists() or "fidelity_median" not in lg:
                 continue
@@ -745,9 +752,9 @@ def fidelity_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def spectrum_table(root: Path = ROOT) -> str:
+def spectrum_table(root: Path | None = None) -> str:
     """Medians of the exact top of the input-Hessian spectrum, and ||H v_k|| against |v_k^T H v_k| (bench_spectrum)."""
-    f = paths.results_dir() / "mnist" / "hessian" / "spectrum-top.csv"
+    f = _results(root) / "mnist" / "hessian" / "spectrum-top.csv"
     t = pd.read_csv(f)
     steps = sorted(int(c.split("_")[1]) for c in t.columns if c.startswith("norm_") and c.endswith("_over_op_norm"))
     lines = ["| MNIST model | ‖H‖₂ | \\|λ₂\\| / \\|λ₁\\| | largest \\|λ\\| of the other sign / \\|λ₁\\| | "
@@ -762,10 +769,10 @@ def spectrum_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def speed_table(root: Path = ROOT) -> str:
+def speed_table(root: Path | None = None) -> str:
     """Step costs of compiled fast Cross-Hölder: the latest run (``step-cost.json``) and the range over
     every recorded run (``step-cost-history.csv``), both written by ``benchmarks/bench_training.py``."""
-    bench = paths.results_dir() / "mnist" / "benchmarks"
+    bench = _results(root) / "mnist" / "benchmarks"
     d = json.loads((bench / "step-cost.json").read_text())["summary"]
     hist = pd.read_csv(bench / "step-cost-history.csv") if (bench / "step-cost-history.csv").exists() else None
 
@@ -823,9 +830,9 @@ def speed_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def step_size_table(root: Path = ROOT) -> str:
+def step_size_table(root: Path | None = None) -> str:
     """PGD's robust accuracy against its step (``results/step-size.csv``, ``tools/step_size_study.py``)."""
-    f = paths.results_dir() / "step-size.csv"
+    f = _results(root) / "step-size.csv"
     if not f.exists():
         return "(not measured yet)"
     df = pd.read_csv(f)
@@ -848,7 +855,7 @@ TABLES = {"step_size": step_size_table, "speed": speed_table, "all_classes": all
           "paired_seeds": paired_seeds_table, "seed_checks": seed_checks_table}
 
 
-def render(readme: str, root: Path = ROOT) -> str:
+def render(readme: str, root: Path | None = None) -> str:
     """``readme`` with every marked section replaced by its freshly generated table.
 
     Raises:

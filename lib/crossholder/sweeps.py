@@ -49,6 +49,7 @@ from torch import nn
 
 from . import attacks as attacks_mod
 from . import data as data_mod
+from . import guards
 from .attacks import LOSSES, pgd
 from .errors import not_allowed
 from .stats import wilson_interval
@@ -194,13 +195,12 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Sequenc
         raise ValueError(f"step_fraction={step_fraction!r} must be a finite number > 0 (or None for 2.5 / steps)")
     if attack == "apgd" and float(norm) != 2.0:
         raise ValueError(f"norm={norm!r}: the APGD sweep is L2 only (norm=2)")
-    attacks_mod.check_eval_mode(model)       # before the clean forward pass below
+    guards.check_inputs(x, y, box=True)      # finite, float32/64, non-empty, in the box (a NaN is never robust)
     N = len(x)
     model, x = _channels_last(model, x, channels_last)
     min_norm = torch.full((N,), math.inf, dtype=torch.float64)
     fooled_at = torch.full((N,), len(eps), dtype=torch.int64)
-    with torch.no_grad():
-        wrong = (model(x).argmax(1) != y).cpu()
+    wrong = (attacks_mod.check_model(model, x).argmax(1) != y).cpu()   # eval mode, logits: before any attack
     min_norm[wrong] = 0.0
     fooled_at[wrong] = -1
     grad_evals = 0
@@ -329,6 +329,7 @@ def strong_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: 
     eps = check_eps_list(eps_pixel)
     if not isinstance(fab_targets, int) or isinstance(fab_targets, bool) or fab_targets < 0:
         raise ValueError(f"fab_targets={fab_targets!r} must be an integer >= 0 (0: no FAB-T)")
+    guards.check_inputs(x, y, box=True)
     N = len(x)
     prior = np.full(N, math.inf) if prior_norm is None else np.asarray(prior_norm, dtype=float)
     if prior.shape != (N,):
@@ -410,6 +411,7 @@ def fab_t_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_pixel: Se
     eps = check_eps_list(eps_pixel)
     if not isinstance(targets, int) or isinstance(targets, bool) or targets < 1:
         raise ValueError(f"targets={targets!r} must be an integer >= 1")
+    guards.check_inputs(x, y, box=True)
     missing = {"apgd_ce", "fab", "apgd_t", "strongest"} - set(v2)
     if missing:
         raise ValueError(f"v2 lacks {sorted(missing)}; expected strong_sweep(..., fab_targets=0)'s results")
@@ -467,6 +469,7 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
     """
     eps = check_eps_list(eps_list)
     eps_pixel = to_pixel(eps, dataset, eps_unit)
+    guards.check_inputs(x, y, box=True)
     for loss in losses:
         if loss not in LOSSES:
             raise not_allowed("loss", loss, LOSSES)

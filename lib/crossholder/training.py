@@ -140,8 +140,10 @@ class TrainConfig:
             raise ValueError(f"eps={self.eps!r}: adversarial training needs eps > 0")
         if self.defense in ("cross_lipschitz", "cross_holder", "cross_holder_hg") and not self.lam1 > 0:
             raise ValueError(f"lam1={self.lam1!r}: {self.defense} needs lam1 > 0")
-        if self.defense in ("cross_holder", "cross_holder_hg") and not self.lam2 > 0:
+        if self.defense == "cross_holder_hg" and not self.lam2 > 0:
             raise ValueError(f"lam2={self.lam2!r}: {self.defense} needs lam2 > 0 (lam2 = 0 is cross_lipschitz)")
+        # cross_holder with lam2 = 0 is allowed: the ablation "its Hessian term off" (a Cross-Lipschitz step
+        # through Cross-Hölder's code path and identity), asked for explicitly
         if self.defense == "cure" and not (self.gamma > 0 and self.h > 0):
             raise ValueError(f"gamma={self.gamma!r}, h={self.h!r}: cure needs gamma > 0 and h > 0")
         if self.compiled and self.defense in ("cross_holder_hg", "cure"):
@@ -371,6 +373,8 @@ def _step_loss(cfg: TrainConfig, model: nn.Module, xb: torch.Tensor, yb: torch.T
         out = hein_cross_lipschitz(model, xb, yb, lam1=cfg.lam1)
     elif cfg.defense == "cross_lipschitz":
         out = regularized_loss(model, xb, yb, lam1=cfg.lam1, classes=cfg.classes, compiled=cfg.compiled)
+    elif cfg.lam2 == 0:     # cross_holder with its Hessian term off: no directions to search or keep
+        out = regularized_loss(model, xb, yb, lam1=cfg.lam1, classes=cfg.classes, compiled=cfg.compiled)
     elif cfg.mode == "faithful":
         out = regularized_loss(model, xb, yb, lam1=cfg.lam1, lam2=cfg.lam2, classes=cfg.classes, v0=None,
                                inner=cfg.inner, inner_iters=cfg.inner_iters, step=cfg.step, generator=gen)
@@ -486,7 +490,7 @@ class _LoopState:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(cfg.epochs * steps_per_epoch))
         store = None
-        if cfg.defense == "cross_holder" and cfg.mode == "fast":
+        if cfg.defense == "cross_holder" and cfg.mode == "fast" and cfg.lam2 > 0:
             store = DirectionStore(len(x), 1 if cfg.classes == "runner_up" else 9, tuple(x.shape[1:]))
         return cls(model, opt, sched, torch.Generator().manual_seed(cfg.seed),
                    torch.Generator().manual_seed(cfg.seed + 1), store, steps_per_epoch)
