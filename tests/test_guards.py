@@ -137,3 +137,14 @@ def test_valid_inputs_are_untouched_by_the_checks(case):
     m, x, y = case
     guards.check_inputs(x, y, box=True)
     assert torch.equal(guards.check_logits(m(x).detach()), m(x).detach())
+
+
+def test_pure_forwards_return_no_graph_under_no_grad(case):
+    """The review of issue 33's change: margins (a forward) and margin_and_grad without create_graph
+    return plain tensors, as a caller under no_grad expects."""
+    m, x, y = case
+    with torch.no_grad():
+        mg = hessian.margins(m, x, y, "runner_up")
+        m2, g, _ = hessian.margin_and_grad(m, x, y, "runner_up")
+    assert not mg.requires_grad and not m2.requires_grad and not g.requires_grad
+    assert torch.allclose(mg, m2)

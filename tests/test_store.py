@@ -119,3 +119,8 @@ def test_layout_honours_the_environment(tmp_path, monkeypatch):
     assert paths.results_dir() == tmp_path / "r"
     with pytest.raises(ValueError, match="variant='../x'"):
         store.variant_dirs("../x")
+
+
+def test_integer_keys_stay_exact_however_large():
+    assert store.run_id({"seed": 2**53}) != store.run_id({"seed": 2**53 + 1})
+    assert store.run_id({"seed": 7}) == store.run_id({"seed": 7.0}) == store.run_id({"seed": np.int64(7)})

@@ -87,6 +87,9 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     eps_pixel = to_pixel(eps, dataset, "paper")
     guards.check_inputs(x, y, box=True)              # before any cached row is read or computed
     inputs = store.fingerprint(x, y)
+    # per chunk too: rows taken from another run (a donor on more images, version 2's rows) are checked
+    # chunk by chunk against the images this call attacks (committed files without them: by their labels)
+    chunk_inputs = [store.fingerprint(x[s:s + chunk], y[s:s + chunk]) for s in range(0, len(x), chunk)]
     if curve_csv.exists() and side.exists() and per_csv.exists():
         record, per = store.read_json(side), pd.read_csv(per_csv)
         _check_inputs(record.get("inputs"), inputs, per, y, per_csv)
@@ -95,14 +98,14 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     state = store.read_json(partial.with_suffix(".json"), {"wall_time_s": 0.0, "grad_evals": 0})
     if not done.empty:      # a resumed run must attack the images it started on: never mix two sets
         _check_inputs(state.get("inputs"), inputs, done, y, partial)
-    state["inputs"] = inputs
+    state["inputs"], state["inputs_chunks"] = inputs, chunk_inputs
     if not done.empty and state.get("chunk", 100) != chunk:   # rows depend on the chunk (random starts per batch)
         raise ValueError(f"chunk={chunk} but {partial} was computed with chunk={state.get('chunk', 100)}: "
                          "resume with that chunk, or remove the partial to start over")
     state["chunk"] = chunk
     reused: dict[str, Any] = {}
     if reuse_larger_runs and done.empty:
-        done, reused = _donor_rows(curve_csv.parent, defense, params, seed, len(x), chunk, y, code)
+        done, reused = _donor_rows(curve_csv.parent, defense, params, seed, len(x), chunk, y, code, chunk_inputs)
     strong = proto.strong
     older, v2_meta = pd.DataFrame(), {}
     if protocol == "strongest":   # the version-2 rows of the same run, finished or in progress, are upgraded
@@ -110,6 +113,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
                                         steps=steps, restarts=restarts, n=len(x), seed=seed, profile=profile)
         if v2_meta and v2_meta["chunk"] != chunk:
             older = pd.DataFrame()                     # other chunks, other rows: computed afresh
+        elif v2_meta.get("inputs") not in (None, inputs) and not v2_meta.get("inputs_chunks"):
+            older = pd.DataFrame()                     # version 2 attacked other images: computed afresh
     by_attack = dict(state.get("grad_evals_by_attack", {}))
     from tqdm.auto import tqdm
 
@@ -125,7 +130,10 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     for s in tqdm(starts, desc=f"{dataset}/{defense}", disable=not progress):
         xb, yb = x[s:s + chunk].to(dev), y[s:s + chunk].to(dev)
         old = older[(older["index"] >= s) & (older["index"] < s + len(xb))] if not older.empty else older
-        if len(old) == len(xb) and np.array_equal(old["label"].to_numpy(), yb.cpu().numpy()):
+        v2_chunks = v2_meta.get("inputs_chunks") or []
+        same_images = (v2_chunks[s // chunk] == chunk_inputs[s // chunk]) if s // chunk < len(v2_chunks) else \
+            not v2_chunks                              # recorded: by fingerprint; not recorded: by the labels
+        if same_images and len(old) == len(xb) and np.array_equal(old["label"].to_numpy(), yb.cpu().numpy()):
             part = old.reset_index(drop=True)                 # version 2's rows: only FAB-T's step is new
             v2 = {key: {"min_norm": part[f"min_norm_{key}"].to_numpy(dtype=float)}
                   for key in ("apgd_ce", "fab", "apgd_t", "strongest")}
@@ -162,7 +170,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     if "upgraded_from" in state:
         extra["upgraded_from"] = state["upgraded_from"]
     record = store.provenance(params=params, seed=seed, profile=profile, wall_time_s=wall, run_id=rid, device=str(dev),
-                           grad_evals=grad_evals, chunk=chunk, code=code, inputs=inputs, **extra,
+                           grad_evals=grad_evals, chunk=chunk, code=code, inputs=inputs,
+                           inputs_chunks=chunk_inputs, **extra,
                            **({"reused_from": reused} if reused else {}), naive_grad_evals=len(x) * len(LOSSES) * steps * restarts *
                            sum(1 for e in eps if e > 0),
                            files=[paths.relative_to_root(curve_csv), paths.relative_to_root(per_csv)])
@@ -239,7 +248,8 @@ def _version2_rows(*, dataset: str, defense: str, model_id: str, eps_list: Seque
         if rows_file.exists() and meta_file.exists():
             rows, meta = pd.read_csv(rows_file), store.read_json(meta_file, {})
             return rows, {"run_id": rid, "file": paths.relative_to_root(rows_file),
-                          "chunk": int(meta.get("chunk", 100)),
+                          "chunk": int(meta.get("chunk", 100)), "inputs": meta.get("inputs"),
+                          "inputs_chunks": meta.get("inputs_chunks"),
                           "totals": {"images": len(rows), "wall_time_s": float(meta.get("wall_time_s", 0.0)),
                                      "grad_evals": int(meta.get("grad_evals", 0)),
                                      "grad_evals_by_attack": dict(meta.get("grad_evals_by_attack", {}))}}
@@ -295,8 +305,11 @@ def first_rows_so_far(dataset: str, defense: str, n_first: int, *, profile: str 
 
 
 def _donor_rows(folder: Path, defense: str, params: dict, seed: int, n: int, chunk: int,
-                y: torch.Tensor, code: str = EVAL_CODE_VERSION) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Whole chunks ``[s, s + chunk)`` with ``s + chunk <= n`` from a finished run on more examples."""
+                y: torch.Tensor, code: str = EVAL_CODE_VERSION,
+                chunk_inputs: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Whole chunks ``[s, s + chunk)`` with ``s + chunk <= n`` from a finished run on more examples: only
+    a donor whose chunks are these images (by their recorded fingerprints, ``chunk_inputs``; a donor
+    written before fingerprints were recorded, by its labels)."""
     want = {k: v for k, v in store.plain(params).items() if k != "n"}
     for side_path in sorted(folder.glob(f"{defense}-*.json")):
         side = store.read_json(side_path, {})
@@ -310,6 +323,10 @@ def _donor_rows(folder: Path, defense: str, params: dict, seed: int, n: int, chu
             continue
         rows = pd.read_csv(per_csv)
         full = (n // chunk) * chunk
+        donor_chunks = side.get("inputs_chunks")
+        if donor_chunks is not None and chunk_inputs is not None and \
+                list(donor_chunks[: full // chunk]) != list(chunk_inputs[: full // chunk]):
+            continue                                   # other images under the same labels: not a donor
         rows = rows[rows["index"] < full].reset_index(drop=True)
         if len(rows) != full or not np.array_equal(rows["label"].to_numpy(), y[:full].numpy()):
             continue

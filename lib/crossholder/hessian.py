@@ -149,7 +149,6 @@ def _pair_margin(logits: torch.Tensor, t: torch.Tensor, j: torch.Tensor) -> torc
     return logits.gather(1, t[:, None]).squeeze(1) - logits.gather(1, j[:, None]).squeeze(1)
 
 
-@guards.with_gradients
 def margins(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec) -> torch.Tensor:
     """Margins ``f_t(x) - f_j(x)``, ``(B,)``. ``j`` an int64 ``(B,)`` tensor or ``"runner_up"``."""
     _check_dtypes(model, x)
@@ -164,8 +163,9 @@ def margin_and_grad(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec
                     create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Margins ``(B,)``, their input gradients ``(B, *S)`` and the resolved ``j`` ``(B,)``.
 
-    With ``create_graph=True`` the gradient stays differentiable (w.r.t. ``x`` and the model's
-    parameters), as the regularizers need.
+    With ``create_graph=True`` the margins and the gradient stay differentiable (w.r.t. ``x`` and the
+    model's parameters), as the regularizers need; without it both are plain tensors (no graph), in
+    any gradient context.
     """
     _check_dtypes(model, x)
     xr = x if (x.requires_grad and create_graph) else x.detach().requires_grad_(True)
@@ -174,7 +174,7 @@ def margin_and_grad(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: JSpec
     t, jj = resolve_pairs(logits, t, j)
     m = _pair_margin(logits, t, jj)
     (g,) = torch.autograd.grad(m.sum(), xr, create_graph=create_graph)
-    return m, g, jj
+    return (m, g, jj) if create_graph else (m.detach(), g, jj)
 
 
 class HVPOperator:

@@ -659,7 +659,8 @@ def cure_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, gamma: floa
             ce = F.cross_entropy(logits if logits_train is None else logits_train, y)
             if gamma == 0:
                 return RegularizedLoss(loss=ce, ce=ce.detach(), grad_term=zero, hess_term=zero,
-                                       logits=logits.detach(), j=y[:, None], grad_norms=torch.zeros(B, 1),
+                                       logits=logits.detach(), j=y[:, None],
+                                       grad_norms=torch.zeros(B, 1, dtype=x.dtype, device=x.device),
                                        hess_norms=None, v_next=None, hvps=0)
             (g0,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x0, create_graph=True)
             gn = _norm(g0.detach())                                            # (B,)

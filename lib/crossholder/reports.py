@@ -876,7 +876,7 @@ def render(readme: str, root: Path | None = None) -> str:
 def main(argv: list[str]) -> int:
     path = ROOT / "README.md"
     old = path.read_text()
-    new = render(old)
+    new = render(old, ROOT)     # the README shows this checkout's results/, whatever CROSSHOLDER_RESULTS says
     if "--check" in argv:
         if new != old:
             print("README.md's tables differ from results/: run .venv/bin/python -m crossholder.reports")

@@ -60,6 +60,8 @@ def _number(value: Any, key: str | None) -> Any:
     if isinstance(value, bool) or value is None:
         return value
     if key in INT_KEYS:
+        if isinstance(value, numbers.Integral):
+            return int(value)                  # exact, however large
         f = float(value)
         if not f.is_integer():
             raise not_allowed(key, value, "an integer (it counts something)")

@@ -126,6 +126,10 @@ def protocol_of(protocol: str | Protocol) -> Protocol:
         ValueError: an unknown name (the message lists :data:`PROTOCOLS`).
     """
     if isinstance(protocol, Protocol):
+        # a run's identity names its protocol: a modified object would be cached under the named one's id
+        if PROTOCOLS.get(protocol.name) != protocol:
+            raise ValueError(f"protocol={protocol!r} is not one of the named protocols; allowed: "
+                             f"{', '.join(map(repr, PROTOCOLS))} (or their Protocol objects, unchanged)")
         return protocol
     if protocol not in PROTOCOLS:
         raise not_allowed("protocol", protocol, PROTOCOLS)

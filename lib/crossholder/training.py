@@ -143,7 +143,13 @@ class TrainConfig:
         if self.defense == "cross_holder_hg" and not self.lam2 > 0:
             raise ValueError(f"lam2={self.lam2!r}: {self.defense} needs lam2 > 0 (lam2 = 0 is cross_lipschitz)")
         # cross_holder with lam2 = 0 is allowed: the ablation "its Hessian term off" (a Cross-Lipschitz step
-        # through Cross-Hölder's code path and identity), asked for explicitly
+        # through Cross-Hölder's code path and identity), asked for explicitly; the direction search's
+        # options then do nothing, so asking for one is refused rather than hashed into a second identity
+        if self.defense == "cross_holder" and self.lam2 == 0 and (
+                self.mode != "fast" or self.backward_step or self.power_dtype != "float32" or self.warmup_epochs):
+            raise ValueError(f"lam2=0 turns Cross-Hölder's Hessian term off: mode={self.mode!r}, "
+                             f"backward_step={self.backward_step}, power_dtype={self.power_dtype!r} and "
+                             f"warmup_epochs={self.warmup_epochs} would do nothing; leave them at their defaults")
         if self.defense == "cure" and not (self.gamma > 0 and self.h > 0):
             raise ValueError(f"gamma={self.gamma!r}, h={self.h!r}: cure needs gamma > 0 and h > 0")
         if self.compiled and self.defense in ("cross_holder_hg", "cure"):
@@ -196,6 +202,8 @@ class TrainConfig:
         keep = {"dataset", "defense", "epochs", "batch_size", "lr", "n_train", "seed", "profile"}
         if self.defense == "cross_lipschitz":
             keep |= {"lam1", "classes", "cl_variant"}
+        elif self.defense == "cross_holder" and self.lam2 == 0:
+            keep |= {"lam1", "lam2", "classes"}      # its Hessian term off: no direction search to name
         elif self.defense == "cross_holder":
             keep |= {"lam1", "lam2", "classes", "mode", "inner", "inner_iters", "step"}
             if self.mode == "fast":
