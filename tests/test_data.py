@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -122,3 +123,31 @@ def test_paths_env_override(monkeypatch, tmp_path):
     monkeypatch.delenv("CROSSHOLDER_RESULTS")
     assert paths.results_dir() == paths.project_root() / "results"
     assert (paths.project_root() / "pyproject.toml").exists()
+
+
+def test_a_wheel_installed_elsewhere_writes_results_in_the_working_directory(tmp_path):
+    """Issue 32, item 7: installed from a wheel into a folder, the library resolved its results folder to
+    the parent of its install folder; it is the current working directory (CROSSHOLDER_RESULTS overrides)."""
+    import subprocess
+    import sys
+
+    from crossholder import paths
+
+    root = Path(__file__).resolve().parents[1]
+    wheel_dir, site, work = tmp_path / "wheel", tmp_path / "site", tmp_path / "work"
+    work.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheel_dir), str(root)], check=True, capture_output=True)
+    wheel = next(wheel_dir.glob("crossholder-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    code = "import crossholder.paths as p; print(p.__file__); print(p.in_checkout()); print(p.results_dir())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSHOLDER_")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=work, env={**env, "PYTHONPATH": str(site)},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0].startswith(str(site)) and out[1] == "False" and out[2] == str(work.resolve() / "results")
+    out = subprocess.run([sys.executable, "-c", code], cwd=work,
+                         env={**env, "PYTHONPATH": str(site), "CROSSHOLDER_RESULTS": str(tmp_path / "r")},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[2] == str((tmp_path / "r").resolve())
+    assert paths.in_checkout(), "the tests themselves run from the checkout"

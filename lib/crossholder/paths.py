@@ -1,4 +1,4 @@
-"""Project directories, independent of the current working directory.
+"""Project directories: ``data/``, ``results/``, ``figures/`` and their ``CROSSHOLDER_*`` overrides.
 
 Every directory can be overridden by an environment variable, which is how CI
 runs the notebooks at the ``smoke`` profile into a temporary results folder:
@@ -6,12 +6,17 @@ runs the notebooks at the ``smoke`` profile into a temporary results folder:
 =================  ==========================  ==============================
 name               environment variable        default
 =================  ==========================  ==============================
-``PROJECT_ROOT``   ``CROSSHOLDER_ROOT``        the repository root
+``PROJECT_ROOT``   ``CROSSHOLDER_ROOT``        the repository root (see below)
 ``DATA_DIR``       ``CROSSHOLDER_DATA``        ``<root>/data``
 ``RESULTS_DIR``    ``CROSSHOLDER_RESULTS``     ``<root>/results``
 ``FIGURES_DIR``    ``CROSSHOLDER_FIGURES``     ``<root>/figures``
 (scratch)          ``CROSSHOLDER_SCRATCH``     ``<results>/scratch``
 =================  ==========================  ==============================
+
+In a source checkout (``make setup``) the root is the repository's, whatever the current working
+directory. A wheel installed elsewhere (``pip install crossholder-*.whl``, to use the library on your
+own models) has no repository: its root is the current working directory, so results land in
+``./results`` unless ``CROSSHOLDER_RESULTS`` (or ``CROSSHOLDER_ROOT``) says otherwise.
 
 The scratch folder holds resume state of unfinished runs (gitignored). Background runs that must
 survive a fresh checkout of the work tree point it outside, e.g. ``~/.cache/crossholder/scratch``.
@@ -40,8 +45,8 @@ __all__ = [
     "FIGURES_DIR",
 ]
 
-# lib/crossholder/paths.py -> parents[2] is the repository root.
-_DEFAULT_ROOT = Path(__file__).resolve().parents[2]
+# lib/crossholder/paths.py -> parents[2] is the repository root of a source checkout.
+_CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def _from_env(var: str, default: Path) -> Path:
@@ -49,9 +54,17 @@ def _from_env(var: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
 
 
+def in_checkout() -> bool:
+    """Whether this package runs from a source checkout (``<root>/lib/crossholder`` beside its
+    ``pyproject.toml``), as ``make setup`` installs it; ``False`` for a wheel installed elsewhere."""
+    return (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "lib" / "crossholder").is_dir()
+
+
 def project_root() -> Path:
-    """Repository root (``CROSSHOLDER_ROOT`` overrides)."""
-    return _from_env("CROSSHOLDER_ROOT", _DEFAULT_ROOT)
+    """The folder whose ``data/``, ``results/`` and ``figures/`` the library uses: ``CROSSHOLDER_ROOT`` if
+    set; else the repository root when running from a source checkout; else (a wheel installed with pip
+    to use the library on your own models) the current working directory, read at each call."""
+    return _from_env("CROSSHOLDER_ROOT", _CHECKOUT if in_checkout() else Path.cwd().resolve())
 
 
 def data_dir() -> Path:
