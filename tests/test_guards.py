@@ -93,11 +93,9 @@ def test_empty_batches_get_one_clear_refusal(case, entry):
         _entry_points(m, x[:0], y[:0])[entry]()
 
 
-@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
-def test_gradient_contexts_work_as_outside(case, context):
-    """ART #498, advertorch #79: the policy is 'work as outside', also on tensors made in inference mode."""
-    m, x, y = case
-    outside = {
+def _differentiating_calls(m, x, y):
+    """One call of each kind of entry point that differentiates, its result detached."""
+    return {
         "margin_and_grad": hessian.margin_and_grad(m, x, y, "runner_up")[1],
         "operator_norm": hessian.operator_norm(m, x, y, "runner_up", method="power", iters=3, seed=0).norm,
         "regularized_loss": regularizers.regularized_loss(m, x, y, lam1=0.1, lam2=0.1, classes="runner_up",
@@ -105,16 +103,15 @@ def test_gradient_contexts_work_as_outside(case, context):
                                                           v0=torch.ones(6, 1, 1, 28, 28)).loss.detach(),
         "pgd": attacks.pgd(m, x, y, 1.0, steps=3, restarts=1).norm,
     }
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+def test_gradient_contexts_work_as_outside(case, context):
+    """ART #498, advertorch #79: the policy is 'work as outside', also on tensors made in inference mode."""
+    m, x, y = case
+    outside = _differentiating_calls(m, x, y)
     with context():
-        xi, yi = x.clone(), y.clone()                 # inference tensors under inference_mode
-        inside = {
-            "margin_and_grad": hessian.margin_and_grad(m, xi, yi, "runner_up")[1],
-            "operator_norm": hessian.operator_norm(m, xi, yi, "runner_up", method="power", iters=3, seed=0).norm,
-            "regularized_loss": regularizers.regularized_loss(m, xi, yi, lam1=0.1, lam2=0.1, classes="runner_up",
-                                                              inner="power", inner_iters=1,
-                                                              v0=torch.ones(6, 1, 1, 28, 28)).loss.detach(),
-            "pgd": attacks.pgd(m, xi, yi, 1.0, steps=3, restarts=1).norm,
-        }
+        inside = _differentiating_calls(m, x.clone(), y.clone())   # inference tensors under inference_mode
         assert not torch.is_grad_enabled(), "the caller's context is restored"
     for k in outside:
         assert torch.equal(outside[k], inside[k]), k
