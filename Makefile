@@ -5,6 +5,7 @@
 # Long runs go through Ray (crossholder.jobs): a local instance by default, a cluster with
 # RAY_CLUSTER=auto (or host:port, ray://host:port); results/ must then be on a shared file system.
 #   make test      set up, fetch data, run the test suite (unit tests, notebook checks, nbval)
+#   make gpu-check DEVICE=cuda   a lent GPU in one command (~8 min): notebooks at smoke, paper-profile units, cpu agreement
 #   make lab       JupyterLab at the project root on the project kernel (LAB_ARGS for a remote machine)
 # Both main targets are idempotent: a second run skips what is done.
 
@@ -21,7 +22,7 @@ PMARGS  := -p profile $(PROFILE) -p device $(DEVICE)
 RAY_CLUSTER ?=
 JOBS    := $(PY) -m crossholder.jobs --profile $(PROFILE) --device $(DEVICE)$(if $(RAY_CLUSTER), --address $(RAY_CLUSTER),)
 
-.PHONY: all setup data test figures selection seeds lab bench browser clean distclean plan check-device
+.PHONY: all setup data test figures selection seeds lab bench browser clean distclean plan check-device gpu-check
 all: figures
 
 # ---------------------------------------------------------------- environment
@@ -133,6 +134,14 @@ SEEDS_CHECKS ?= 100
 seeds: $(STAMP) | $(RAW)
 	$(JOBS) seeds --seeds 1 2 --n $(SEEDS_N) --checks $(SEEDS_CHECKS)
 	$(PY) -m crossholder.seeds --n $(SEEDS_N)
+
+# One command for a lent GPU (crossholder.gpu_check, about 8 min on one GPU): notebooks 01-04 at smoke
+# on DEVICE, one unit of each expensive step of the paper profile (an epoch of all-class Cross-Hölder,
+# the strongest sweep of one model, |Hv*| on the test set), the device against the CPU; report in
+# results/gpu/<device>.json. DEVICE=cpu runs it at smoke (tests/test_gpu_check.py, so CI) into ignored
+# results/variants/smoke/gpu/.
+gpu-check: $(STAMP) | $(RAW) check-device
+	$(PY) -m crossholder.gpu_check --device $(DEVICE)
 
 # ---------------------------------------------------------------- tests
 # One pytest run: unit tests, notebook checks (smoke runs) and nbval on every executed, committed

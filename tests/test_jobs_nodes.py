@@ -77,7 +77,7 @@ def test_a_lost_node_is_retried_elsewhere_and_changes_nothing(tmp_path, monkeypa
     monkeypatch.setenv("CROSSHOLDER_SCRATCH", str(tmp_path / "plain-scratch"))
     for cfg in cfgs:
         plain = _train_plain(cfg).model
-        lost = training.models_mod.load(tmp_path / "results" / "mnist" / "models" / f"{cfg.name}.pt")
+        lost = training.models_mod.load(tmp_path / "results" / "variants" / "smoke" / "mnist" / "models" / f"{cfg.name}.pt")
         for a, b in zip(lost.state_dict().values(), plain.state_dict().values()):
             assert torch.equal(a, b), cfg.name
         # the registry names the configuration once, with the run that finished

@@ -1,11 +1,15 @@
 """JupyterLab in a real browser (issue 20, item 7): what a user meets after `make lab`.
 
 Starts ``jupyter lab`` on 127.0.0.1 with a token, opens a committed notebook in headless Chromium and
-checks that its figures render, then runs notebook 02 at ``smoke`` through the server's
-``crossholder`` kernel to the end, with results and figures redirected to a temporary folder.
+checks that its figures render, then sets ``profile = "smoke"`` in notebook 02's parameters cell and
+runs it through the server's ``crossholder`` kernel to the end, as a user would: results and figures
+are *not* redirected, and the checkout's ``git status`` must be unchanged afterwards (issue 32,
+item 5: a smoke run writes only under the ignored ``results/variants/smoke/`` and
+``figures/variants/smoke/``).
 Chromium and its driver come from Debian (``make browser``, run here only when they are missing);
 where they cannot be installed the test is skipped with the reason. The server is rooted at a
-temporary copy of ``notebooks/``, so JupyterLab's autosave can never write into the repository.
+temporary copy of ``notebooks/`` (the notebook the user edits lives there), so JupyterLab's autosave
+can never write into the repository.
 Every server, kernel and browser process the test starts is stopped, and the test checks it.
 """
 
@@ -36,6 +40,14 @@ def _browser_or_skip() -> None:
             pytest.skip(f"Chromium and its driver (Debian: chromium, chromium-driver) could not be installed "
                         f"by `make browser`: {(out.stdout + out.stderr).strip()[-300:]}")
     pytest.importorskip("selenium", reason="selenium is in the dev dependencies (pip install -e '.[dev]')")
+
+
+def _git_status() -> str:
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"not a git checkout: {out.stderr.strip()}")
+    return out.stdout
 
 
 def _free_port() -> int:
@@ -120,13 +132,12 @@ return {kernel: panel.sessionContext.session?.kernel?.status, kernelName: panel.
 
 @pytest.fixture
 def lab(tmp_path):
-    """A JupyterLab server on a temporary copy of notebooks/, results and figures redirected."""
+    """A JupyterLab server on a temporary copy of notebooks/; results and figures where a user's go."""
     _browser_or_skip()
     shutil.copytree(ROOT / "notebooks", tmp_path / "lab" / "notebooks",
                     ignore=shutil.ignore_patterns("runs", ".ipynb_checkpoints"))
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "CROSSHOLDER_RESULTS": str(tmp_path / "results"),
-           "CROSSHOLDER_FIGURES": str(tmp_path / "figures"), "CROSSHOLDER_SCRATCH": str(tmp_path / "scratch"),
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CROSSHOLDER_")},
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     log = open(tmp_path / "lab.log", "w")
     server = subprocess.Popen([str(JUPYTER), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
@@ -145,7 +156,7 @@ def lab(tmp_path):
 
     try:
         _wait(_up, 60, "the JupyterLab server")
-        yield {"base": base, "token": token, "tmp": tmp_path}
+        yield {"base": base, "token": token, "tmp": tmp_path, "status": _git_status()}
     finally:
         try:   # the server shuts its kernels down, then exits
             req = urllib.request.Request(f"{base}/api/shutdown?token={token}", method="POST")
@@ -169,6 +180,7 @@ def test_jupyterlab_renders_figures_and_runs_a_notebook_at_smoke(lab):
         opts.add_argument(arg)
     opts.binary_location = BROWSER
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    started = time.time()
     try:
         driver.set_script_timeout(120)
         driver.get(f"{lab['base']}/lab?token={lab['token']}")
@@ -203,7 +215,10 @@ def test_jupyterlab_renders_figures_and_runs_a_notebook_at_smoke(lab):
         assert not final["warnings"], final["warnings"]
     finally:
         driver.quit()
-    reg = json.loads((lab["tmp"] / "results" / "variants" / "smoke" / "models.json").read_text())
+    assert _git_status() == lab["status"], "a smoke run in Lab leaves the checkout as it was"
+    reg_path = ROOT / "results" / "variants" / "smoke" / "models.json"
+    reg = json.loads(reg_path.read_text())
     assert reg["mnist/cross_holder"]["profile"] == "smoke", "the run took the value set in the parameters cell"
-    assert (lab["tmp"] / "figures" / "variants" / "smoke" / "training_mnist_cross_holder.png").exists()
-    assert not (lab["tmp"] / "results" / "models.json").exists(), "a smoke run never registers a canonical model"
+    assert reg_path.stat().st_mtime > started, "registered by this run"
+    fig = ROOT / "figures" / "variants" / "smoke" / "training_mnist_cross_holder.png"
+    assert fig.exists() and fig.stat().st_mtime > started

@@ -9,6 +9,7 @@ outputs are reproduced from the committed results.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -77,7 +78,7 @@ def test_smoke_run(nb, smoke_env):
         assert not any((smoke_env / "figures").glob("*.png")), "a variant never draws the canonical figures"
     assert not any((ROOT / "results").rglob(f"*{smoke_env.name}*"))
     if nb.stem == "04_robustness":   # the default protocol, "strongest": APGD, FAB, AutoAttack agreement, masking
-        rob = smoke_env / "results" / "mnist" / "robustness"
+        rob = smoke_env / "results" / "variants" / "smoke" / "mnist" / "robustness"   # the smoke profile's caches
         assert any(rob.glob("agreement-*.csv")) and any(rob.glob("masking-*.csv"))
         summaries = smoke_env / "results" / "variants" / "smoke" / "mnist"
         assert (summaries / "paired.csv").exists()
@@ -92,7 +93,7 @@ def test_smoke_run_of_the_legacy_protocol(smoke_env):
     pm.execute_notebook(str(nb), str(smoke_env / nb.name),
                         parameters={"profile": "smoke", "protocol": "paper-v1", "progress": False},
                         kernel_name="crossholder", cwd=str(smoke_env), progress_bar=False)
-    rob = smoke_env / "results" / "mnist" / "robustness"
+    rob = smoke_env / "results" / "variants" / "smoke" / "mnist" / "robustness"
     assert any(rob.glob("autoattack-*.csv")) and not any(rob.glob("masking-*.csv"))
     summaries = smoke_env / "results" / "variants" / "smoke-protocol=paper-v1" / "mnist"
     curves = pd.read_csv(summaries / "robustness.csv")
@@ -104,13 +105,40 @@ def test_zero_is_a_value_the_training_notebook_runs_with(smoke_env):
     nb = ROOT / "notebooks" / "02_training.ipynb"
     pm.execute_notebook(str(nb), str(smoke_env / nb.name), parameters={"profile": "smoke", "lam2": 0, "progress": False},
                         kernel_name="crossholder", cwd=str(smoke_env), progress_bar=False)
-    sides = list((smoke_env / "results" / "mnist" / "models").glob("cross_holder-*.json"))
+    cache = smoke_env / "results" / "variants" / "smoke" / "mnist"       # store.cache_dir("smoke")
+    sides = list((cache / "models").glob("cross_holder-*.json"))
     assert len(sides) == 1
     import json
     rec = json.loads(sides[0].read_text())
     assert rec["hyperparameters"]["lam2"] == 0.0, "the run asked for: lam2 = 0"
-    log = pd.read_csv(smoke_env / "results" / "mnist" / "training" / f"cross_holder-{rec['run_id']}.csv")
+    log = pd.read_csv(cache / "training" / f"cross_holder-{rec['run_id']}.csv")
     assert (log["hess_term"] == 0).all()
+
+
+def _git_status() -> str:
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"not a git checkout: {out.stderr.strip()}")
+    return out.stdout
+
+
+@pytest.mark.parametrize("name", ["01_hessian_norm_estimation", "02_training"])
+def test_a_smoke_run_in_the_checkout_leaves_the_tree_unchanged(name, tmp_path, monkeypatch):
+    """Issue 32, item 5: notebook 02 at smoke put its checkpoint and log in results/mnist/models/ and
+    training/, notebook 01 its tables in results/mnist/hessian/, untracked beside the committed caches.
+    Here nothing is redirected (the user's setting): the smoke profile's caches and summaries go to
+    results/variants/smoke/ (store.cache_dir) and its figures to figures/variants/smoke/, both ignored."""
+    for var in ("CROSSHOLDER_RESULTS", "CROSSHOLDER_FIGURES", "CROSSHOLDER_ROOT", "CROSSHOLDER_SCRATCH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    before = _git_status()
+    nb = ROOT / "notebooks" / f"{name}.ipynb"
+    pm.execute_notebook(str(nb), str(tmp_path / nb.name), parameters={"profile": "smoke", "progress": False},
+                        kernel_name="crossholder", cwd=str(ROOT / "notebooks"), progress_bar=False)
+    assert _git_status() == before
+    cache = ROOT / "results" / "variants" / "smoke" / "mnist"
+    assert any(cache.rglob("*.csv")), "the smoke run wrote its caches under results/variants/smoke/"
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
@@ -434,7 +462,6 @@ def test_every_committed_notebook_is_executed_and_checked():
 
 def test_a_cleared_checked_cell_fails_the_notebook_list(tmp_path):
     import json
-    import subprocess
     import sys
 
     nb = json.loads((ROOT / "notebooks" / "07_results_in_detail.ipynb").read_text())

@@ -24,7 +24,9 @@ def test_points_are_scored_once_and_cached(tmp_path, monkeypatch):
     again = selection.run_grid("mnist", "smoke", progress=False, defenses=("adversarial",))
     assert len(calls) == 2, "second run must come from the per-point cache"
     assert again.equals(df)
-    assert len(list((tmp_path / "mnist" / "selection" / "points").glob("adversarial-*.json"))) == 2
+    points = store.cache_dir("smoke") / "mnist" / "selection" / "points"   # results/variants/smoke/...
+    assert points.is_relative_to(tmp_path / "variants" / "smoke")
+    assert len(list(points.glob("adversarial-*.json"))) == 2
     # admissible: clean val >= 0.99 -> no point here (0.7, 0.6); so no winner
     assert not df["admissible"].any() and not df["winner"].any()
 

@@ -23,7 +23,7 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, monkeypatch, defens
     part = training.train(cfg, progress=False, max_epochs=1)           # "killed" after epoch 1
     assert part.record == {"partial": True, "epochs_done": 1}
     # a fresh checkout has the resume state (kept outside the work tree) but not the log CSV
-    (tmp_path / "b" / "mnist" / "training" / f"{cfg.name}.csv").unlink()
+    training.run_paths(cfg)["log"].unlink()                              # results/variants/smoke/mnist/training/
     resumed = training.train(cfg, progress=False)
     for (k, v), (_, w) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(v, w), k

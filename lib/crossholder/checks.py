@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import attacks as attacks_mod
-from . import paths, store
+from . import store
 from .attacks import LOSSES, pgd
 from .sweeps import EVAL_CODE_VERSION, robust_at, robust_both, to_pixel
 
@@ -47,7 +47,7 @@ def per_model_rows(kind: str, dataset: str, models: dict[str, str], params: dict
     """
     import json
 
-    folder = paths.results_dir() / dataset / "robustness"
+    folder = store.cache_dir(profile) / dataset / "robustness"
     want = json.loads(json.dumps({**params, "code": code_version}))
     frames = []
     for defense, rid in models.items():

@@ -266,7 +266,7 @@ def _identity(*, dataset: str, defense: str, model_id: str, eps_list: Sequence[f
     if proto.strong:     # version 2's identity named its protocol "strongest" too
         params.update({"protocol": "strongest", "step_fraction": step_fraction, "strong": dict(proto.strong)})
     rid = store.run_id({**params, "seed": seed, "profile": profile, "code": code})
-    base = paths.results_dir() / dataset / "robustness" / f"{defense}-{rid}"
+    base = store.cache_dir(profile) / dataset / "robustness" / f"{defense}-{rid}"
     partial = paths.scratch_dir() / f"eval-{dataset}-{defense}-{rid}.csv"
     return params, rid, (Path(f"{base}.csv"), Path(f"{base}-examples.csv"), Path(f"{base}.json"), partial)
 
@@ -279,7 +279,7 @@ def _model_of(dataset: str, defense: str, profile: str, run_id: str | None,
 
     if run_id is None:
         return training.load_registered(dataset, defense, training.profile_variant(profile, seed))
-    return training.load_run(dataset, defense, run_id)
+    return training.load_run(dataset, defense, run_id, profile=profile)
 
 
 def first_rows_so_far(dataset: str, defense: str, n_first: int, *, profile: str = "cpu", seed: int = 0,

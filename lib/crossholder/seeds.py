@@ -29,7 +29,7 @@ from . import data as data_mod
 from . import claims, stats, sweeps
 from . import evaluation as ev
 from . import experiments as ex
-from . import paths, store
+from . import store
 
 __all__ = ["models_by_seed", "per_examples_by_seed", "seeds_table", "claims_across_seeds", "pooled_paired", "write", "SEEDS", "SEEDS_N"]
 
@@ -227,7 +227,7 @@ def write(dataset: str, *, seeds: Sequence[int] = SEEDS, n: int = SEEDS_N, profi
     status = {"found": sorted(found), "missing": missing}
     if not found:
         return status
-    folder = paths.results_dir() / dataset
+    folder = store.dataset_dir(dataset, store.variant_name(profile))   # results/<dataset> at cpu
     table = seeds_table(found, eps, dataset=dataset)
     csv = table.to_csv(index=False)
     table = pd.read_csv(io.StringIO(csv))                      # everything below from the file's contents

@@ -117,15 +117,13 @@ def grid(dataset: str, profile: str, defenses: tuple[str, ...] | None = None) ->
 
 
 def _point_path(dataset: str, defense: str, hp: dict[str, Any], profile: str, seed: int):
-    from . import paths
-
     params = {"dataset": dataset, "defense": defense, "hp": hp, "settings": SELECTION[profile],
               "eps": list(SELECTION_EPS), "seed": seed, "profile": profile, "code": SELECTION_CODE_VERSION}
     train_opts = SELECTION_TRAIN.get(profile, {}).get(defense)
     if train_opts:
         params["train"] = train_opts
     rid = store.run_id(params)
-    return paths.results_dir() / dataset / "selection" / "points" / f"{defense}-{rid}.json"
+    return store.cache_dir(profile) / dataset / "selection" / "points" / f"{defense}-{rid}.json"
 
 
 def score_point(dataset: str, defense: str, hp: dict[str, Any], profile: str = "cpu", *, seed: int = 0,

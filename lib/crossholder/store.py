@@ -39,7 +39,7 @@ from .errors import not_allowed
 
 __all__ = ["INT_KEYS", "canonical", "plain", "run_id", "fingerprint", "git_commit", "provenance",
            "summary_record", "atomic_write", "atomic_write_text", "atomic_write_json", "read_json", "update_json",
-           "locked", "cached_csv", "cached_table", "variant_name", "variant_dirs", "figure_name", "dataset_dir",
+           "locked", "cached_csv", "cached_table", "variant_name", "variant_dirs", "cache_dir", "figure_name", "dataset_dir",
            "VARIANT_CHARS"]
 
 
@@ -252,14 +252,14 @@ def cached_csv(path_stem: str | os.PathLike[str], params: dict[str, Any], *, see
                code_version: str) -> Path:
     """The CSV path :func:`cached_table` uses for these arguments (files beside it share its stem)."""
     rid = run_id({**params, "seed": seed, "profile": profile, "code": code_version})
-    return paths.results_dir() / f"{path_stem}-{rid}.csv"
+    return cache_dir(profile) / f"{path_stem}-{rid}.csv"
 
 
 def cached_table(path_stem: str | os.PathLike[str], params: dict[str, Any], compute, *, seed: int, profile: str,
                  code_version: str, device: str = "cpu", force: bool = False):
     """Load ``<results>/<path_stem>-<id>.csv`` if it exists, else ``compute()`` it and save it with a sidecar.
 
-    ``compute`` returns a pandas DataFrame. The id hashes ``params``, ``seed``, ``profile`` and
+    The file lives under :func:`cache_dir` of ``profile``. ``compute`` returns a pandas DataFrame. The id hashes ``params``, ``seed``, ``profile`` and
     ``code_version``; the JSON sidecar next to the CSV holds the provenance. Returns
     ``(DataFrame, csv_path, sidecar_dict)``; the DataFrame is always the one read back from the CSV,
     so a notebook shows the same table whether it computed it or loaded it.
@@ -315,12 +315,33 @@ def variant_dirs(variant: str) -> tuple[Path, Path]:
     """``(results, figures)`` folders of a variant (:func:`variant_name`): ``results/`` and
     ``figures/`` for the canonical run ``""``, else ``results/variants/<variant>/`` and
     ``figures/variants/<variant>/``. Content-addressed caches (checkpoints, per-model curves,
-    cached tables: file names carry a hash of their parameters) stay in ``results/`` for all."""
+    cached tables: file names carry a hash of their parameters) are shared by every variant of a
+    profile, under :func:`cache_dir`."""
     if variant and (set(variant) - VARIANT_CHARS or variant.startswith(".")):
         raise not_allowed("variant", variant, "characters [A-Za-z0-9._=+-], not starting with '.'")
     if not variant:
         return paths.results_dir(), paths.figures_dir()
     return paths.results_dir() / "variants" / variant, paths.figures_dir() / "variants" / variant
+
+
+def cache_dir(profile: str) -> Path:
+    """Root of the content-addressed caches of runs at ``profile``: checkpoints and training logs,
+    per-model curves and per-example rows, grid points, cached tables (their file names carry a hash
+    of their parameters, so every variant of the profile shares them).
+
+    ``results/`` for ``cpu``, the profile the committed results stand on; ``results/variants/<profile>/``
+    for any other, so a run at ``smoke`` or ``paper`` never writes beside the committed caches. Its
+    summaries and registrations (:func:`variant_dirs` of ``"smoke"``, ``"smoke-lam2=0"``, ...) sit in
+    the same ``results/variants/`` folder. ``results/variants/smoke*/`` and ``figures/variants/smoke*/``
+    are gitignored: a smoke run checks the pipeline and is never a result.
+
+    Raises:
+        ValueError: an unknown profile.
+    """
+    from .experiments import check_profile
+
+    check_profile(profile)
+    return paths.results_dir() if profile == "cpu" else paths.results_dir() / "variants" / profile
 
 
 def figure_name(variant: str, name: str) -> str:

@@ -313,16 +313,18 @@ class TrainResult:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def _checkpoint_path(dataset: str, name: str) -> Path:
-    """``results/<dataset>/models/<defense>-<run id>.pt`` (its sidecar: the same with ``.json``)."""
-    return paths.results_dir() / dataset / "models" / f"{name}.pt"
+def _checkpoint_path(dataset: str, name: str, profile: str) -> Path:
+    """``<cache>/<dataset>/models/<defense>-<run id>.pt`` (its sidecar: the same with ``.json``), under
+    :func:`crossholder.store.cache_dir` of ``profile``."""
+    return store.cache_dir(profile) / dataset / "models" / f"{name}.pt"
 
 
 def run_paths(cfg: TrainConfig) -> dict[str, Path]:
-    """Where a run's files live: ``checkpoint``, ``sidecar``, ``log`` (in ``results/``) and ``state``
+    """Where a run's files live: ``checkpoint``, ``sidecar``, ``log`` (under
+    :func:`crossholder.store.cache_dir` of the run's profile: ``results/`` at ``cpu``) and ``state``
     (resume state, in the scratch folder)."""
-    res = paths.results_dir()
-    ckpt = _checkpoint_path(cfg.dataset, cfg.name)
+    res = store.cache_dir(cfg.profile)
+    ckpt = _checkpoint_path(cfg.dataset, cfg.name, cfg.profile)
     return {
         "checkpoint": ckpt,
         "sidecar": ckpt.with_suffix(".json"),
@@ -693,9 +695,10 @@ def load_registered(dataset: str, defense: str, variant: str = "") -> tuple[nn.M
     return models_mod.load(paths.project_root() / rec["checkpoint"]), rec
 
 
-def load_run(dataset: str, defense: str, run_id: str) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of the finished training run ``<defense>-<run_id>`` (registered or not) and its record."""
-    ckpt = _checkpoint_path(data_mod.check_dataset(dataset), f"{ex.check_defense(defense)}-{run_id}")
+def load_run(dataset: str, defense: str, run_id: str, *, profile: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model of the finished training run ``<defense>-<run_id>`` at ``profile`` (registered or not)
+    and its record."""
+    ckpt = _checkpoint_path(data_mod.check_dataset(dataset), f"{ex.check_defense(defense)}-{run_id}", profile)
     rec = store.read_json(ckpt.with_suffix(".json"))
     if not ckpt.exists() or rec is None:
         raise FileNotFoundError(f"run_id={run_id!r}: no finished training run {ckpt} (+ .json sidecar)")

@@ -1,0 +1,218 @@
+"""Theorem 2 measured (crossholder.bounds): the global curvature bound against exact float64 Hessians,
+its exactness where the bound is attained, the radius against closed forms and verified attacks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from crossholder import attacks, bounds
+from crossholder.models import Standardize
+
+torch.set_default_dtype(torch.float32)
+
+
+def _exact_norm(model: nn.Module, x: torch.Tensor, t: int, j: int) -> float:
+    """‖H_{f_t - f_j}(x)‖₂ of one example from its full float64 Hessian (torch.func)."""
+    shape = x.shape
+
+    def margin(flat: torch.Tensor) -> torch.Tensor:
+        out = model(flat.reshape((1,) + tuple(shape)))[0]
+        return out[t] - out[j]
+
+    H = torch.func.hessian(margin)(x.reshape(-1).double())
+    return float(torch.linalg.eigvalsh(0.5 * (H + H.T)).abs().max())
+
+
+def _mlp(act: type[nn.Module], seed: int, d: int = 5, hidden=(7, 6), k: int = 3, **act_kw) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    w = d
+    for h in hidden:
+        layers += [nn.Linear(w, h), act(**act_kw)]
+        w = h
+    layers.append(nn.Linear(w, k))
+    return nn.Sequential(*layers).double().eval()
+
+
+def _cnn(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(Standardize(0.2, 0.5), nn.Conv2d(1, 3, 3), nn.SiLU(), nn.Conv2d(3, 4, 3, stride=2),
+                         nn.Tanh(), nn.Flatten(), nn.Linear(4, 5), nn.Softplus(beta=2.0),
+                         nn.Linear(5, 4)).double().eval()
+
+
+# ---------------------------------------------------------------- the constants
+@pytest.mark.parametrize("module", [nn.SiLU(), nn.Softplus(), nn.Softplus(beta=3.0), nn.Tanh(), nn.Sigmoid()],
+                         ids=lambda m: repr(m))
+def test_activation_constants_are_the_suprema(module):
+    """sup |σ'| and sup |σ''| on a fine float64 grid: never above the constants, and within 1e-6 of them."""
+    x = torch.linspace(-40, 40, 800_001, dtype=torch.float64, requires_grad=True)
+    (d1,) = torch.autograd.grad(module(x).sum(), x, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), x)
+    g, h = bounds.activation_bounds(module)
+    for grid_max, const in ((d1.abs().max().item(), g), (d2.abs().max().item(), h)):
+        assert grid_max <= const and const - grid_max < 1e-6, (grid_max, const)
+
+
+def test_spectral_norm_is_the_largest_singular_value_of_the_explicit_matrix():
+    torch.manual_seed(0)
+    cases = [(nn.Linear(9, 4), (9,)), (nn.Linear(4, 9), (4,)), (nn.Conv2d(2, 3, 3), (2, 6, 6)),
+             (nn.Conv2d(3, 2, 3, stride=2), (3, 7, 7)), (nn.Conv2d(1, 4, 2, padding=1), (1, 5, 5))]
+    for layer, shape in cases:
+        layer = layer.double()
+        lin = bounds._linear_part(layer)
+        n = math.prod(shape)
+        W = lin(torch.eye(n, dtype=torch.float64).reshape((n,) + shape)).reshape(n, -1).T   # (n_out, n_in)
+        exact = float(torch.linalg.matrix_norm(W.detach(), 2))
+        with torch.no_grad():
+            out_shape = tuple(layer(torch.zeros((1,) + shape, dtype=torch.float64)).shape[1:])
+        got = bounds.spectral_norm(lin, shape, out_shape, batch=5)
+        assert exact <= got <= exact * (1 + 1e-8), (layer, exact, got)
+
+
+# ---------------------------------------------------------------- the global bound is sound
+@pytest.mark.parametrize("act,kw", [(nn.SiLU, {}), (nn.Softplus, {"beta": 2.0}), (nn.Tanh, {}), (nn.Sigmoid, {})],
+                         ids=["silu", "softplus", "tanh", "sigmoid"])
+def test_the_bound_is_never_below_the_exact_norm(act, kw):
+    """At random points and at points found by curvature ascent, for every pair (t, j)."""
+    for seed in range(3):
+        model = _mlp(act, seed, **kw)
+        Kb = bounds.curvature_bounds(model)
+        assert Kb.shape == (3, 3) and (Kb.diagonal() == 0).all()
+        gen = torch.Generator().manual_seed(seed)
+        xs = torch.randn(6, 5, generator=gen, dtype=torch.float64) * 2
+        for t in range(3):
+            for j in range(3):
+                if t == j:
+                    continue
+                T = torch.full((len(xs),), t)
+                k_hat, gam = bounds._ball_curvature(model, xs, T, j, torch.full((len(xs),), 3.0, dtype=torch.float64),
+                                                    steps=30, restarts=2, step=0.2, seed=seed, gamma0=None)
+                for x in list(xs) + list(xs + gam):
+                    assert _exact_norm(model, x, t, j) <= Kb[t, j]
+                assert (k_hat <= Kb[t, j]).all()
+
+
+def test_the_bound_is_sound_on_a_small_cnn():
+    model = _cnn(0)
+    Kb = bounds.curvature_bounds(model, (1, 6, 6))
+    gen = torch.Generator().manual_seed(1)
+    for x in torch.rand(5, 1, 6, 6, generator=gen, dtype=torch.float64):
+        for t, j in ((0, 1), (2, 3), (3, 0)):
+            assert _exact_norm(model, x, t, j) <= Kb[t, j]
+
+
+def test_the_bound_is_exact_where_it_is_attained():
+    """One hidden SiLU layer with W1 = a·I and no bias: at x = 0 every σ''(z_k) = 1/2, so
+    H = a² diag(u/2), u = W2ᵀ(e_t - e_j): ‖H‖ = a² max|u| / 2, which is the bound (sup|σ''| = 1/2,
+    ‖W1‖ = a, ‖u‖_∞ exact). Also hidden width 1, where H = σ''(z) u w wᵀ."""
+    torch.manual_seed(0)
+    a, d = 1.7, 4
+    first = nn.Linear(d, d, bias=False)
+    first.weight.data = a * torch.eye(d)
+    model = nn.Sequential(first, nn.SiLU(), nn.Linear(d, 3)).double().eval()
+    Kb = bounds.curvature_bounds(model)
+    x0 = torch.zeros(d, dtype=torch.float64)
+    for t, j in ((0, 1), (1, 2), (2, 0)):
+        exact = _exact_norm(model, x0, t, j)
+        assert exact == pytest.approx(float(Kb[t, j]), rel=1e-8)
+    narrow = nn.Sequential(nn.Linear(d, 1), nn.SiLU(), nn.Linear(1, 2)).double().eval()
+    w, b = narrow[0].weight.data[0], narrow[0].bias.data[0]
+    x_star = -b * w / (w @ w)                                  # z = w·x + b = 0, where |σ''| peaks
+    assert _exact_norm(narrow, x_star, 0, 1) == pytest.approx(float(bounds.curvature_bounds(narrow)[0, 1]), rel=1e-8)
+
+
+# ---------------------------------------------------------------- the radius
+class _Quadratic(nn.Module):
+    """Logits (q(x), 0) with q(x) = a + bᵀx + (κ/2)‖x‖²: the margin's Hessian is κ·I everywhere."""
+
+    def __init__(self, a: float, b: torch.Tensor, kappa: float) -> None:
+        super().__init__()
+        self.a, self.b, self.kappa = a, nn.Parameter(b, requires_grad=False), kappa
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        q = self.a + flat @ self.b + 0.5 * self.kappa * (flat * flat).sum(1)
+        return torch.stack([q, torch.zeros_like(q)], 1)
+
+
+@pytest.mark.filterwarnings("ignore::crossholder.guards.ZeroCurvatureWarning")   # no activation modules
+@pytest.mark.parametrize("kappa", [0.5, 3.0, -2.0])
+def test_the_radius_of_a_quadratic_margin_is_the_closed_form(kappa):
+    gen = torch.Generator().manual_seed(0)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    model = _Quadratic(4.0, b, kappa).double().eval()
+    x = torch.rand(5, 6, generator=gen, dtype=torch.float64) * 0.3
+    f = 4.0 + x @ b + 0.5 * kappa * (x * x).sum(1)
+    G = (b + kappa * x).norm(dim=1)
+    k = abs(kappa)
+    closed = (-G + torch.sqrt(G * G + 2 * k * f)) / k            # the root of (k/2) r² + G r - f = 0
+    assert (f > 0).all()
+    for curvature in ("point", "ball"):
+        res = bounds.theorem2_radius(model, x, curvature=curvature, steps=3)
+        assert torch.allclose(res.radius, closed, rtol=1e-7), (curvature, res.radius, closed)
+        assert torch.allclose(res.K[:, 1], torch.full((5,), k, dtype=torch.float64), rtol=1e-7)
+        assert not res.certified and (res.pred == 0).all()
+    res = bounds.theorem2_radius(model, x, curvature="global", K_global=torch.tensor([[0.0, k], [k, 0.0]]))
+    assert res.certified and torch.allclose(res.radius, closed, rtol=1e-9)
+    assert torch.allclose(res.R, res.radius)
+
+
+def test_the_global_radius_is_below_every_verified_witness():
+    """A small SiLU network trained on a separable problem in [0, 1]^d: PGD's verified witnesses are
+    never shorter than the certified radius; and global <= ball <= point on every image."""
+    torch.manual_seed(0)
+    d = 8
+    x = torch.rand(512, d)
+    y = (x[:, :4].sum(1) > x[:, 4:].sum(1)).long() + (x[:, 0] > 0.8).long()
+    model = nn.Sequential(nn.Linear(d, 16), nn.SiLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    xs = x[:40]
+    Kb = bounds.curvature_bounds(model)
+    glob = bounds.theorem2_radius(model, xs, curvature="global", K_global=Kb)
+    ball = bounds.theorem2_radius(model, xs, curvature="ball", steps=5)
+    point = bounds.theorem2_radius(model, xs, curvature="point")
+    assert (glob.radius > 0).any()
+    assert (glob.radius <= ball.radius + 1e-6).all() and (ball.radius <= point.radius + 1e-6).all()
+    pred = model(xs).argmax(1)
+    for eps in (0.05, 0.1, 0.2, 0.4, 0.8):
+        adv = attacks.pgd(model, xs, pred, eps, steps=40, restarts=2, seed=0)
+        hit = adv.success & (adv.norm > 0)
+        assert (adv.norm[hit].double() >= glob.radius[hit]).all(), eps
+
+
+@pytest.mark.filterwarnings("ignore::crossholder.guards.ZeroCurvatureWarning")
+def test_the_paper_cnn_bound_runs_and_names_what_it_cannot_bound():
+    from crossholder.models import paper_cnn
+
+    model = paper_cnn("mnist").eval()
+    with pytest.raises(ValueError, match="input_shape"):
+        bounds.curvature_bounds(model)
+    relu = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"model\[1\] is ReLU.*second derivative"):
+        bounds.curvature_bound(relu)
+    pool = nn.Sequential(nn.Conv2d(1, 2, 3), nn.SiLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match=r"model\[2\] is MaxPool2d"):
+        bounds.curvature_bound(pool, (1, 6, 6))
+    bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.SiLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"model\[1\] \(BatchNorm1d\) is in training mode"):
+        bounds.curvature_bound(bn)
+    bn.eval()
+    assert bounds.curvature_bound(bn) > 0                      # eval-mode batch norm is affine
+    with pytest.raises(ValueError, match="model='Module'|an nn.Sequential"):
+        bounds.curvature_bound(_Quadratic(1.0, torch.zeros(3), 1.0), (3,))
+    with pytest.raises(ValueError, match="curvature='exact'"):
+        bounds.theorem2_radius(relu.eval(), torch.rand(2, 4), curvature="exact")
+    with pytest.raises(ValueError, match="grid="):
+        bounds.theorem2_radius(relu.eval(), torch.rand(2, 4), curvature="ball", grid=(0.5, 0.25))
+    with pytest.raises(ValueError, match="non-finite"):
+        bounds.theorem2_radius(relu.eval(), torch.tensor([[float("nan"), 0, 0, 0]]), curvature="point")
