@@ -710,7 +710,7 @@ def main(argv: list[str] | None = None) -> None:
                                  "configuration (final_config: at cpu the final choices of experiments.FINAL, "
                                  "as notebook 02 and crossholder.jobs train), then the --set overrides.")
     ap.add_argument("--dataset", required=True, choices=data_mod.DATASETS)
-    ap.add_argument("--defense", required=True, choices=ex.DEFENSES)
+    ap.add_argument("--defense", required=True, choices=ex.ALL_DEFENSES)
     ap.add_argument("--profile", default="cpu", choices=list(ex.PROFILES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
