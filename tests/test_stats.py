@@ -25,3 +25,10 @@ def test_wilson_interval_of_nothing_is_nan():
 def test_mcnemar_exact_is_the_two_sided_binomial_test(a, b):
     ref = 1.0 if a + b == 0 else sps.binomtest(min(a, b), a + b, 0.5).pvalue
     assert stats.mcnemar_exact(a, b) == pytest.approx(ref, rel=1e-9)
+
+
+def test_wilson_interval_known_values():
+    lo, hi = stats.wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    lo, hi = stats.wilson_interval(0, 10)
+    assert lo == 0 and hi == pytest.approx(0.2775, abs=1e-3)

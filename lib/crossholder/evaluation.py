@@ -31,8 +31,8 @@ from .errors import not_allowed
 from .sweeps import (ATTACK_COLUMNS, EVAL_CODE_VERSION, PROTOCOLS, Protocol, check_eps_list, curve_from_sweeps,
                      protocol_of, to_pixel)
 
-__all__ = ["evaluate_dataset", "DatasetEvaluation", "settings", "evaluate_model", "evaluate_registered", "first_rows_so_far", "registered_checks", "eps_grid",
-           "EVAL_CODE_VERSION", "PROTOCOLS"]
+__all__ = ["evaluate_dataset", "DatasetEvaluation", "settings", "evaluate_model", "evaluate_registered",
+           "first_rows_so_far", "registered_checks", "eps_grid"]
 
 
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dataset: str, defense: str,
@@ -44,7 +44,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     """Cached, resumable robustness curves of one model: the paper's PGD and, with
     ``protocol="strongest"`` (the default), APGD-CE, FAB, APGD-T, FAB-T and the ``strongest`` curve
     (:func:`strong_sweep`). ``protocol="paper-v1"`` reproduces the legacy code-version-1 curves
-    (PGD alone, step ``2.5 eps / steps``) only to keep the committed ones readable (:data:`PROTOCOLS`).
+    (PGD alone, step ``2.5 eps / steps``) only to keep the committed ones readable (:data:`crossholder.sweeps.PROTOCOLS`).
 
     ``"strongest"`` upgrades rather than recomputes: where the same evaluation under
     ``"strongest-v2"`` (no FAB-T) has rows, finished or in its scratch partial, each of its chunks
