@@ -171,7 +171,7 @@ def test_readme_tables_match_committed_results():
 
     readme = (ROOT / "README.md").read_text()
     assert reports.render(readme) == readme, "README.md is stale: run .venv/bin/python -m crossholder.reports"
-    assert len(readme.encode()) <= 15_000, "the README is the front door: at most 15 KB (analyses go to notebooks)"
+    assert len(readme.encode()) <= 18_000, "the README is the front door: at most 18 KB (analyses go to notebooks)"
 
 
 # ---------------------------------------------------------------- sources, parameters, variants (issue 20)
