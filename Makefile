@@ -105,11 +105,11 @@ $(STAMPS)/04.done: $(NB)/04_robustness.ipynb $(STAMPS)/02.done $(LIB) | $(RAW) c
 	$(call run,$<,-fashion_mnist,-p dataset fashion_mnist)
 	@mkdir -p $(STAMPS) && touch $@
 
-# 05-08: analysis notebooks; they compute nothing and show tables generated from results/ (crossholder.reports)
-ANALYSES := $(sort $(wildcard $(NB)/0[5-9]_*.ipynb))
+# 05-10: analysis notebooks; they compute nothing and show tables generated from results/ (crossholder.reports)
+ANALYSES := $(sort $(wildcard $(NB)/0[5-9]_*.ipynb $(NB)/1[0-9]_*.ipynb))
 # (they show the committed cpu results, so they run only in the canonical run: in place, no parameters)
 $(STAMPS)/analyses.done: $(ANALYSES) $(LIB) | $(STAMP) check-device
-	@if [ -z "$(CANONICAL)" ]; then echo "notebooks 05-08 show the committed cpu results: skipped"; else \
+	@if [ -z "$(CANONICAL)" ]; then echo "notebooks 05-10 show the committed cpu results: skipped"; else \
 	  for nb in $(ANALYSES); do $(PAPERMILL) $$nb $$nb && $(STRIP) $$nb || exit 1; done; \
 	  mkdir -p $(STAMPS) && touch $@; fi
 

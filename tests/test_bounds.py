@@ -245,3 +245,39 @@ def test_the_bounds_table_resumes_and_checks_every_certificate(tmp_path, monkeyp
     assert csv.exists() and not list((tmp_path / "scratch").glob("bounds-*"))
     again, _ = bounds_tables.evaluate_bounds("mnist", "cross_holder", n=4, chunk=2, profile="smoke", progress=False)
     pd.testing.assert_frame_equal(again, table)
+
+
+def test_the_notebook_tables_read_what_is_there(tmp_path):
+    """summary_table, accuracy_curves and paired_radii on two hand-made tables (notebook 10's reading)."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from crossholder import bounds_tables
+
+    res = tmp_path / "results"
+    (res / "mnist" / "bounds").mkdir(parents=True)
+    (res / "models.json").write_text(json.dumps({"mnist/cross_holder": {"run_id": "a"},
+                                                 "mnist/cross_lipschitz": {"run_id": "b"}}))
+    base = {"index": [0, 1, 2, 3], "label": [1, 2, 3, 4], "pred": [1, 2, 3, 5], "correct": [True, True, True, False],
+            "hessian_norm": [1.0, 2.0, 4.0, 1.0], "K_global": [100.0, 100.0, 100.0, 100.0], "R_ball": [0.1] * 4}
+    a = pd.DataFrame({**base, "radius_global": [0.01, 0.02, 0.03, 0.0], "radius_ball": [0.4, 0.6, 0.2, 0.0],
+                      "radius_point": [0.5, 0.9, 0.3, 0.0], "witness_norm": [0.45, 1.0, np.inf, 0.0]})
+    b = a.assign(radius_ball=[0.3, 0.7, 0.1, 0.0])
+    for name, t in (("cross_holder-a", a), ("cross_lipschitz-b", b)):
+        t.to_csv(res / "mnist" / "bounds" / f"{name}.csv", index=False)
+        (res / "mnist" / "bounds" / f"{name}.json").write_text(json.dumps({"K_global_max": 100.0}))
+    s = bounds_tables.summary_table(tmp_path).set_index(["dataset", "defense"])
+    ch = s.loc[("mnist", "cross_holder")]
+    assert ch["done"] and ch["correct"] == 3 and ch["median_radius_ball"] == 0.4
+    assert ch["median_K_global_over_hessian_norm"] == 50.0          # 100 / (1, 2, 4) -> median 50
+    assert ch["radius_point_above_witness"] == 1 and ch["radius_global_above_witness"] == 0
+    assert not s.loc[("fashion_mnist", "cross_holder")]["done"]
+    cv = bounds_tables.accuracy_curves(a, [0.0, 0.5]).set_index(["eps_pixel", "curve"])["accuracy"]
+    assert cv[(0.0, "radius_global")] == 0.75 and cv[(0.5, "radius_ball")] == 0.25
+    assert cv[(0.5, "strongest")] == 0.5 and cv[(0.5, "radius_point")] == 0.25
+    p = bounds_tables.paired_radii(a, b, "radius_ball")
+    assert (p["n"], p["a_larger"], p["b_larger"], p["ties"]) == (3, 2, 1, 0)
+    with pytest.raises(ValueError, match="same images"):
+        bounds_tables.paired_radii(a, b.iloc[::-1], "radius_ball")

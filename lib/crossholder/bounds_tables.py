@@ -38,7 +38,8 @@ from . import experiments as ex
 from . import paths, store
 from .errors import not_allowed
 
-__all__ = ["BOUNDS_CODE_VERSION", "SETTINGS", "bounds_path", "evaluate_bounds", "main"]
+__all__ = ["BOUNDS_CODE_VERSION", "SETTINGS", "RADII", "bounds_path", "evaluate_bounds", "load", "summary_table",
+           "accuracy_curves", "paired_radii", "main"]
 
 #: Version of this table's computation (part of the sidecar; a change recomputes).
 BOUNDS_CODE_VERSION = "1"
@@ -160,6 +161,95 @@ def evaluate_bounds(dataset: str, defense: str, *, n: int = 1000, chunk: int = 1
     partial.unlink(missing_ok=True)
     state_path.unlink(missing_ok=True)
     return pd.read_csv(csv), side
+
+
+# ---------------------------------------------------------------- reading the tables (notebook 10)
+#: The radius columns and what each is.
+RADII = {"radius_global": "certified (global K)", "radius_ball": "estimate (K over the R-ball)",
+         "radius_point": "estimate (K at x)"}
+
+
+def _results(root: Path | None) -> Path:
+    return paths.results_dir() if root is None else Path(root) / "results"
+
+
+def load(dataset: str, defense: str, root: Path | None = None) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """The finished bounds table of the model registered as ``"<dataset>/<defense>"`` (``results/models.json``
+    under ``root``'s results, default :func:`crossholder.paths.results_dir`) and its sidecar; ``None``
+    while it is not there yet."""
+    res = _results(root)
+    rec = (store.read_json(res / "models.json", {}) or {}).get(f"{dataset}/{defense}")
+    if rec is None:
+        return None
+    csv = res / dataset / "bounds" / f"{defense}-{rec['run_id']}.csv"
+    if not csv.exists():
+        return None
+    return pd.read_csv(csv), store.read_json(csv.with_suffix(".json"), {})
+
+
+def summary_table(root: Path | None = None, defenses: tuple[str, ...] = ex.DEFENSES) -> pd.DataFrame:
+    """One row per registered model: whether its bounds table is there, ``K_global`` (the largest pair),
+    the median of each radius and of the witness norm over the correctly classified images (pixels),
+    the median of ``K_global / ‖H(x)‖`` (runner-up pair; how loose the global bound is per image),
+    and how many correctly classified images have each radius above their witness (``global``: must be 0)."""
+    rows = []
+    for ds in data_mod.DATASETS:
+        for d in defenses:
+            got = load(ds, d, root)
+            if got is None:
+                rows.append({"dataset": ds, "defense": d, "done": False})
+                continue
+            t, side = got
+            ok = t[t["correct"].astype(bool)]
+            row = {"dataset": ds, "defense": d, "done": True, "n": len(t), "correct": len(ok),
+                   "K_global": side.get("K_global_max")}
+            for c in RADII:
+                row[f"median_{c}"] = ok[c].median()
+            row["median_witness_norm"] = ok["witness_norm"].median()
+            row["median_K_global_over_hessian_norm"] = (ok["K_global"] / ok["hessian_norm"]).median()
+            for c in RADII:
+                row[f"{c}_above_witness"] = int((ok[c] > ok["witness_norm"]).sum())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def accuracy_curves(table: pd.DataFrame, eps_pixel: np.ndarray) -> pd.DataFrame:
+    """Accuracy at each ε (pixels) that each radius certifies or estimates (correct and radius > ε) beside
+    the ``strongest`` protocol's robust accuracy (correct and no witness of norm ≤ ε), on the table's
+    images. Long format: ``eps_pixel``, ``curve`` (a :data:`RADII` key or ``"strongest"``), ``accuracy``."""
+    ok = table["correct"].astype(bool).to_numpy()
+    rows = []
+    for e in np.asarray(eps_pixel, dtype=float):
+        for c in RADII:
+            rows.append({"eps_pixel": e, "curve": c, "accuracy": float((ok & (table[c].to_numpy() > e)).mean())})
+        rows.append({"eps_pixel": e, "curve": "strongest",
+                     "accuracy": float((ok & (table["witness_norm"].to_numpy() > e)).mean())})
+    return pd.DataFrame(rows)
+
+
+def paired_radii(a: pd.DataFrame, b: pd.DataFrame, column: str) -> dict[str, Any]:
+    """Per image, model ``a``'s radius against ``b``'s (``column``), on the images both classify
+    correctly: how many are larger under each, ties, the median ratio ``a / b``, and the exact
+    two-sided sign test (:func:`crossholder.stats.mcnemar_exact` on the two counts).
+
+    Raises:
+        ValueError: tables of other images, or an unknown column.
+    """
+    from .stats import mcnemar_exact
+
+    if column not in RADII:
+        raise not_allowed("column", column, list(RADII))
+    if not np.array_equal(a["index"].to_numpy(), b["index"].to_numpy()) or \
+            not np.array_equal(a["label"].to_numpy(), b["label"].to_numpy()):
+        raise ValueError("paired_radii needs two tables of the same images (index and label)")
+    both = a["correct"].astype(bool).to_numpy() & b["correct"].astype(bool).to_numpy()
+    ra, rb = a[column].to_numpy()[both], b[column].to_numpy()[both]
+    a_larger, b_larger = int((ra > rb).sum()), int((rb > ra).sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = float(np.median(ra / rb)) if both.any() else float("nan")
+    return {"column": column, "n": int(both.sum()), "a_larger": a_larger, "b_larger": b_larger,
+            "ties": int(both.sum()) - a_larger - b_larger, "median_ratio": ratio,
+            "p_value": mcnemar_exact(a_larger, b_larger)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from . import paths, store  # noqa: E402
 
 __all__ = ["save", "fig3a", "fig3b", "hessian_convergence", "direction_images", "robustness_panel", "strongest_figure", "seeds_figure",
+           "theorem2_figure",
            "DEFENSE_LABELS", "DEFENSE_COLORS"]
 
 DEFENSE_LABELS = {"none": "Undefended", "cross_lipschitz": "Cross-Lipschitz", "cross_holder": "Cross-Hölder",
@@ -221,6 +222,65 @@ def strongest_figure(curves: pd.DataFrame, *, dataset: str, std: float, name: st
     _accuracy_axes(ax, std, title)
     fig.tight_layout()
     save(fig, name)
+    return fig
+
+
+def theorem2_figure(curves: dict[str, pd.DataFrame], radii: dict[str, pd.DataFrame], *, dataset_label: str,
+                    name: str | None):
+    """Theorem 2 on one data set, per defense: left, the accuracy each radius certifies (global, solid)
+    or estimates (ball, dashed; point, dotted) beside the ``strongest`` protocol's robust accuracy
+    (thick, light) against ε in pixels (:func:`crossholder.bounds_tables.accuracy_curves`); right,
+    the distributions of the three radii and of the witness norm on the correctly classified images
+    (log scale; ``inf`` witnesses left out).
+
+    ``curves`` and ``radii``: defense -> the curves frame and the bounds table. ``name``: the figure's
+    file name under ``figures/`` (``None``: drawn, not saved).
+    """
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"radius_global": "-", "radius_ball": "--", "radius_point": ":"}
+    for defense, cv in curves.items():
+        c = DEFENSE_COLORS.get(defense, "k")
+        s = cv[cv["curve"] == "strongest"]
+        ax.plot(s["eps_pixel"], s["accuracy"], color=c, lw=5, alpha=0.25)
+        for col, ls in styles.items():
+            g = cv[cv["curve"] == col]
+            ax.plot(g["eps_pixel"], g["accuracy"], ls, color=c, lw=1.4)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=DEFENSE_COLORS.get(d, "k"), lw=6, alpha=0.6, label=DEFENSE_LABELS.get(d, d))
+               for d in curves]
+    handles += [Line2D([], [], color="0.3", lw=5, alpha=0.25, label="strongest attack (upper bound on robustness)"),
+                Line2D([], [], color="0.3", ls="-", label="Theorem 2, global K: certified"),
+                Line2D([], [], color="0.3", ls="--", label="Theorem 2, K over the R-ball: estimate"),
+                Line2D([], [], color="0.3", ls=":", label="Theorem 2, K at x: estimate")]
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    ax.set_xlabel(r"$\varepsilon$ (pixels of [0, 1] images, L2)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{dataset_label}: certified, estimated and attacked accuracy", fontsize=10)
+    pos, labels, data = [], [], []
+    for k, (defense, t) in enumerate(radii.items()):
+        ok = t[t["correct"].astype(bool)]
+        for m, col in enumerate(list(styles) + ["witness_norm"]):
+            v = ok[col].to_numpy(dtype=float)
+            v = v[np.isfinite(v) & (v > 0)]
+            data.append(v if len(v) else np.array([np.nan]))
+            pos.append(k * 5 + m)
+        labels.append((k * 5 + 1.5, DEFENSE_LABELS.get(defense, defense)))
+    parts = bx.boxplot(data, positions=pos, widths=0.7, showfliers=False, patch_artist=True)
+    shades = ["0.25", "0.5", "0.75", "gold"]
+    for i, box in enumerate(parts["boxes"]):
+        box.set_facecolor(shades[i % 4])
+    bx.set_yscale("log")
+    bx.set_xticks([p for p, _ in labels], [lab for _, lab in labels], fontsize=7, rotation=15)
+    bx.set_ylabel("pixels (L2)")
+    bx.legend([Line2D([], [], color=c, lw=6) for c in shades],
+              ["global radius (certified)", "ball radius (estimate)", "point radius (estimate)",
+               "smallest witness (attacks)"], fontsize=7, loc="lower right")
+    bx.set_title("radii and witness norms, correctly classified images", fontsize=10)
+    fig.tight_layout()
+    if name:
+        save(fig, name)
     return fig
 
 
