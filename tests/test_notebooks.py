@@ -30,6 +30,7 @@ EXPECTED = {
     "06_runner_up_or_all_classes": {"results_root"},
     "07_results_in_detail": {"results_root"},
     "08_seeds": {"results_root"},
+    "09_curvature_regularizers": {"results_root"},
     "10_theorem_2": {"results_root"},
 }
 ANALYSES = {name for name, params in EXPECTED.items() if params == {"results_root"}}
@@ -43,6 +44,7 @@ BAD = {  # one bad value per notebook, and the message it must produce
     **{name: ({"profile": "smoke"}, "unknown parameter 'profile'") for name in ("05_fast_cross_holder",
                                                                                 "06_runner_up_or_all_classes",
                                                                                 "07_results_in_detail", "08_seeds",
+                                                                                "09_curvature_regularizers",
                                                                                 "10_theorem_2")},
 }
 

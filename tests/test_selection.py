@@ -145,3 +145,24 @@ def test_committed_grid_table_has_every_committed_point(dataset):
             scored.add(str(json.loads(path.read_text())["row"]["run_id"]))
     assert scored == tabled, (f"{dataset}: scored but not tabled {sorted(scored - tabled)}, tabled but not scored "
                               f"{sorted(tabled - scored)}: run `rm -f results/.make/03.done && make selection GRID=False`")
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_registered_ablations_are_the_selected_points_of_complete_grids(dataset):
+    """experiments.FINAL names, for each ablation it registers, the `selected` point of the committed
+    ablation table (best score admissible on the validation and the test split), and only once that
+    defense's grid has no point missing."""
+    from crossholder import training
+
+    table, missing = selection.read_ablation_table(dataset)
+    for defense in experiments.ABLATIONS:
+        final = experiments.FINAL[dataset].get(defense)
+        if final is None:
+            continue
+        assert table is not None, f"{dataset}: FINAL registers {defense} but no ablation table is committed"
+        assert not [m for m in missing if m["defense"] == defense], f"{dataset}/{defense}: its grid is not complete"
+        sel = table[(table["defense"] == defense) & table["selected"]]
+        assert len(sel) == 1
+        cfg = training.make_config(dataset, defense, profile="cpu", **final)
+        assert cfg.run_id == sel.iloc[0]["run_id"]
+        assert sel.iloc[0]["clean_val_acc"] >= selection.THRESHOLD[dataset] <= sel.iloc[0]["clean_test_acc"]

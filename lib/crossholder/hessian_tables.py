@@ -12,7 +12,8 @@ from torch import nn
 from . import guards
 from .hessian import METHODS, HVPOperator, flat_norm, full_hessian, normalize, operator_norm, resolve_pairs
 
-__all__ = ["norm_table", "norm_summary", "convergence_table", "figure3_claims", "direction_frame"]
+__all__ = ["norm_table", "norm_summary", "convergence_table", "figure3_claims", "direction_frame", "DEFENSE_NORMS",
+           "defense_norms", "load_defense_norms", "ratio_summary"]
 
 
 def norm_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: str = "ascent", iters: int = 10,
@@ -151,3 +152,78 @@ def direction_frame(model: nn.Module, x: torch.Tensor, *, iters: int = 30, seed:
         frames.append(pd.DataFrame({"example": b, "kind": "v", "pixel": range(d), "value": r.v[b].flatten().tolist(),
                                     "norm": float(r.norm[b])}))
     return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------- per registered model (issue 31, notebook 09)
+#: |Hg| against |Hv*| of each registered model: the first ``n`` test images, |Hv*| by Lanczos with ``iters``
+#: products (runner-up margin, as Figure 3).
+DEFENSE_NORMS = {"n": 1000, "method": "lanczos", "iters": 20}
+
+
+def defense_norms(dataset: str, defense: str, *, compute: bool = True, progress: bool = False) -> pd.DataFrame | None:
+    """:func:`norm_table` of the model registered as ``"<dataset>/<defense>"`` (``results/models.json``) on
+    the first :data:`DEFENSE_NORMS` ``["n"]`` test images: per image ``hg`` (|Hg|) and ``hv`` (|Hv*|,
+    Lanczos), so ``hv / hg >= 1`` says how much curvature lies off the gradient direction. Cached as
+    ``results/<dataset>/hessian/norms-<defense>-<id>.csv`` (:func:`crossholder.store.cached_table`);
+    ``compute=False`` returns ``None`` instead of computing a missing table.
+
+    Raises:
+        KeyError: no model registered under that key.
+    """
+    from . import data as data_mod
+    from . import hessian, store, training
+
+    model, rec = training.load_registered(dataset, defense)
+    params = _norms_params(dataset, defense, rec["run_id"])
+    stem = f"{dataset}/hessian/norms-{defense}"
+    if not compute:
+        csv = store.cached_csv(stem, params, seed=0, profile="cpu", code_version=hessian.CODE_VERSION)
+        return pd.read_csv(csv) if csv.exists() else None
+    x, y = data_mod.tensors(dataset, "test")
+    x, y = x[:DEFENSE_NORMS["n"]], y[:DEFENSE_NORMS["n"]]
+    table, _, _ = store.cached_table(
+        stem, params, lambda: norm_table(model.eval(), x, y, method=DEFENSE_NORMS["method"],
+                                         iters=DEFENSE_NORMS["iters"], lanczos_iters=None, progress=progress),
+        seed=0, profile="cpu", code_version=hessian.CODE_VERSION)
+    return table
+
+
+def _norms_params(dataset: str, defense: str, run_id: str) -> dict:
+    return {"dataset": dataset, "defense": defense, "model": run_id, **DEFENSE_NORMS}
+
+
+def load_defense_norms(root=None) -> dict[tuple[str, str], pd.DataFrame]:
+    """Every :func:`defense_norms` table there is for the registered models (``results/models.json``)
+    under ``root`` (a project root; ``None``: :func:`crossholder.paths.results_dir`), by
+    ``(dataset, defense)``. Reads only."""
+    from pathlib import Path
+
+    from . import hessian, paths, store
+
+    from . import data as data_mod
+    from . import experiments as ex
+
+    res = paths.results_dir() if root is None else Path(root) / "results"
+    reg = store.read_json(res / "models.json", {}) or {}
+    out = {}
+    for ds, d in [(ds, d) for ds in data_mod.DATASETS for d in ex.ALL_DEFENSES if f"{ds}/{d}" in reg]:
+        rec = reg[f"{ds}/{d}"]
+        rid = store.run_id({**_norms_params(ds, d, rec["run_id"]), "seed": 0, "profile": "cpu",
+                            "code": hessian.CODE_VERSION})
+        csv = res / ds / "hessian" / f"norms-{d}-{rid}.csv"
+        if csv.exists():
+            out[(ds, d)] = pd.read_csv(csv)
+    return out
+
+
+def ratio_summary(tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
+    """Per ``(dataset, defense)``: quantiles of ``|Hv*| / |Hg|`` and the medians of both norms."""
+    import numpy as np
+
+    rows = []
+    for (ds, d), t in tables.items():
+        r = (t["hv"] / t["hg"]).to_numpy()
+        rows.append({"dataset": ds, "defense": d, "n": len(t), "median_hg": t["hg"].median(),
+                     "median_hv": t["hv"].median(), "ratio_q05": np.quantile(r, 0.05), "ratio_median": np.median(r),
+                     "ratio_q95": np.quantile(r, 0.95), "share_ratio_above_2": float((r > 2).mean())})
+    return pd.DataFrame(rows)

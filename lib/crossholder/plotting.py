@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 from . import paths, store  # noqa: E402
 
 __all__ = ["save", "fig3a", "fig3b", "hessian_convergence", "direction_images", "robustness_panel", "strongest_figure", "seeds_figure",
-           "theorem2_figure",
+           "theorem2_figure", "ratio_figure", "ABLATION_LABELS",
            "DEFENSE_LABELS", "DEFENSE_COLORS"]
 
 DEFENSE_LABELS = {"none": "Undefended", "cross_lipschitz": "Cross-Lipschitz", "cross_holder": "Cross-Hölder",
@@ -278,6 +278,32 @@ def theorem2_figure(curves: dict[str, pd.DataFrame], radii: dict[str, pd.DataFra
               ["global radius (certified)", "ball radius (estimate)", "point radius (estimate)",
                "smallest witness (attacks)"], fontsize=7, loc="lower right")
     bx.set_title("radii and witness norms, correctly classified images", fontsize=10)
+    fig.tight_layout()
+    if name:
+        save(fig, name)
+    return fig
+
+
+ABLATION_LABELS = {**DEFENSE_LABELS, "cross_holder_hg": "Cross-Hölder with |Hg|", "cure": "CURE"}
+
+
+def ratio_figure(tables: dict[tuple[str, str], pd.DataFrame], *, name: str | None):
+    """|Hv*| / |Hg| per image (log scale), one box per registered model, one panel per data set
+    (:func:`crossholder.hessian_tables.load_defense_norms`): how much of each model's curvature lies off
+    its gradient direction. ``name``: file name under ``figures/`` (``None``: not saved)."""
+    datasets = [ds for ds in ("mnist", "fashion_mnist") if any(k[0] == ds for k in tables)]
+    fig, axes = plt.subplots(1, max(len(datasets), 1), figsize=(5.5 * max(len(datasets), 1), 3.8), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        keys = [k for k in tables if k[0] == ds]
+        order = [d for d in ABLATION_LABELS if (ds, d) in keys]
+        data = [(tables[(ds, d)]["hv"] / tables[(ds, d)]["hg"]).to_numpy() for d in order]
+        ax.boxplot(data, showfliers=False, whis=(5, 95))
+        ax.set_xticks(range(1, len(order) + 1), [ABLATION_LABELS[d] for d in order], fontsize=7, rotation=20)
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="0.3", lw=0.8)
+        ax.set_ylabel("|Hv*| / |Hg|  (1: the gradient is the top direction)")
+        ax.set_title({"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[ds] + ": first 1,000 test images",
+                     fontsize=10)
     fig.tight_layout()
     if name:
         save(fig, name)

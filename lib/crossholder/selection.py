@@ -35,7 +35,7 @@ from . import experiments as ex
 from . import store
 from . import sweeps, training
 
-__all__ = ["GRIDS", "ABLATION_GRIDS", "ablation_table", "THRESHOLD", "SELECTION", "SELECTION_TRAIN", "SELECTION_EPS", "SELECTION_CODE_VERSION", "EPS_UNIT_SETTINGS", "grid", "score_point", "missing_points", "write_table",
+__all__ = ["GRIDS", "ABLATION_GRIDS", "ablation_table", "read_ablation_table", "THRESHOLD", "SELECTION", "SELECTION_TRAIN", "SELECTION_EPS", "SELECTION_CODE_VERSION", "EPS_UNIT_SETTINGS", "grid", "score_point", "missing_points", "write_table",
            "run_grid", "eps_unit_test", "select_points"]
 
 SELECTION_CODE_VERSION = "1"  # bump when a change alters the numbers of cached grid points
@@ -260,8 +260,8 @@ def ablation_table(dataset: str, profile: str = "cpu", *, seed: int = 0, write: 
     λ2 = 0.5 (the rule was stated before any robustness was measured on the test set; only clean
     test accuracy enters it). :data:`crossholder.experiments.FINAL` names the ``selected`` points.
 
-    With ``write`` (and every point scored) the table goes to
-    ``<results>/<dataset>/selection/ablations-<profile>.csv`` with a JSON sidecar.
+    With ``write`` the table goes to ``<results>/<dataset>/selection/ablations-<profile>.csv`` with a
+    JSON sidecar naming the points still missing (a ``selected`` mark is final only when none is).
     """
     from . import paths
 
@@ -281,15 +281,31 @@ def ablation_table(dataset: str, profile: str = "cpu", *, seed: int = 0, write: 
             df.loc[ok["score"].idxmax(), "selected"] = True
     df = df.drop(columns=["paper_pick"]).dropna(axis=1, how="all")
     missing = missing_points(dataset, profile, seed=seed, defenses=ex.ABLATIONS)
-    if write and not missing:
+    if write:
         path = store.dataset_dir(dataset, training.profile_variant(profile, seed)) / "selection" / f"ablations-{profile}.csv"
         store.atomic_write_text(path, df.to_csv(index=False))
         store.atomic_write_json(path.with_suffix(".json"), store.summary_record(
             params={"dataset": dataset, "grid": ABLATION_GRIDS[dataset], "settings": SELECTION[profile],
                     "threshold": THRESHOLD[dataset], "code": SELECTION_CODE_VERSION,
                     "rule": "selected: best score among points admissible on the validation and the test split"},
-            seed=seed, profile=profile, points_scored=len(df), file=paths.relative_to_root(path)))
+            seed=seed, profile=profile, points_scored=len(df), points_missing=[{"defense": d, **hp} for d, hp in missing],
+            file=paths.relative_to_root(path)))
     return df
+
+
+def read_ablation_table(dataset: str, root=None, profile: str = "cpu") -> tuple[pd.DataFrame | None, list[dict]]:
+    """The written :func:`ablation_table` under ``root`` (a project root; ``None``: this checkout's
+    results) and the points its sidecar lists as missing; ``(None, [])`` before it is written."""
+    from pathlib import Path
+
+    from . import paths
+
+    res = paths.results_dir() if root is None else Path(root) / "results"
+    path = res / dataset / "selection" / f"ablations-{profile}.csv"
+    if not path.exists():
+        return None, []
+    side = store.read_json(path.with_suffix(".json"), {}) or {}
+    return pd.read_csv(path), list(side.get("points_missing", []))
 
 
 def eps_unit_test(dataset: str = "mnist", profile: str = "cpu", *, eps: float = 5.0, seed: int = 0,
