@@ -6,20 +6,23 @@ Prints:
 2. per image, on one batch of the registered MNIST Cross-Hölder model, the time of each radius
    (``global``, ``point``, ``ball`` at :data:`crossholder.bounds_tables.SETTINGS`), and the ball radius
    of 1,000 images extrapolated (target: at most an hour on this machine's two cores);
-3. the ratio of each to the ``global`` radius's cost.
+3. the ratio of each to the ``global`` radius's cost, and the machine's load average (other work on
+   the cores slows every number alike).
 
-The last line is one JSON object. Usage: ``python benchmarks/bench_bounds.py [--n 20] [--threads 2]``.
+The last line is one JSON object, also written with the provenance to ``results/mnist/benchmarks/bounds.json``.
+Usage: ``python benchmarks/bench_bounds.py [--n 20] [--threads 2]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
 
-from crossholder import bounds, bounds_tables, data, training
+from crossholder import bounds, bounds_tables, data, paths, store, training
 
 
 def main() -> None:
@@ -50,10 +53,15 @@ def main() -> None:
     ball_1000_min = 1000 * per_image["ball"] / 60
     print(f"ball radius of 1,000 images: {ball_1000_min:.1f} min at {torch.get_num_threads()} threads "
           f"(target <= 60 min on two cores)")
-    print(json.dumps({"threads": torch.get_num_threads(), "n": args.n, "curvature_bounds_s": round(k_time, 2),
-                      "seconds_per_image": {k: round(v, 5) for k, v in per_image.items()},
-                      "ratio_to_global": {k: round(v / per_image["global"], 1) for k, v in per_image.items()},
-                      "ball_1000_images_min": round(ball_1000_min, 1), "K_global": float(K.max())}))
+    summary = {"threads": torch.get_num_threads(), "n": args.n, "curvature_bounds_s": round(k_time, 2),
+               "seconds_per_image": {k: round(v, 5) for k, v in per_image.items()},
+               "ratio_to_global": {k: round(v / per_image["global"], 1) for k, v in per_image.items()},
+               "ball_1000_images_min": round(ball_1000_min, 1), "K_global": float(K.max()),
+               "load_average_1min": round(os.getloadavg()[0], 2)}
+    out = paths.results_dir() / "mnist" / "benchmarks" / "bounds.json"
+    store.atomic_write_json(out, {**summary, "provenance": store.provenance(params=vars(args), seed=0, profile="cpu",
+                                                                            device="cpu")})
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

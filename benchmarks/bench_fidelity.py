@@ -51,24 +51,15 @@ def _states(epochs: int, store_dir, compiled: bool) -> list:
     if all(p.exists() for p in out):
         return out
     cfg = training.make_config("mnist", "cross_holder", profile="cpu", compiled=compiled)
-    old = {k: os.environ.get(k) for k in ("CROSSHOLDER_RESULTS", "CROSSHOLDER_SCRATCH")}
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["CROSSHOLDER_RESULTS"] = tmp
-        os.environ["CROSSHOLDER_SCRATCH"] = str(store_dir / "scratch")
-        try:
-            for e, p in enumerate(out, start=1):
-                if p.exists():
-                    continue
-                training.train(cfg, progress=True, max_epochs=e, threads=torch.get_num_threads())
-                tmp_copy = p.with_suffix(".tmp")
-                shutil.copy(training.run_paths(cfg)["state"], tmp_copy)
-                os.replace(tmp_copy, p)
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with tempfile.TemporaryDirectory() as tmp, \
+            paths.environment(CROSSHOLDER_RESULTS=tmp, CROSSHOLDER_SCRATCH=store_dir / "scratch"):
+        for e, p in enumerate(out, start=1):
+            if p.exists():
+                continue
+            training.train(cfg, progress=True, max_epochs=e, threads=torch.get_num_threads())
+            tmp_copy = p.with_suffix(".tmp")
+            shutil.copy(training.run_paths(cfg)["state"], tmp_copy)
+            os.replace(tmp_copy, p)
     return out
 
 

@@ -40,3 +40,20 @@ def linear_case():
 def multiclass():
     pytest.importorskip("pyautoattack")
     return linear_multiclass()
+
+
+@pytest.fixture
+def git_status():
+    """A callable: this checkout's ``git status --porcelain --untracked-files=all`` (skips outside a checkout)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def status() -> str:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            pytest.skip(f"not a git checkout: {out.stderr.strip()}")
+        return out.stdout
+    return status

@@ -42,14 +42,6 @@ def _browser_or_skip() -> None:
     pytest.importorskip("selenium", reason="selenium is in the dev dependencies (pip install -e '.[dev]')")
 
 
-def _git_status() -> str:
-    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"not a git checkout: {out.stderr.strip()}")
-    return out.stdout
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,7 +123,7 @@ return {kernel: panel.sessionContext.session?.kernel?.status, kernelName: panel.
 
 
 @pytest.fixture
-def lab(tmp_path):
+def lab(tmp_path, git_status):
     """A JupyterLab server on a temporary copy of notebooks/; results and figures where a user's go."""
     _browser_or_skip()
     shutil.copytree(ROOT / "notebooks", tmp_path / "lab" / "notebooks",
@@ -156,7 +148,7 @@ def lab(tmp_path):
 
     try:
         _wait(_up, 60, "the JupyterLab server")
-        yield {"base": base, "token": token, "tmp": tmp_path, "status": _git_status()}
+        yield {"base": base, "token": token, "tmp": tmp_path, "status": git_status(), "git_status": git_status}
     finally:
         try:   # the server shuts its kernels down, then exits
             req = urllib.request.Request(f"{base}/api/shutdown?token={token}", method="POST")
@@ -227,7 +219,7 @@ def test_jupyterlab_renders_figures_and_runs_a_notebook_at_smoke(lab):
         assert not final["warnings"], final["warnings"]
     finally:
         driver.quit()
-    assert _git_status() == lab["status"], "a smoke run in Lab leaves the checkout as it was"
+    assert lab["git_status"]() == lab["status"], "a smoke run in Lab leaves the checkout as it was"
     reg_path = ROOT / "results" / "variants" / "smoke" / "models.json"
     reg = json.loads(reg_path.read_text())
     assert reg["mnist/cross_holder"]["profile"] == "smoke", "the run took the value set in the parameters cell"

@@ -119,16 +119,8 @@ def test_zero_is_a_value_the_training_notebook_runs_with(smoke_env):
     assert (log["hess_term"] == 0).all()
 
 
-def _git_status() -> str:
-    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"not a git checkout: {out.stderr.strip()}")
-    return out.stdout
-
-
 @pytest.mark.parametrize("name", ["01_hessian_norm_estimation", "02_training"])
-def test_a_smoke_run_in_the_checkout_leaves_the_tree_unchanged(name, tmp_path, monkeypatch):
+def test_a_smoke_run_in_the_checkout_leaves_the_tree_unchanged(name, tmp_path, monkeypatch, git_status):
     """Issue 32, item 5: notebook 02 at smoke put its checkpoint and log in results/mnist/models/ and
     training/, notebook 01 its tables in results/mnist/hessian/, untracked beside the committed caches.
     Here nothing is redirected (the user's setting): the smoke profile's caches and summaries go to
@@ -136,11 +128,11 @@ def test_a_smoke_run_in_the_checkout_leaves_the_tree_unchanged(name, tmp_path, m
     for var in ("CROSSHOLDER_RESULTS", "CROSSHOLDER_FIGURES", "CROSSHOLDER_ROOT", "CROSSHOLDER_SCRATCH"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
-    before = _git_status()
+    before = git_status()
     nb = ROOT / "notebooks" / f"{name}.ipynb"
     pm.execute_notebook(str(nb), str(tmp_path / nb.name), parameters={"profile": "smoke", "progress": False},
                         kernel_name="crossholder", cwd=str(ROOT / "notebooks"), progress_bar=False)
-    assert _git_status() == before
+    assert git_status() == before
     cache = ROOT / "results" / "variants" / "smoke" / "mnist"
     assert any(cache.rglob("*.csv")), "the smoke run wrote its caches under results/variants/smoke/"
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import platform
 import re
 import tempfile
@@ -94,19 +93,9 @@ def _slug(info: dict[str, Any]) -> str:
 @contextlib.contextmanager
 def _temporary_results() -> Iterator[Path]:
     """``CROSSHOLDER_RESULTS`` and ``CROSSHOLDER_SCRATCH`` in a temporary folder for the block."""
-    keys = ("CROSSHOLDER_RESULTS", "CROSSHOLDER_SCRATCH")
-    old = {k: os.environ.get(k) for k in keys}
-    with tempfile.TemporaryDirectory(prefix="crossholder-gpu-check-") as tmp:
-        os.environ["CROSSHOLDER_RESULTS"] = str(Path(tmp) / "results")
-        os.environ["CROSSHOLDER_SCRATCH"] = str(Path(tmp) / "scratch")
-        try:
-            yield Path(tmp)
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with tempfile.TemporaryDirectory(prefix="crossholder-gpu-check-") as tmp, \
+            paths.environment(CROSSHOLDER_RESULTS=Path(tmp) / "results", CROSSHOLDER_SCRATCH=Path(tmp) / "scratch"):
+        yield Path(tmp)
 
 
 def _sync(dev: torch.device) -> None:

@@ -27,11 +27,14 @@ constants, in code that may run after the environment changed, e.g. tests).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
     "project_root",
+    "environment",
     "data_dir",
     "results_dir",
     "figures_dir",
@@ -47,6 +50,26 @@ __all__ = [
 
 # lib/crossholder/paths.py -> parents[2] is the repository root of a source checkout.
 _CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def environment(**values: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Set environment variables (e.g. ``CROSSHOLDER_RESULTS=...``; ``None`` unsets one) for the block,
+    then restore each to what it was. For runs whose files must land elsewhere (a temporary folder)."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = str(v)
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _from_env(var: str, default: Path) -> Path:
