@@ -1,5 +1,5 @@
 # crossholder: the whole pipeline as file rules.
-#   make figures   set up, fetch data, execute notebooks 01, 02, 04-08 (papermill), write results/ and figures/
+#   make figures   set up, fetch data, execute notebooks 01, 02, 04-10 (papermill), write results/ and figures/
 #   make selection the hyperparameter grid of notebook 03 (hours at the cpu profile; Ray tasks)
 #   make seeds     every configuration trained and evaluated with seeds 1 and 2 (Ray tasks; many hours)
 # Long runs go through Ray (crossholder.jobs): a local instance by default, a cluster with

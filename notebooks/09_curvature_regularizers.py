@@ -82,7 +82,8 @@ for ds in ("mnist", "fashion_mnist"):
 # direction, so |Hg| would be the operator norm; a large ratio means curvature the gradient
 # direction does not see. Figure 3 of the paper shows the gap on one undefended model; here it is
 # for every registered model, including the one trained to suppress |Hg| itself (boxes: quartiles;
-# whiskers: 5th and 95th percentiles).
+# whiskers: 5th and 95th percentiles). The tables come from `python -m crossholder.hessian_tables`
+# (cached per model: `results/<dataset>/hessian/norms-<defense>-<id>.csv`).
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -15,7 +15,7 @@ import torch
 ray = pytest.importorskip("ray")
 
 from crossholder import experiments as ex  # noqa: E402
-from crossholder import jobs, selection, store, training  # noqa: E402
+from crossholder import jobs, paths, selection, store, training  # noqa: E402
 
 
 def _processes() -> dict[int, tuple[int, str]]:
@@ -47,18 +47,9 @@ def local_ray(tmp_path_factory):
     """One local Ray instance for the module (start-up costs seconds), workers writing under a temp root."""
     root = tmp_path_factory.mktemp("ray")
     before = set(_descendants())
-    saved = {k: os.environ.get(k) for k in ("CROSSHOLDER_RESULTS", "CROSSHOLDER_SCRATCH")}
-    os.environ["CROSSHOLDER_RESULTS"] = str(root / "results")
-    os.environ["CROSSHOLDER_SCRATCH"] = str(root / "scratch")
-    try:
-        with jobs.session(num_cpus=4):
-            yield root
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with paths.environment(CROSSHOLDER_RESULTS=root / "results", CROSSHOLDER_SCRATCH=root / "scratch"), \
+            jobs.session(num_cpus=4):
+        yield root
     deadline = time.time() + 30
     while set(_descendants()) - before and time.time() < deadline:
         time.sleep(0.5)

@@ -5,7 +5,7 @@ Three parts, each through the library's own code paths:
 
 1. **Notebooks**: every computing notebook (01-04, :data:`NOTEBOOKS`) at the ``smoke`` profile on the
    device, through papermill, into a temporary folder. Their caches and summaries land under
-   ``results/variants/smoke/`` (:func:`crossholder.store.cache_dir`, gitignored). Notebooks 05-08
+   ``results/variants/smoke/`` (:func:`crossholder.store.cache_dir`, gitignored). Notebooks 05-10
    only read the committed results and never touch a device, so they are not run here.
 2. **Units of the** ``paper`` **profile** (:data:`SCALES`), in a temporary results folder (nothing
    is cached or registered):
@@ -55,7 +55,7 @@ from .errors import not_allowed
 
 __all__ = ["NOTEBOOKS", "SCALES", "device_info", "run_notebooks", "measure_units", "agreement", "run", "main"]
 
-#: The notebooks run at ``smoke`` on the device (05-08 read committed results only).
+#: The notebooks run at ``smoke`` on the device (05-10 read committed results only).
 NOTEBOOKS = ("01_hessian_norm_estimation", "02_training", "03_hyperparameter_selection", "04_robustness")
 
 #: The size of each unit. ``train_profile``: the profile of the one-epoch training (its training set,

@@ -227,3 +227,28 @@ def ratio_summary(tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
                      "median_hv": t["hv"].median(), "ratio_q05": np.quantile(r, 0.05), "ratio_median": np.median(r),
                      "ratio_q95": np.quantile(r, 0.95), "share_ratio_above_2": float((r > 2).mean())})
     return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m crossholder.hessian_tables [--dataset D ...]``: :func:`defense_norms` of every registered
+    model (``results/models.json``) of the data sets (default both); cached, so a rerun only loads."""
+    import argparse
+
+    from . import data as data_mod
+    from . import experiments as ex
+    from . import paths, store
+
+    ap = argparse.ArgumentParser(description="|Hg| and |Hv*| of every registered model on the first "
+                                 f"{DEFENSE_NORMS['n']} test images (notebook 09)")
+    ap.add_argument("--dataset", action="append", choices=data_mod.DATASETS, default=None)
+    args = ap.parse_args(argv)
+    reg = store.read_json(paths.results_dir() / "models.json", {}) or {}
+    for ds in args.dataset or data_mod.DATASETS:
+        for d in ex.ALL_DEFENSES:
+            if f"{ds}/{d}" in reg:
+                t = defense_norms(ds, d)
+                print(f"{ds}/{d}: median |Hv*| / |Hg| = {(t['hv'] / t['hg']).median():.3f} on {len(t)} images")
+
+
+if __name__ == "__main__":
+    main()
