@@ -83,3 +83,17 @@ def test_paired_table_under_both_attacks():
     assert (s["a_robust"], s["b_robust"], s["only_a"], s["only_b"]) == (2, 1, 1, 0) and s["p_value"] == 1.0
     with pytest.raises(ValueError, match="attack='apgd'; allowed values"):
         claims.paired_comparison(a, b, 1, "apgd")
+
+
+def test_ablation_claims_are_judged_once_on_strongest():
+    """Issue 31's two claims (ABLATION_CLAIMS): judged on the strongest curve only, once each; a missing
+    ablation is "not evaluated"; the paper's own claims are untouched by default."""
+    eps = [3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0]
+    curves = _curves({"cross_holder": [0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4],
+                      "cross_holder_hg": [0.9, 0.8, 0.7, 0.55, 0.45, 0.35, 0.25]}, eps, n=1000)
+    curves = curves[curves["attack"].isin(["strongest", "worst-min"])]
+    t = claims.claims_table(curves, "mnist", claims.ABLATION_CLAIMS["mnist"])
+    assert list(t["claim"]) == ["MH", "MC"] and set(t["attack"]) == {"strongest"}
+    mh, mc = t.iloc[0], t.iloc[1]
+    assert mh["supported"] and mh["beyond_ci"] and mc["evidence"] == "not evaluated"
+    assert set(claims.claims_table(curves, "mnist")["claim"]) == {c[0] for c in claims.CLAIMS["mnist"]}
