@@ -126,6 +126,51 @@ def test_the_bound_is_exact_where_it_is_attained():
     assert _exact_norm(narrow, x_star, 0, 1) == pytest.approx(float(bounds.curvature_bounds(narrow)[0, 1]), rel=1e-8)
 
 
+def test_the_bound_equals_its_formula_computed_from_explicit_matrices():
+    """An independent implementation of the bound (dense matrices, SVD, numpy) on a deep network that mixes
+    activations with different sup|σ'| (Sigmoid 1/4, Tanh 1, Softplus(β=3) 1), an eval-mode batch norm and
+    two merged Linears: curvature_bounds computes exactly that formula (module docstring)."""
+    import numpy as np
+
+    torch.manual_seed(3)
+    bn = nn.BatchNorm1d(6)
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5)
+    model = nn.Sequential(nn.Linear(4, 6), bn, nn.Sigmoid(), nn.Linear(6, 5), nn.Linear(5, 7), nn.Tanh(),
+                          nn.Linear(7, 6), nn.Softplus(beta=3.0), nn.Linear(6, 3)).double().eval()
+    w = lambda m: m.weight.detach().numpy()  # noqa: E731
+    scale = np.diag((bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().numpy())
+    W = [scale @ w(model[0]), w(model[4]) @ w(model[3]), w(model[6]), w(model[8])]
+    A = [np.abs(scale) @ np.abs(w(model[0])), np.abs(w(model[4])) @ np.abs(w(model[3])), np.abs(w(model[6])),
+         np.abs(w(model[8]))]                                  # the elementwise bound's |W|: product of |pieces|
+    acts = [bounds.activation_bounds(m) for m in (model[2], model[5], model[7])]
+    norms = [np.linalg.svd(m, compute_uv=False)[0] for m in W]
+    got = bounds.curvature_bounds(model).numpy()
+    for t in range(3):
+        for j in range(3):
+            if t == j:
+                continue
+            c = np.zeros(3)
+            c[t], c[j] = 1.0, -1.0
+            u = W[3].T @ c                                      # u_2 = W_4ᵀ c
+            inf = {2: np.abs(u).max()}
+            r = np.abs(u)
+            for k in (2, 1):                                    # r_{k-1} = |W_k|ᵀ (g_k r_k)
+                r = A[k].T @ (acts[k][0] * r)
+                inf[k - 1] = r.max()
+            total = 0.0
+            for k in range(3):
+                jac = norms[0] * np.prod([acts[i - 1][0] * norms[i] for i in range(1, k + 1)])
+                l2 = np.linalg.norm(u) * np.prod([acts[i][0] * norms[i] for i in range(k + 1, 3)])
+                total += acts[k][1] * jac ** 2 * min(inf[k], l2)
+            assert got[t, j] == pytest.approx(total, rel=1e-8), (t, j)
+
+
+def test_softplus_with_a_negative_beta_is_refused():
+    with pytest.raises(ValueError, match="beta"):
+        bounds.curvature_bound(nn.Sequential(nn.Linear(3, 3), nn.Softplus(beta=-2.0), nn.Linear(3, 2)))
+
+
 # ---------------------------------------------------------------- the radius
 class _Quadratic(nn.Module):
     """Logits (q(x), 0) with q(x) = a + bᵀx + (κ/2)‖x‖²: the margin's Hessian is κ·I everywhere."""
@@ -159,7 +204,8 @@ def test_the_radius_of_a_quadratic_margin_is_the_closed_form(kappa):
         assert not res.certified and (res.pred == 0).all()
     res = bounds.theorem2_radius(model, x, curvature="global", K_global=torch.tensor([[0.0, k], [k, 0.0]]))
     assert res.certified and torch.allclose(res.radius, closed, rtol=1e-9)
-    assert torch.allclose(res.R, res.radius)
+    with pytest.raises(ValueError, match="K_global"):
+        bounds.theorem2_radius(model, x, curvature="global", K_global=torch.zeros(3, 3))
 
 
 def test_the_global_radius_is_below_every_verified_witness():
@@ -220,6 +266,7 @@ def test_the_paper_cnn_bound_runs_and_names_what_it_cannot_bound():
 
 def test_the_bounds_table_resumes_and_checks_every_certificate(tmp_path, monkeypatch):
     """bounds_tables at smoke: a registered model, its strongest evaluation, then the table in two pieces."""
+    import numpy as np
     import pandas as pd
 
     from crossholder import bounds_tables, evaluation, training
@@ -237,6 +284,7 @@ def test_the_bounds_table_resumes_and_checks_every_certificate(tmp_path, monkeyp
                                                 progress=False)
     assert list(table["index"]) == [0, 1, 2, 3] and side["global_violations"] == 0
     ok = table[table["correct"]]
+    assert len(ok) > 0 and np.isfinite(ok["witness_norm"]).any(), "the check below must see real witnesses"
     assert (ok["radius_global"] <= ok["witness_norm"]).all()
     assert (table["radius_global"] <= table["radius_ball"] + 1e-6).all()
     assert (table["radius_ball"] <= table["radius_point"] + 1e-6).all()

@@ -94,9 +94,10 @@ def _silu_bounds() -> tuple[float, float]:
 
 #: ``(sup |σ'|, sup |σ''|)`` of the supported activations (closed forms; SiLU's first by bisection).
 #: Sigmoid: ``s' = s(1-s) ≤ 1/4``, ``|s''| = |s(1-s)(1-2s)| ≤ 1/(6√3)``; Tanh: ``1``, ``4/(3√3)``;
-#: Softplus(β): ``1``, ``β/4`` (:func:`activation_bounds`; its linear branch above ``threshold``
-#: changes ``σ'`` by at most ``1 - sigmoid(threshold)``, 2e-9 at the default 20, below float32's
-#: resolution of 1, so we treat it as smooth).
+#: Softplus(β > 0): ``1``, ``β/4`` (:func:`activation_bounds`). Its linear branch above ``threshold``
+#: makes PyTorch's Softplus not quite smooth: a jump of ``log1p(e^{-threshold})/β`` in value (2e-9/β
+#: at the default 20) and of ``1 - sigmoid(threshold)`` in ``σ'``; a certificate on a Softplus
+#: network holds up to that (the paper's CNN uses SiLU, which has no such branch).
 ACTIVATION_BOUNDS: dict[type, tuple[float, float]] = {
     nn.SiLU: _silu_bounds(),
     nn.Sigmoid: (0.25, 1.0 / (6.0 * math.sqrt(3.0))),
@@ -117,6 +118,8 @@ def activation_bounds(module: nn.Module) -> tuple[float, float]:
                           "(bounded first and second derivatives are needed; ReLU-like activations have none)")
     g, h = ACTIVATION_BOUNDS[kind]
     if isinstance(module, nn.Softplus):
+        if not float(module.beta) > 0:
+            raise not_allowed("Softplus beta", float(module.beta), "a positive number (sup|σ''| = β/4 needs β > 0)")
         h = h * float(module.beta)
     return g * (1 + NORM_MARGIN), h * (1 + NORM_MARGIN)
 
@@ -178,7 +181,7 @@ def _stages(model: nn.Module, input_shape: Sequence[int]) -> list[_Stage]:
     current: list[nn.Module] = []
     start = shape
     for i, m in enumerate(model):
-        if isinstance(m, _AFFINE):
+        if type(m) in _AFFINE:        # exact types: a subclass may override forward
             _check_module(m, i)
             current.append(m)
             with torch.no_grad():
@@ -283,7 +286,7 @@ def curvature_bounds(model: nn.Module, input_shape: Sequence[int] | None = None,
     """
     shape = _input_shape(model, input_shape)
     guards.refuse_probability_layer(model)
-    model64 = _float64_copy(model)
+    model64 = _float64_copy(model).cpu()      # the bound's arithmetic runs in float64 on the CPU
     stages = _stages(model64, shape)
     norms = [spectral_norm(st.linear, st.in_shape, st.out_shape) for st in stages]
     L = len(stages)
@@ -521,7 +524,11 @@ def theorem2_radius(model: nn.Module, x: torch.Tensor, *, curvature: str = "glob
 
     if curvature == "global":
         Kg = K_global if K_global is not None else curvature_bounds(model, input_shape or tuple(x.shape[1:]))
-        Kmat = Kg.double().cpu()[t.cpu()] * others
+        Kg = torch.as_tensor(Kg).double().cpu()
+        if Kg.shape != (K, K) or not torch.isfinite(Kg).all() or (Kg < 0).any():
+            raise not_allowed("K_global", f"a tensor of shape {tuple(Kg.shape)}",
+                              f"curvature_bounds of this model: finite, >= 0, shape ({K}, {K})")
+        Kmat = Kg[t.cpu()] * others
         rad = radius_with(Kmat)
         return BoundResult(rad, rad.clone(), Kmat, marg, gn, t.cpu(), curvature, True)
     Kp = _point_curvature(model, x, t, lanczos_iters) * others

@@ -74,12 +74,15 @@ def _chunk_rows(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, start:
     marg[torch.arange(len(t)), t] = torch.inf
     runner = marg.argmin(1)                                 # the runner-up: smallest margin
     idx = torch.arange(len(t))
+    # the certificate's float64 forward can pick another class than the float32 model only at a near-tie,
+    # where 0 is the honest radius
+    glob_radius = torch.where(glob.pred == t, glob.radius, torch.zeros_like(glob.radius))
     return pd.DataFrame({
         "index": np.arange(start, start + len(x)), "label": y.numpy(), "pred": t.numpy(),
         "correct": (t == y).numpy(),
-        "radius_global": glob.radius.numpy(), "radius_ball": ball.radius.numpy(), "radius_point": point.radius.numpy(),
+        "radius_global": glob_radius.numpy(), "radius_ball": ball.radius.numpy(), "radius_point": point.radius.numpy(),
         "witness_norm": witness,
-        "hessian_norm": point.K[idx, runner].numpy(), "K_global": glob.K[idx, runner].numpy(),
+        "hessian_norm": point.K[idx, runner].numpy(), "K_global": K_global.double()[t, runner].numpy(),
         "R_ball": ball.R.numpy()})
 
 
