@@ -507,7 +507,8 @@ def settings(profile: str, protocol: str | Protocol = "strongest", *, n_examples
 
 
 def evaluate_dataset(dataset: str, *, profile: str = "cpu", protocol: str | Protocol = "strongest", seed: int = 0,
-                     device: str = "cpu", variant: str = "", progress: bool = True, **kw: Any) -> DatasetEvaluation:
+                     device: str = "cpu", variant: str = "", progress: bool = True,
+                     defenses: Sequence[str] = ex.DEFENSES, **kw: Any) -> DatasetEvaluation:
     """Evaluate the registered models of ``dataset`` (every defense of
     :func:`crossholder.training.selected_models` at ``profile`` and training ``seed``) under ``protocol``:
     each model's cached, resumable curve (:func:`evaluate_model`, the identity ``crossholder.jobs
@@ -520,6 +521,9 @@ def evaluate_dataset(dataset: str, *, profile: str = "cpu", protocol: str | Prot
     ``paired.csv`` in ``<results of variant>/<dataset>/`` (:func:`crossholder.store.dataset_dir`).
     ``kw``: :func:`settings`' counts (``n_examples``, ``steps``, ``restarts``, ``eps_max``,
     ``eps_step``, ``sanity_n``, ``autoattack_n``). ``seed``: the models' training seed and the attacks'.
+    ``defenses``: the models evaluated (default: the paper's four); with ablations among them
+    (``experiments.ABLATIONS``), ``claims.csv`` and ``paired.csv`` also hold their claims
+    (:data:`crossholder.claims.ABLATION_CLAIMS`) and pairs (:data:`crossholder.claims.ABLATION_PAIRS`).
 
     Raises:
         ValueError: an unknown data set, profile, protocol or device; KeyError: a model not registered
@@ -536,7 +540,7 @@ def evaluate_dataset(dataset: str, *, profile: str = "cpu", protocol: str | Prot
     x, y = data_mod.tensors(dataset, "test")
     if st["n"] is not None:
         x, y = x[: st["n"]], y[: st["n"]]
-    records = training.selected_models(dataset, profile, seed=seed)
+    records = training.selected_models(dataset, profile, seed=seed, defenses=defenses)
     out_dir = store.dataset_dir(dataset, variant)
     files: dict[str, Path] = {}
 
@@ -562,6 +566,9 @@ def evaluate_dataset(dataset: str, *, profile: str = "cpu", protocol: str | Prot
         inputs={d: s["files"] for d, s in sidecars.items()}))
     curves_df = pd.read_csv(files["robustness"])       # what the figures and tables read: the results file
     claims_df = claims.claims_table(curves_df, dataset)
+    ablation_claims = [c for c in claims.ABLATION_CLAIMS[dataset] if c[4] in records]
+    if ablation_claims:
+        claims_df = pd.concat([claims_df, claims.claims_table(curves_df, dataset, ablation_claims)], ignore_index=True)
     files["claims"] = out_dir / "claims.csv"
     store.atomic_write_text(files["claims"], claims_df.to_csv(index=False))
 
@@ -606,7 +613,8 @@ def evaluate_dataset(dataset: str, *, profile: str = "cpu", protocol: str | Prot
                                         square_fooled=sq.success.cpu().numpy())
 
         masking = cached("masking", {"n": aa_n, "eps": st["masking_eps"], "grid": eps_list}, masking_one)
-        paired = claims.paired_table(per_examples, eps_list, dataset=dataset,
+        pairs = claims.PAIRS + tuple(p for p in claims.ABLATION_PAIRS if p[1] in records)
+        paired = claims.paired_table(per_examples, eps_list, dataset=dataset, pairs=pairs,
                                      eps_points=[e for e in claims.PAIRED_EPS if e in eps_list])
         files["paired"] = out_dir / "paired.csv"
         store.atomic_write_text(files["paired"], paired.to_csv(index=False))

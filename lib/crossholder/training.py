@@ -50,7 +50,7 @@ import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -727,8 +727,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 
-def selected_models(dataset: str, profile: str, *, seed: int = 0, progress: bool = False) -> dict[str, dict[str, Any]]:
-    """The registered model of every defense for ``dataset`` at ``profile`` and ``seed``: from
+def selected_models(dataset: str, profile: str, *, seed: int = 0, progress: bool = False,
+                    defenses: Sequence[str] = ex.DEFENSES) -> dict[str, dict[str, Any]]:
+    """The registered model of every defense in ``defenses`` (default: the paper's four) for ``dataset`` at
+    ``profile`` and ``seed``: from
     ``results/models.json`` at ``cpu`` with seed 0, else from the registry of
     :func:`profile_variant` (``results/variants/smoke/models.json``, ...).
 
@@ -738,8 +740,8 @@ def selected_models(dataset: str, profile: str, *, seed: int = 0, progress: bool
     """
     reg = store.read_json(registry_path(profile_variant(profile, seed)), {}) or {}
     out = {}
-    for defense in ex.DEFENSES:
-        key = f"{dataset}/{defense}"
+    for defense in defenses:
+        key = f"{dataset}/{ex.check_defense(defense)}"
         rec = reg.get(key)
         if rec is None or rec.get("profile") != profile:
             if profile != "smoke":
