@@ -172,15 +172,11 @@ RADII = {"radius_global": "certified (global K)", "radius_ball": "estimate (K ov
          "radius_point": "estimate (K at x)"}
 
 
-def _results(root: Path | None) -> Path:
-    return paths.results_dir() if root is None else Path(root) / "results"
-
-
 def load(dataset: str, defense: str, root: Path | None = None) -> tuple[pd.DataFrame, dict[str, Any]] | None:
     """The finished bounds table of the model registered as ``"<dataset>/<defense>"`` (``results/models.json``
     under ``root``'s results, default :func:`crossholder.paths.results_dir`) and its sidecar; ``None``
     while it is not there yet."""
-    res = _results(root)
+    res = paths.results_under(root)
     rec = (store.read_json(res / "models.json", {}) or {}).get(f"{dataset}/{defense}")
     if rec is None:
         return None

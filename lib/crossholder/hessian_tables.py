@@ -196,21 +196,18 @@ def load_defense_norms(root=None) -> dict[tuple[str, str], pd.DataFrame]:
     """Every :func:`defense_norms` table there is for the registered models (``results/models.json``)
     under ``root`` (a project root; ``None``: :func:`crossholder.paths.results_dir`), by
     ``(dataset, defense)``. Reads only."""
-    from pathlib import Path
-
-    from . import hessian, paths, store
-
     from . import data as data_mod
     from . import experiments as ex
+    from . import hessian, paths, store
 
-    res = paths.results_dir() if root is None else Path(root) / "results"
+    res = paths.results_under(root)
     reg = store.read_json(res / "models.json", {}) or {}
     out = {}
     for ds, d in [(ds, d) for ds in data_mod.DATASETS for d in ex.ALL_DEFENSES if f"{ds}/{d}" in reg]:
         rec = reg[f"{ds}/{d}"]
-        rid = store.run_id({**_norms_params(ds, d, rec["run_id"]), "seed": 0, "profile": "cpu",
-                            "code": hessian.CODE_VERSION})
-        csv = res / ds / "hessian" / f"norms-{d}-{rid}.csv"
+        # the file store.cached_table writes for defense_norms, found under ``res``
+        csv = res / store.cached_csv(f"{ds}/hessian/norms-{d}", _norms_params(ds, d, rec["run_id"]), seed=0,
+                                     profile="cpu", code_version=hessian.CODE_VERSION).relative_to(store.cache_dir("cpu"))
         if csv.exists():
             out[(ds, d)] = pd.read_csv(csv)
     return out

@@ -37,6 +37,7 @@ __all__ = [
     "environment",
     "data_dir",
     "results_dir",
+    "results_under",
     "figures_dir",
     "scratch_dir",
     "default_file_mode",
@@ -98,6 +99,12 @@ def data_dir() -> Path:
 def results_dir() -> Path:
     """Tidy results, checkpoints and provenance (``CROSSHOLDER_RESULTS`` overrides)."""
     return _from_env("CROSSHOLDER_RESULTS", project_root() / "results")
+
+
+def results_under(root: str | os.PathLike[str] | None) -> Path:
+    """``<root>/results`` for a project root given explicitly (the analysis notebooks' ``results_root``),
+    else :func:`results_dir` (which honours ``CROSSHOLDER_RESULTS``)."""
+    return results_dir() if root is None else Path(root) / "results"
 
 
 def figures_dir() -> Path:

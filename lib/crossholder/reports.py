@@ -63,7 +63,7 @@ def _results(root: Path | None) -> Path:
     """The results folder the tables read: ``<root>/results`` for a project root given explicitly (the
     analysis notebooks' ``results_root``), else :func:`crossholder.paths.results_dir` (which honours
     ``CROSSHOLDER_RESULTS``)."""
-    return paths.results_dir() if root is None else Path(root) / "results"
+    return paths.results_under(root)
 
 
 def _hyper(h: dict) -> str:

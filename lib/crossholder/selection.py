@@ -296,11 +296,9 @@ def ablation_table(dataset: str, profile: str = "cpu", *, seed: int = 0, write: 
 def read_ablation_table(dataset: str, root=None, profile: str = "cpu") -> tuple[pd.DataFrame | None, list[dict]]:
     """The written :func:`ablation_table` under ``root`` (a project root; ``None``: this checkout's
     results) and the points its sidecar lists as missing; ``(None, [])`` before it is written."""
-    from pathlib import Path
-
     from . import paths
 
-    res = paths.results_dir() if root is None else Path(root) / "results"
+    res = paths.results_under(root)
     path = res / dataset / "selection" / f"ablations-{profile}.csv"
     if not path.exists():
         return None, []
